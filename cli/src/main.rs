@@ -1,0 +1,300 @@
+//! `forklift`: the command-line face of the forklift library.
+//!
+//! `forklift serve` runs the built-in pre-forked HTTP server: the demo and the benchmark
+//! target. It answers `GET /` with `greeting!!!` (the seeds' workload) and `GET /sleep?ms=N`
+//! after N milliseconds, and every response names its worker in `x-forklift-worker`.
+//!
+//! Lifecycle lines go to stdout, one per event, as `key=value` so scripts can follow them;
+//! logs go to stderr through `tracing` (RUST_LOG honoured).
+
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use tracing_subscriber::EnvFilter;
+
+use forklift::{Event, Prefork, Spawn};
+
+/// Run a network server as a supervised pool of pre-forked worker processes: one per core,
+/// all serving the same port.
+#[derive(Debug, Parser)]
+#[command(name = "forklift", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the built-in HTTP demo (GET / answers "greeting!!!") from pre-forked workers.
+    ///
+    /// Signals to the master: TERM or QUIT stop gracefully (in-flight requests finish, up to
+    /// --graceful-timeout); INT (Ctrl-C) stops fast. Lifecycle lines go to stdout, logs to
+    /// stderr (set RUST_LOG, e.g. RUST_LOG=debug).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; repeat for several. Forms: 127.0.0.1:8080, [::1]:8080, :8080
+    /// (all interfaces), tcp4://:8080, tcp6://[::]:8080, unix:/path/to.sock. Port 0 picks a
+    /// free port.
+    #[arg(
+        short,
+        long = "listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: Vec<String>,
+
+    /// Number of worker processes [default: the CPUs this process may use]
+    #[arg(short, long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// Give each worker its own SO_REUSEPORT socket instead of sharing one
+    #[arg(long)]
+    reuse_port: bool,
+
+    /// How workers are started: fork (fast, default) or exec (re-execute this binary)
+    #[arg(long, value_enum, default_value_t = SpawnMode::Fork)]
+    spawn: SpawnMode,
+
+    /// Seconds a graceful stop waits for in-flight requests before killing workers
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    graceful_timeout: Duration,
+
+    /// Stop when more than this many workers crash within the recover window
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    recover_threshold: usize,
+
+    /// Seconds over which crashes are counted
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    recover_window: Duration,
+
+    /// Seconds a worker may take to report ready before it counts as failing to boot
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    boot_timeout: Duration,
+
+    /// Listen backlog (capped by net.core.somaxconn)
+    #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_BACKLOG)]
+    backlog: u32,
+
+    /// Seconds a client may take to send its request headers
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    header_read_timeout: Duration,
+
+    /// Inject a fault, for forklift's own tests
+    #[arg(long, value_enum, hide = true)]
+    fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SpawnMode {
+    /// fork(2) the master
+    Fork,
+    /// Re-execute this binary with the sockets as fds 3.. (LISTEN_FDS)
+    Exec,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Fault {
+    /// Every worker panics while booting.
+    BootPanic,
+    /// Every worker exits with code 70 about 100 ms after it is ready.
+    CrashAfterReady,
+    /// Start a thread before forking (fork mode must refuse).
+    ThreadBeforeFork,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("{s:?} is not a number of seconds from 0 to 1e9"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => {
+            println!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("forklift: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> forklift::Result<()> {
+    let mut server = Prefork::new()
+        .reuse_port(args.reuse_port)
+        .spawn(match args.spawn {
+            SpawnMode::Fork => Spawn::Fork,
+            SpawnMode::Exec => Spawn::Exec,
+        })
+        .graceful_timeout(args.graceful_timeout)
+        .recover_threshold(args.recover_threshold)
+        .recover_window(args.recover_window)
+        .boot_timeout(args.boot_timeout)
+        .backlog(args.backlog)
+        .header_read_timeout(args.header_read_timeout);
+    if let Some(n) = args.workers {
+        server = server.workers(n);
+    }
+    for addr in &args.listen {
+        server = server.listen(addr)?;
+    }
+    if let Some(Fault::ThreadBeforeFork) = args.fault {
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
+    let fault = args.fault;
+    server
+        .on_event(|event| {
+            if let Event::Listening { addresses } = event {
+                for a in addresses {
+                    if a.starts_with("unix:") {
+                        println!("listening on {a}");
+                    } else {
+                        println!("listening on http://{a}");
+                    }
+                }
+            }
+        })
+        .on_worker_spawn(|w| {
+            println!(
+                "spawned worker={} pid={} generation={}",
+                w.id, w.pid, w.generation
+            );
+            Ok(())
+        })
+        .on_master_ready(|workers| {
+            let pids: Vec<String> = workers.iter().map(|w| w.pid.to_string()).collect();
+            println!("ready pids={}", pids.join(","));
+            Ok(())
+        })
+        .on_worker_exit(|w, status| {
+            println!("exited worker={} pid={} status=\"{status}\"", w.id, w.pid);
+        })
+        .on_worker_recover(|old, new| {
+            println!(
+                "recovered worker={} old_pid={} new_pid={}",
+                new.id, old.pid, new.pid
+            );
+        })
+        .serve(move || {
+            match fault {
+                Some(Fault::BootPanic) => panic!("injected boot failure (--fault boot-panic)"),
+                Some(Fault::CrashAfterReady) => {
+                    tokio::task::spawn_local(async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        std::process::exit(70);
+                    });
+                }
+                _ => {}
+            }
+            let worker = HeaderValue::from(std::process::id());
+            service_fn(move |req| demo(req, worker.clone()))
+        })
+}
+
+const GREETING: &[u8] = b"greeting!!!";
+/// The longest /sleep the demo grants, so a typo cannot pin a connection for hours.
+const MAX_SLEEP_MS: u64 = 60_000;
+
+async fn demo(
+    req: Request<Incoming>,
+    worker: HeaderValue,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut resp = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, Bytes::from_static(GREETING)),
+        (&Method::GET | &Method::HEAD, "/sleep") => {
+            let ms = query_param(req.uri().query(), "ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(100)
+                .min(MAX_SLEEP_MS);
+            tracing::debug!(ms, "sleep started");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(StatusCode::OK, Bytes::from(format!("slept {ms} ms\n")))
+        }
+        (_, "/" | "/sleep") => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Bytes::from_static(b"method not allowed\n"),
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
+    };
+    resp.headers_mut().insert("x-forklift-worker", worker);
+    Ok(resp)
+}
+
+fn text(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found() {
+        assert_eq!(query_param(Some("ms=5&x=1"), "ms"), Some("5"));
+        assert_eq!(query_param(Some("x=1&ms=7"), "ms"), Some("7"));
+        assert_eq!(query_param(Some("x=1"), "ms"), None);
+        assert_eq!(query_param(None, "ms"), None);
+    }
+
+    #[test]
+    fn seconds_parse_strictly() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+        assert!(parse_secs("inf").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

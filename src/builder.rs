@@ -1,0 +1,346 @@
+//! The public entry point: a consuming builder that configures and runs a pre-forked server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::addr::ListenAddr;
+use crate::error::{BoxError, Error, ExitStatus, Result};
+use crate::hooks::{Hooks, WorkerInfo};
+use crate::http::{self, HttpConfig};
+use crate::listener::DEFAULT_BACKLOG;
+use crate::master;
+use crate::spawn::Spawn;
+use crate::worker::{self, Worker, WorkerMain};
+
+/// Everything the master needs, fixed when `serve`/`run` is called.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub workers: usize,
+    pub addrs: Vec<ListenAddr>,
+    pub reuse_port: bool,
+    pub backlog: u32,
+    pub spawn: Spawn,
+    pub recover_threshold: usize,
+    pub recover_window: Duration,
+    pub graceful_timeout: Duration,
+    pub boot_timeout: Duration,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::Config(
+                "workers must be at least 1 (the default is one per CPU)".into(),
+            ));
+        }
+        if self.addrs.is_empty() {
+            return Err(Error::Config(
+                "no listen address: call .listen(\"127.0.0.1:8080\") at least once".into(),
+            ));
+        }
+        if self.backlog == 0 {
+            return Err(Error::Config("backlog must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A pre-forked server: binds in the master, serves in one worker process per core.
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use http_body_util::Full;
+/// use hyper::{body::Bytes, Request, Response};
+/// use hyper::service::service_fn;
+///
+/// async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+///     Ok(Response::new(Full::new(Bytes::from("hello"))))
+/// }
+///
+/// fn main() -> forklift::Result<()> {
+///     forklift::Prefork::new()
+///         .workers(4)
+///         .listen("0.0.0.0:8080")?
+///         .serve(|| service_fn(hello))
+/// }
+/// ```
+#[must_use = "a Prefork does nothing until serve() or run() is called"]
+pub struct Prefork {
+    workers: Option<usize>,
+    addrs: Vec<ListenAddr>,
+    reuse_port: bool,
+    backlog: u32,
+    spawn: Spawn,
+    recover_threshold: usize,
+    recover_window: Duration,
+    graceful_timeout: Duration,
+    boot_timeout: Duration,
+    http: HttpConfig,
+    hooks: Hooks,
+}
+
+impl std::fmt::Debug for Prefork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefork")
+            .field("workers", &self.workers)
+            .field("addrs", &self.addrs)
+            .field("reuse_port", &self.reuse_port)
+            .field("backlog", &self.backlog)
+            .field("spawn", &self.spawn)
+            .field("recover_threshold", &self.recover_threshold)
+            .field("recover_window", &self.recover_window)
+            .field("graceful_timeout", &self.graceful_timeout)
+            .field("boot_timeout", &self.boot_timeout)
+            .field("http", &self.http)
+            .field("hooks", &self.hooks)
+            .finish()
+    }
+}
+
+impl Default for Prefork {
+    fn default() -> Self {
+        Prefork::new()
+    }
+}
+
+/// The number of CPUs this process may run on: its affinity mask and cgroup CPU quota count.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Prefork {
+    /// A server with the defaults: one worker per usable CPU, shared socket, fork, 30 s
+    /// graceful timeout, at most 10 crashes a minute.
+    pub fn new() -> Self {
+        Prefork {
+            workers: None,
+            addrs: Vec::new(),
+            reuse_port: false,
+            backlog: DEFAULT_BACKLOG,
+            spawn: Spawn::Fork,
+            recover_threshold: 10,
+            recover_window: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(30),
+            boot_timeout: Duration::from_secs(60),
+            http: HttpConfig::default(),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// How many worker processes to run. Default: [`default_workers`], the CPUs this process
+    /// may use. 0 is refused when the server starts.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Adds an address to listen on; repeat for several. See [`ListenAddr`] for the forms:
+    /// `127.0.0.1:8080`, `[::]:8080`, `:8080`, `tcp4://:8080`, `unix:/path`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidAddress`] if the address cannot be parsed or resolved.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().listen("127.0.0.1:0")?.listen("[::1]:0")?;
+    /// # let _ = server;
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
+    pub fn listen(self, addr: &str) -> Result<Self> {
+        let addr: ListenAddr = addr.parse()?;
+        Ok(self.listen_addr(addr))
+    }
+
+    /// Adds an already parsed address to listen on.
+    pub fn listen_addr(mut self, addr: impl Into<ListenAddr>) -> Self {
+        self.addrs.push(addr.into());
+        self
+    }
+
+    /// `false` (default): every worker accepts on the master's socket. `true`: one
+    /// `SO_REUSEPORT` socket per worker, so the kernel spreads connections evenly. The
+    /// master keeps each worker's socket across restarts, so a crash loses no queued
+    /// connection. Unix socket addresses are always shared.
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+
+    /// The listen backlog. Default 4096 (the kernel caps it at `net.core.somaxconn`).
+    pub fn backlog(mut self, n: u32) -> Self {
+        self.backlog = n;
+        self
+    }
+
+    /// How workers are started: [`Spawn::Fork`] (default), [`Spawn::Exec`], or a command.
+    pub fn spawn(mut self, spawn: Spawn) -> Self {
+        self.spawn = spawn;
+        self
+    }
+
+    /// Stop everything once more than `n` workers crashed within the recover window
+    /// (default 10). A worker that fails before it is ready stops the master at once.
+    pub fn recover_threshold(mut self, n: usize) -> Self {
+        self.recover_threshold = n;
+        self
+    }
+
+    /// The window crashes are counted over (default 60 s).
+    pub fn recover_window(mut self, window: Duration) -> Self {
+        self.recover_window = window;
+        self
+    }
+
+    /// How long a graceful stop lets in-flight requests finish before workers are killed
+    /// (default 30 s).
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_timeout = timeout;
+        self
+    }
+
+    /// How long a worker may take to report ready before it counts as failing to boot
+    /// (default 60 s).
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// How long a client may take to send a request's headers before the connection is
+    /// closed (default 30 s): the defence against slowloris.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.http.header_read_timeout = timeout;
+        self
+    }
+
+    /// Called in the master after each worker is started, with its pid. An error stops the
+    /// server and is returned by `serve`/`run`.
+    pub fn on_worker_spawn(
+        mut self,
+        hook: impl FnMut(&WorkerInfo) -> Result<(), BoxError> + Send + 'static,
+    ) -> Self {
+        self.hooks.on_worker_spawn = Some(Box::new(hook));
+        self
+    }
+
+    /// Called in the master once every worker of the first generation serves. An error stops
+    /// the server and is returned by `serve`/`run`.
+    pub fn on_master_ready(
+        mut self,
+        hook: impl FnMut(&[WorkerInfo]) -> Result<(), BoxError> + Send + 'static,
+    ) -> Self {
+        self.hooks.on_master_ready = Some(Box::new(hook));
+        self
+    }
+
+    /// Called in the master when a crashed worker has been replaced: (crashed, replacement).
+    /// It follows the replacement's `on_worker_spawn`.
+    pub fn on_worker_recover(
+        mut self,
+        hook: impl FnMut(&WorkerInfo, &WorkerInfo) + Send + 'static,
+    ) -> Self {
+        self.hooks.on_worker_recover = Some(Box::new(hook));
+        self
+    }
+
+    /// Called in the master whenever a worker process ends, crashed or stopped.
+    pub fn on_worker_exit(
+        mut self,
+        hook: impl FnMut(&WorkerInfo, ExitStatus) + Send + 'static,
+    ) -> Self {
+        self.hooks.on_worker_exit = Some(Box::new(hook));
+        self
+    }
+
+    /// Called in a worker when its master has died (however it died), before the worker
+    /// drains its connections and exits. Without it the worker just drains and exits.
+    pub fn on_master_death(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.hooks.on_master_death = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called in the master with every lifecycle [`Event`](crate::Event), before the matching
+    /// hook.
+    pub fn on_event(mut self, hook: impl FnMut(&crate::Event) + Send + 'static) -> Self {
+        self.hooks.on_event = Some(Box::new(hook));
+        self
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 with the service `factory` builds, called once in each
+    /// worker. Blocks until the server stops: returns `Ok(())` after TERM, QUIT or INT, and
+    /// an error if it could not start or its workers kept failing. In a worker it never
+    /// returns.
+    ///
+    /// The service need not be `Send`: each worker serves on its own single-threaded runtime.
+    ///
+    /// # Errors
+    /// A bad or taken address, a worker that cannot boot, too many crashes, a failing hook.
+    pub fn serve<F, S, B>(self, factory: F) -> Result<()>
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = hyper::Response<B>,
+            > + Clone
+            + 'static,
+        S::Future: 'static,
+        S::Error: Into<BoxError>,
+        B: hyper::body::Body + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut http = self.http.clone();
+        http.graceful_timeout = self.graceful_timeout;
+        let on_death = self.hooks.on_master_death.clone();
+        self.run(move |worker| http::serve(worker, &factory, &http, on_death.as_deref()))
+    }
+
+    /// The raw form: runs `worker_main` in each worker with its listeners, for any protocol or
+    /// framework. `worker_main` must call [`Worker::ready`] once it serves, and return when it
+    /// is done; an error or panic before `ready` stops the master (the worker failed to boot).
+    /// Worker signal dispositions are the defaults, so TERM ends a raw worker unless it
+    /// handles TERM itself.
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    /// forklift::Prefork::new()
+    ///     .listen("127.0.0.1:7000")?
+    ///     .run(|worker| {
+    ///         let forklift::Listener::Tcp(listener) = worker.take_listeners().remove(0) else {
+    ///             return Err("expected TCP".into());
+    ///         };
+    ///         worker.ready()?;
+    ///         for conn in listener.incoming() {
+    ///             conn?.write_all(b"hello\n")?;
+    ///         }
+    ///         Ok(())
+    ///     })
+    /// # ;
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`serve`](Prefork::serve).
+    pub fn run<F>(self, worker_main: F) -> Result<()>
+    where
+        F: Fn(&mut Worker) -> Result<(), BoxError> + Send + Sync + 'static,
+    {
+        match Worker::from_env() {
+            Ok(Some(w)) => worker::run(w, &worker_main),
+            Ok(None) => {}
+            Err(e) => return Err(Error::io("reading the worker environment", e)),
+        }
+        let config = Config {
+            workers: self.workers.unwrap_or_else(default_workers),
+            addrs: self.addrs,
+            reuse_port: self.reuse_port,
+            backlog: self.backlog,
+            spawn: self.spawn,
+            recover_threshold: self.recover_threshold,
+            recover_window: self.recover_window,
+            graceful_timeout: self.graceful_timeout,
+            boot_timeout: self.boot_timeout,
+        };
+        let main: Arc<WorkerMain> = Arc::new(worker_main);
+        master::run(config, self.hooks, main)
+    }
+}

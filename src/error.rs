@@ -1,0 +1,245 @@
+//! The error type: what went wrong, and what to do about it.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+/// A boxed error, the currency of hooks and worker code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result<T, forklift::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can stop forklift from starting or keep it from running.
+///
+/// Every message names the failing thing (an address, a worker, a hook) and, where there is one,
+/// the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A listen address could not be parsed or resolved.
+    #[error("invalid listen address {input:?}: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        input: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// The address is taken by another socket.
+    #[error(
+        "{addr} is already in use: another process is listening there \
+         (see which with `ss -ltnp`), or pick another port"
+    )]
+    AddrInUse {
+        /// The address that was taken.
+        addr: String,
+    },
+
+    /// Binding or listening failed for another reason.
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+        /// A hint for the common cases (permissions, missing interface).
+        hint: &'static str,
+    },
+
+    /// The configuration is contradictory or out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// Fork mode was asked for while the process already runs several threads.
+    #[error(
+        "cannot fork workers: this process already runs {threads} threads, and only the thread \
+         that forks survives in a child (locks held by the others would stay locked forever). \
+         Call serve() before starting threads or a multi-thread runtime, or spawn workers by \
+         re-executing the binary instead: .spawn(Spawn::Exec) / `--spawn exec`"
+    )]
+    ThreadsRunning {
+        /// How many threads the process had.
+        threads: usize,
+    },
+
+    /// A worker process could not be started at all.
+    #[error("cannot start worker {id}: {reason}")]
+    Spawn {
+        /// The worker's index.
+        id: usize,
+        /// What failed.
+        reason: String,
+    },
+
+    /// A worker exited, or reported an error, before it was ready to serve.
+    #[error(
+        "worker {id} (pid {pid}) failed to boot: {message}; no worker respawned, \
+         since it would fail the same way"
+    )]
+    WorkerBoot {
+        /// The worker's index.
+        id: usize,
+        /// Its process id.
+        pid: u32,
+        /// What it reported, or how it exited.
+        message: String,
+    },
+
+    /// Workers crashed more than the recover threshold allows (fasthttp's `ErrOverRecovery`).
+    #[error(
+        "workers crashed {crashes} times within {window:?}, more than the recover threshold \
+         ({threshold}); the last was worker {id} (pid {pid}), {status}. All workers were \
+         stopped. Look at the workers' logs for the cause, or raise recover_threshold"
+    )]
+    OverRecovery {
+        /// Crashes counted in the window.
+        crashes: usize,
+        /// The window they were counted over.
+        window: Duration,
+        /// The configured threshold.
+        threshold: usize,
+        /// Index of the last worker that crashed.
+        id: usize,
+        /// Its process id.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+
+    /// A hook returned an error, which aborts start-up (as in fasthttp's prefork).
+    #[error("hook {hook} failed: {source}")]
+    Hook {
+        /// Which hook.
+        hook: &'static str,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A system call failed where no better description applies.
+    #[error("{context}: {source}")]
+    Io {
+        /// What forklift was doing.
+        context: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The worker's own code failed.
+    #[error("worker failed: {0}")]
+    Worker(#[source] BoxError),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True if the error is about a listen address (unparsable, taken, or refused).
+    pub fn is_address(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidAddress { .. } | Error::AddrInUse { .. } | Error::Bind { .. }
+        )
+    }
+
+    /// True if workers were stopped because they kept crashing, or could not boot.
+    pub fn is_worker_failure(&self) -> bool {
+        matches!(self, Error::WorkerBoot { .. } | Error::OverRecovery { .. })
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// True for exit code 0.
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Exited(0))
+    }
+
+    pub(crate) fn from_wait_status(status: libc::c_int) -> Self {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
+            ExitStatus::Signaled(sig) => match signal_name(sig) {
+                Some(name) => write!(f, "killed by {name}"),
+                None => write!(f, "killed by signal {sig}"),
+            },
+        }
+    }
+}
+
+pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_reads_like_a_sentence() {
+        assert_eq!(ExitStatus::Exited(70).to_string(), "exited with code 70");
+        assert_eq!(
+            ExitStatus::Signaled(libc::SIGKILL).to_string(),
+            "killed by SIGKILL"
+        );
+        assert_eq!(ExitStatus::Signaled(64).to_string(), "killed by signal 64");
+        assert!(ExitStatus::Exited(0).success());
+        assert!(!ExitStatus::Signaled(9).success());
+    }
+
+    #[test]
+    fn addr_in_use_says_what_to_do() {
+        let e = Error::AddrInUse {
+            addr: "127.0.0.1:8080".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("127.0.0.1:8080 is already in use"),
+            "{text}"
+        );
+        assert!(e.is_address());
+    }
+}

@@ -1,0 +1,289 @@
+//! The worker's HTTP server: hyper-util's auto builder (HTTP/1.1 keep-alive and cleartext
+//! HTTP/2) on a single-threaded tokio runtime, with graceful drain.
+//!
+//! Stop causes, in the worker: TERM or QUIT (graceful: stop accepting, finish in-flight
+//! requests within the graceful timeout), INT (fast: drop everything), and the master's death
+//! (end-of-file on the status channel, or the parent-death TERM): run `on_master_death`, then
+//! drain gracefully.
+
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::error::BoxError;
+use crate::listener::Listener;
+use crate::worker::Worker;
+
+/// Per-worker HTTP settings.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpConfig {
+    pub header_read_timeout: Duration,
+    pub graceful_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: Duration::from_secs(30),
+            graceful_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs `spawn_local`: HTTP/2 streams of `!Send` services stay on the worker's one thread.
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+type ConnBuilder = auto::Builder<LocalExec>;
+
+/// Serves HTTP on the worker's listeners until a stop cause; see the module doc.
+pub(crate) fn serve<F, S, B>(
+    worker: &mut Worker,
+    factory: &F,
+    cfg: &HttpConfig,
+    on_master_death: Option<&(dyn Fn() + Send + Sync)>,
+) -> Result<(), BoxError>
+where
+    F: Fn() -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, serve_async(worker, factory, cfg, on_master_death))
+}
+
+async fn serve_async<F, S, B>(
+    worker: &mut Worker,
+    factory: &F,
+    cfg: &HttpConfig,
+    on_master_death: Option<&(dyn Fn() + Send + Sync)>,
+) -> Result<(), BoxError>
+where
+    F: Fn() -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut tcp = Vec::new();
+    let mut unix = Vec::new();
+    for l in worker.take_listeners() {
+        match l {
+            Listener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                tcp.push(tokio::net::TcpListener::from_std(l)?);
+            }
+            Listener::Unix(l) => {
+                l.set_nonblocking(true)?;
+                unix.push(tokio::net::UnixListener::from_std(l)?);
+            }
+        }
+    }
+    let service = factory();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let watch_fd = worker.master_watch()?;
+    watch_fd.set_nonblocking(true)?;
+    let mut master = tokio::net::UnixStream::from_std(watch_fd)?;
+
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Rc::new(builder);
+    let graceful = Rc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut loops = Vec::new();
+    for l in tcp {
+        let acceptor = TcpAcceptor(l);
+        loops.push(tokio::task::spawn_local(accept_loop(
+            acceptor,
+            service.clone(),
+            builder.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    for l in unix {
+        loops.push(tokio::task::spawn_local(accept_loop(
+            UnixAcceptor(l),
+            service.clone(),
+            builder.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    worker.ready()?;
+    debug!("serving");
+
+    let master_pid = worker.master_pid();
+    let master_died = |why: &str| {
+        warn!("the master (pid {master_pid}) is gone ({why}): draining and exiting");
+        if let Some(hook) = on_master_death {
+            hook();
+        }
+    };
+    let fast = tokio::select! {
+        _ = term.recv() => {
+            // SAFETY: getppid(2) cannot fail.
+            if unsafe { libc::getppid() } as u32 != master_pid {
+                master_died("parent-death signal");
+            } else {
+                info!("SIGTERM: graceful stop");
+            }
+            false
+        }
+        _ = quit.recv() => { info!("SIGQUIT: graceful stop"); false }
+        _ = int.recv() => { info!("SIGINT: fast stop"); true }
+        _ = wait_eof(&mut master) => { master_died("its channel closed"); false }
+    };
+    let _ = stop_tx.send(true);
+    if fast {
+        return Ok(());
+    }
+    // The accept loops end at once and close this worker's copies of the listeners.
+    for l in loops {
+        let _ = l.await;
+    }
+    let graceful = Rc::try_unwrap(graceful).map_err(|_| "graceful handle still shared")?;
+    let open = graceful.count();
+    if open > 0 {
+        debug!("draining {open} connections");
+    }
+    match tokio::time::timeout(cfg.graceful_timeout, graceful.shutdown()).await {
+        Ok(()) => debug!("drained"),
+        Err(_) => warn!(
+            "graceful timeout ({:?}) passed: closing the remaining connections",
+            cfg.graceful_timeout
+        ),
+    }
+    Ok(())
+}
+
+/// Resolves once the master's end of the channel is closed.
+async fn wait_eof(stream: &mut tokio::net::UnixStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+trait Acceptor {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    async fn accept(&self) -> io::Result<Self::Stream>;
+}
+
+struct TcpAcceptor(tokio::net::TcpListener);
+
+impl Acceptor for TcpAcceptor {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        let (stream, _) = self.0.accept().await?;
+        // Responses are small and written whole; do not let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+struct UnixAcceptor(tokio::net::UnixListener);
+
+impl Acceptor for UnixAcceptor {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        let (stream, _) = self.0.accept().await?;
+        Ok(stream)
+    }
+}
+
+async fn accept_loop<A, S, B>(
+    acceptor: A,
+    service: S,
+    builder: Rc<ConnBuilder>,
+    graceful: Rc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) where
+    A: Acceptor,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            accepted = acceptor.accept() => accepted,
+        };
+        match accepted {
+            Ok(stream) => {
+                pause = Duration::from_millis(5);
+                let svc = service.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::task::spawn_local(async move {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn).await {
+                        debug!("connection ended with an error: {e}");
+                    }
+                });
+            }
+            Err(e) if is_exhaustion(&e) => {
+                // Out of fds or memory: accepting again at once would spin. Wait for
+                // connections to close, backing off up to a second.
+                warn!("accept failed: {e}; retrying in {pause:?}");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => debug!("accept failed: {e}"),
+        }
+    }
+}
+
+fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,93 @@
+//! # forklift
+//!
+//! Run a network server as a supervised pool of pre-forked worker processes: one process per
+//! core, all serving the same port, each on its own single-threaded tokio runtime (no work
+//! stealing, no cross-core sharing).
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use http_body_util::Full;
+//! use hyper::{body::Bytes, service::service_fn, Request, Response};
+//!
+//! async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+//!     Ok(Response::new(Full::new(Bytes::from("greeting!!!"))))
+//! }
+//!
+//! fn main() -> forklift::Result<()> {
+//!     forklift::Prefork::new()            // one worker per CPU by default
+//!         .listen("127.0.0.1:8080")?
+//!         .serve(|| service_fn(hello))    // called once in each worker
+//! }
+//! ```
+//!
+//! ## Processes
+//!
+//! ```text
+//! master (single-threaded: binds, spawns, reaps, decides)
+//!   ├─ worker 0  (listener fd(s) + a channel to the master)
+//!   ├─ worker 1
+//!   └─ ...
+//! ```
+//!
+//! - **The master binds**, always, so a taken port or a bad address fails before any worker
+//!   exists. Shared-socket mode (default): every worker accepts on the master's socket.
+//!   Reuseport mode ([`Prefork::reuse_port`]): one `SO_REUSEPORT` socket per worker, which
+//!   the master keeps across that worker's restarts.
+//! - **Workers are spawned** by `fork` ([`Spawn::Fork`], default; refused if the master
+//!   already runs several threads) or by re-executing the binary ([`Spawn::Exec`], fasthttp's
+//!   model: the listeners arrive as fds from 3 with `LISTEN_FDS`/`LISTEN_PID`, and
+//!   [`is_worker`] tells `main` which side it is on), or by a command of the caller's
+//!   ([`Spawn::Command`]).
+//! - **Readiness**: each worker reports on its channel when it serves; `on_master_ready`
+//!   fires when all have.
+//! - **Supervision**: a crashed worker is respawned (at once, then with capped exponential
+//!   backoff if it keeps crashing); more than `recover_threshold` crashes within the recover
+//!   window stop the server with [`Error::OverRecovery`]. A worker that fails before it is
+//!   ready stops the server with [`Error::WorkerBoot`] instead of a respawn loop.
+//! - **Master death**: workers notice at once (end-of-file on their channel; on Linux also a
+//!   parent-death signal checked against the master's pid), run `on_master_death`, drain and
+//!   exit. No worker keeps the port after `kill -9` of the master.
+//!
+//! ## Signals (to the master)
+//!
+//! | signal | effect |
+//! |---|---|
+//! | TERM, QUIT | graceful stop: workers stop accepting and finish in-flight requests within the graceful timeout, then are killed; `serve` returns `Ok` |
+//! | INT | fast stop: workers drop their connections and exit; killed after 1 s |
+//! | CHLD | reap and respawn |
+//!
+//! ## Hooks
+//!
+//! [`Prefork::on_worker_spawn`], [`Prefork::on_master_ready`], [`Prefork::on_worker_recover`],
+//! [`Prefork::on_worker_exit`] and [`Prefork::on_master_death`] (fasthttp's hooks, plus exit),
+//! and [`Prefork::on_event`] for every lifecycle [`Event`]. A spawn or ready hook that returns
+//! an error stops start-up, as in fasthttp.
+#![deny(missing_docs, missing_debug_implementations)]
+#![warn(unsafe_op_in_unsafe_fn)]
+
+#[cfg(not(unix))]
+compile_error!(
+    "forklift runs on Unix (Linux first, macOS too): it is built on fork, fds and signals"
+);
+
+mod addr;
+mod builder;
+mod error;
+mod hooks;
+mod http;
+mod listener;
+mod master;
+mod policy;
+mod protocol;
+mod signals;
+mod spawn;
+mod worker;
+
+pub use addr::{ListenAddr, Network};
+pub use builder::{default_workers, Prefork};
+pub use error::{BoxError, Error, ExitStatus, Result};
+pub use hooks::{Event, WorkerInfo};
+pub use listener::{Listener, DEFAULT_BACKLOG};
+pub use protocol::BOOT_ERROR_EXIT_CODE;
+pub use spawn::{CommandProducer, Spawn, WorkerSlot};
+pub use worker::{is_worker, Worker};
