@@ -168,8 +168,10 @@ mod tests {
 
     #[test]
     fn a_failing_spawn_hook_is_an_error_naming_the_hook() {
-        let mut hooks = Hooks::default();
-        hooks.on_worker_spawn = Some(Box::new(|_| Err("no thanks".into())));
+        let mut hooks = Hooks {
+            on_worker_spawn: Some(Box::new(|_| Err("no thanks".into()))),
+            ..Hooks::default()
+        };
         let err = hooks.emit(Event::WorkerSpawned(info(0, 1))).unwrap_err();
         assert_eq!(err.to_string(), "hook on_worker_spawn failed: no thanks");
     }

@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn error_chains_name_every_cause_once() {
-        let inner = io::Error::new(io::ErrorKind::Other, "disk on fire");
+        let inner = io::Error::other("disk on fire");
         let outer = crate::Error::io("reading config", inner);
         assert_eq!(error_chain(&outer), "reading config: disk on fire");
     }
