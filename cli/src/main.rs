@@ -114,6 +114,15 @@ enum Fault {
     ThreadBeforeFork,
 }
 
+/// Prints one lifecycle line on stdout. A closed stdout (`forklift serve | head -1`) must not
+/// bring the master down, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -138,7 +147,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => {
-            println!("stopped");
+            say!("stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -178,15 +187,15 @@ fn serve(args: ServeArgs) -> forklift::Result<()> {
             if let Event::Listening { addresses } = event {
                 for a in addresses {
                     if a.starts_with("unix:") {
-                        println!("listening on {a}");
+                        say!("listening on {a}");
                     } else {
-                        println!("listening on http://{a}");
+                        say!("listening on http://{a}");
                     }
                 }
             }
         })
         .on_worker_spawn(|w| {
-            println!(
+            say!(
                 "spawned worker={} pid={} generation={}",
                 w.id, w.pid, w.generation
             );
@@ -194,14 +203,14 @@ fn serve(args: ServeArgs) -> forklift::Result<()> {
         })
         .on_master_ready(|workers| {
             let pids: Vec<String> = workers.iter().map(|w| w.pid.to_string()).collect();
-            println!("ready pids={}", pids.join(","));
+            say!("ready pids={}", pids.join(","));
             Ok(())
         })
         .on_worker_exit(|w, status| {
-            println!("exited worker={} pid={} status=\"{status}\"", w.id, w.pid);
+            say!("exited worker={} pid={} status=\"{status}\"", w.id, w.pid);
         })
         .on_worker_recover(|old, new| {
-            println!(
+            say!(
                 "recovered worker={} old_pid={} new_pid={}",
                 new.id, old.pid, new.pid
             );
