@@ -197,7 +197,9 @@ fn serve(args: ServeArgs) -> forklift::Result<()> {
         .on_worker_spawn(|w| {
             say!(
                 "spawned worker={} pid={} generation={}",
-                w.id, w.pid, w.generation
+                w.id,
+                w.pid,
+                w.generation
             );
             Ok(())
         })
@@ -212,7 +214,9 @@ fn serve(args: ServeArgs) -> forklift::Result<()> {
         .on_worker_recover(|old, new| {
             say!(
                 "recovered worker={} old_pid={} new_pid={}",
-                new.id, old.pid, new.pid
+                new.id,
+                old.pid,
+                new.pid
             );
         })
         .serve(move || {
