@@ -28,6 +28,29 @@ pub enum Listener {
 }
 
 impl Listener {
+    /// Binds and listens on `addr` as the master does (`SO_REUSEADDR`, the address's family
+    /// rule, an explicit backlog), for code that serves from a single process.
+    ///
+    /// # Errors
+    /// A taken port ([`Error::AddrInUse`]) or a refused address ([`Error::Bind`]).
+    ///
+    /// ```
+    /// let addr = "127.0.0.1:0".parse()?;
+    /// let listener = forklift::Listener::bind(&addr, forklift::DEFAULT_BACKLOG)?;
+    /// assert!(listener.tcp_addr().unwrap().port() != 0);
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
+    pub fn bind(addr: &ListenAddr, backlog: u32) -> Result<Listener> {
+        let opts = BindOptions {
+            backlog: i32::try_from(backlog).unwrap_or(i32::MAX),
+            reuse_port: false,
+        };
+        match addr {
+            ListenAddr::Unix(path) => Ok(Listener::Unix(bind_unix(path, opts.backlog)?.into())),
+            ListenAddr::Tcp { addr: a, .. } => Ok(Listener::Tcp(bind_tcp(addr, *a, opts)?.into())),
+        }
+    }
+
     /// Takes ownership of an inherited listening socket, telling TCP from Unix by its address.
     ///
     /// # Errors

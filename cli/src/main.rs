@@ -23,6 +23,8 @@ use tracing_subscriber::EnvFilter;
 
 use forklift::{Event, Prefork, Spawn};
 
+mod single;
+
 /// Run a network server as a supervised pool of pre-forked worker processes: one per core,
 /// all serving the same port.
 #[derive(Debug, Parser)]
@@ -91,6 +93,11 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     header_read_timeout: Duration,
 
+    /// Serve from this one process on a multi-thread runtime (--workers threads) instead of
+    /// pre-forking: the benchmark's baseline
+    #[arg(long)]
+    single_process: bool,
+
     /// Inject a fault, for forklift's own tests
     #[arg(long, value_enum, hide = true)]
     fault: Option<Fault>,
@@ -116,6 +123,7 @@ enum Fault {
 
 /// Prints one lifecycle line on stdout. A closed stdout (`forklift serve | head -1`) must not
 /// bring the master down, so write errors are ignored.
+#[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -157,7 +165,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> forklift::Result<()> {
+fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
+    if args.single_process {
+        return single::serve(
+            &args.listen,
+            args.workers.unwrap_or_else(forklift::default_workers),
+            args.backlog,
+            args.graceful_timeout,
+            args.header_read_timeout,
+        );
+    }
     let mut server = Prefork::new()
         .reuse_port(args.reuse_port)
         .spawn(match args.spawn {
@@ -232,14 +249,15 @@ fn serve(args: ServeArgs) -> forklift::Result<()> {
             }
             let worker = HeaderValue::from(std::process::id());
             service_fn(move |req| demo(req, worker.clone()))
-        })
+        })?;
+    Ok(())
 }
 
 const GREETING: &[u8] = b"greeting!!!";
 /// The longest /sleep the demo grants, so a typo cannot pin a connection for hours.
 const MAX_SLEEP_MS: u64 = 60_000;
 
-async fn demo(
+pub(crate) async fn demo(
     req: Request<Incoming>,
     worker: HeaderValue,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
