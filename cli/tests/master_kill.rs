@@ -17,7 +17,7 @@ fn kill9_master(extra: &[&str]) {
 
     s.send_signal(libc::SIGKILL);
     let t0 = Instant::now();
-    let gone = poll_until(t0 + Duration::from_secs(1), || {
+    let gone = poll_until_every(t0 + Duration::from_secs(1), MEASURE_POLL, || {
         ready.iter().all(|p| !process_alive(*p))
     });
     let orphan_time = t0.elapsed();

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 fn check_serves(listen: &str, workers: usize, extra: &[&str]) {
     let n = workers.to_string();
@@ -236,4 +237,37 @@ fn root_answers_greeting_with_worker_header() {
     let r = http_get(s.addr(), "/sleep?ms=50").expect("GET /sleep?ms=50");
     assert_eq!(r.status, 200, "/sleep status: {r:?}");
     assert!(ready.contains(&r.worker_pid()));
+    assert!(
+        s.wait_stderr_contains("sleep started", Duration::from_secs(2))
+            .is_some(),
+        "with RUST_LOG={DEFAULT_RUST_LOG} the /sleep handler logs `sleep started` on stderr"
+    );
+
+    // every response names its worker, whatever the path
+    let r = http_get(s.addr(), "/no-such-page").expect("GET /no-such-page");
+    assert!(
+        ready.contains(&r.worker_pid()),
+        "x-forklift-worker on a {} answer",
+        r.status
+    );
+}
+
+/// RUST_LOG is honoured: at `info` the DEBUG `sleep started` event is not logged.
+#[test]
+fn rust_log_is_honoured() {
+    let mut s = Server::start_with_env(
+        &["serve", "--listen", "127.0.0.1:0", "--workers", "2"],
+        &[("RUST_LOG", "info")],
+    );
+    s.wait_ready();
+    let r = http_get(s.addr(), "/sleep?ms=10").expect("GET /sleep?ms=10");
+    assert_eq!(r.status, 200);
+    s.send_signal(libc::SIGTERM);
+    let st = s.wait_exit(Instant::now() + Duration::from_secs(5));
+    assert_eq!(st.code(), Some(0));
+    s.wait_output_closed(Instant::now() + Duration::from_secs(2));
+    assert!(
+        !s.stderr_text().contains("sleep started"),
+        "RUST_LOG=info must hide the DEBUG `sleep started` event"
+    );
 }

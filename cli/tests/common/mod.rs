@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 /// How often the polling loops look again.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// Poll interval of the loops whose elapsed time the tests print (master exit,
+/// workers gone): fine enough that the printed time is not the poll interval.
+pub const MEASURE_POLL: Duration = Duration::from_millis(1);
+
 /// The default log filter: debug for forklift and the CLI (the `sleep started`
 /// event is a DEBUG event of `forklift_cli`), info for the rest.
 pub const DEFAULT_RUST_LOG: &str = "forklift=debug,forklift_cli=debug,info";
@@ -462,7 +466,7 @@ impl Server {
             if Instant::now() >= deadline {
                 return None;
             }
-            thread::sleep(POLL);
+            thread::sleep(MEASURE_POLL);
         }
     }
 
@@ -557,7 +561,16 @@ pub fn describe_status(st: &ExitStatus) -> String {
 // ---------------------------------------------------------------------------
 
 /// Poll `cond` until it is true or the deadline passes; returns the last result.
-pub fn poll_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+pub fn poll_until(deadline: Instant, cond: impl FnMut() -> bool) -> bool {
+    poll_until_every(deadline, POLL, cond)
+}
+
+/// `poll_until` with a given poll interval.
+pub fn poll_until_every(
+    deadline: Instant,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
     loop {
         if cond() {
             return true;
@@ -565,7 +578,7 @@ pub fn poll_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        thread::sleep(POLL);
+        thread::sleep(every);
     }
 }
 
