@@ -43,6 +43,10 @@ fn main() -> forklift::Result<()> {
             println!("ready pids={}", pids.join(","));
             Ok(())
         })
-        .on_master_death(|| eprintln!("master died: worker {} drains", std::process::id()))
+        .on_master_death(|| {
+            // One write, so lines from several workers sharing stderr do not interleave.
+            let line = format!("master died: worker {} drains\n", std::process::id());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        })
         .serve(|| service_fn(hello))
 }

@@ -240,6 +240,9 @@ impl Master {
         for slot in &mut self.slots {
             slot.respawn_at = None;
         }
+        // Close the master's copies of the listening sockets: once the workers have closed
+        // theirs, new connections are refused at once instead of queueing for nobody.
+        self.bound.clear();
         self.hooks
             .emit(Event::Stopping { graceful })
             .unwrap_or_default();
