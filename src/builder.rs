@@ -294,6 +294,55 @@ impl Prefork {
         self.run(move |worker| http::serve(worker, &factory, &http, on_death.as_deref()))
     }
 
+    /// Serves HTTP with a tower `Service` (an axum `Router`, tower-http middleware, ...) that
+    /// `factory` builds once in each worker. Otherwise as [`serve`](Prefork::serve).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "tower")] {
+    /// use std::convert::Infallible;
+    /// use http_body_util::Full;
+    /// use hyper::{body::{Bytes, Incoming}, Request, Response};
+    ///
+    /// #[derive(Clone)]
+    /// struct Hello;
+    ///
+    /// impl tower_service::Service<Request<Incoming>> for Hello {
+    ///     type Response = Response<Full<Bytes>>;
+    ///     type Error = Infallible;
+    ///     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    ///     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+    ///         std::task::Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, _: Request<Incoming>) -> Self::Future {
+    ///         std::future::ready(Ok(Response::new(Full::new(Bytes::from("hello")))))
+    ///     }
+    /// }
+    ///
+    /// forklift::Prefork::new().listen("127.0.0.1:8080")?.serve_tower(|| Hello)?;
+    /// # }
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`serve`](Prefork::serve).
+    #[cfg(feature = "tower")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+    pub fn serve_tower<F, S, B>(self, factory: F) -> Result<()>
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: tower_service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = hyper::Response<B>,
+            > + Clone
+            + 'static,
+        S::Future: 'static,
+        S::Error: Into<BoxError>,
+        B: hyper::body::Body + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.serve(move || hyper_util::service::TowerToHyperService::new(factory()))
+    }
+
     /// The raw form: runs `worker_main` in each worker with its listeners, for any protocol or
     /// framework. `worker_main` must call [`Worker::ready`] once it serves, and return when it
     /// is done; an error or panic before `ready` stops the master (the worker failed to boot).

@@ -24,6 +24,7 @@ use tracing_subscriber::EnvFilter;
 use forklift::{Event, Prefork, Spawn};
 
 mod single;
+mod static_files;
 
 /// Run a network server as a supervised pool of pre-forked worker processes: one per core,
 /// all serving the same port.
@@ -92,6 +93,11 @@ struct ServeArgs {
     /// Seconds a client may take to send its request headers
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     header_read_timeout: Duration,
+
+    /// Serve the files under this directory instead of the demo (ranges, ETag,
+    /// Last-Modified, content types; index.html for directories)
+    #[arg(long, value_name = "PATH")]
+    dir: Option<std::path::PathBuf>,
 
     /// Serve from this one process on a multi-thread runtime (--workers threads) instead of
     /// pre-forking: the benchmark's baseline
@@ -199,7 +205,7 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         });
     }
     let fault = args.fault;
-    server
+    let server = server
         .on_event(|event| {
             if let Event::Listening { addresses } = event {
                 for a in addresses {
@@ -235,22 +241,35 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
                 old.pid,
                 new.pid
             );
-        })
-        .serve(move || {
-            match fault {
-                Some(Fault::BootPanic) => panic!("injected boot failure (--fault boot-panic)"),
-                Some(Fault::CrashAfterReady) => {
-                    tokio::task::spawn_local(async {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        std::process::exit(70);
-                    });
-                }
-                _ => {}
-            }
+        });
+    if let Some(dir) = &args.dir {
+        let root = static_files::check_root(dir)?;
+        server.serve_tower(move || {
+            inject(fault);
+            static_files::service(&root)
+        })?;
+    } else {
+        server.serve(move || {
+            inject(fault);
             let worker = HeaderValue::from(std::process::id());
             service_fn(move |req| demo(req, worker.clone()))
         })?;
+    }
     Ok(())
+}
+
+/// Runs in each worker as it boots: the faults forklift's tests inject.
+fn inject(fault: Option<Fault>) {
+    match fault {
+        Some(Fault::BootPanic) => panic!("injected boot failure (--fault boot-panic)"),
+        Some(Fault::CrashAfterReady) => {
+            tokio::task::spawn_local(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::process::exit(70);
+            });
+        }
+        Some(Fault::ThreadBeforeFork) | None => {}
+    }
 }
 
 const GREETING: &[u8] = b"greeting!!!";
