@@ -213,6 +213,47 @@ impl Prefork {
         self
     }
 
+    /// Serves HTTPS with the PEM certificate chain and private key in these files (note the
+    /// order: certificate first, unlike fasthttp's `ListenAndServeTLS`). Both are read
+    /// before any worker starts, so a missing file, a malformed PEM or a key that does not
+    /// match the certificate is an error from `serve`; each worker reads them again as it
+    /// boots, so workers started later serve a renewed certificate. ALPN offers h2 and
+    /// http/1.1. TLS applies to every listen address.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_files(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.http.tls = Some(crate::tls::TlsSource::Files {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Serves HTTPS with a PEM certificate chain and private key held in memory
+    /// (fasthttp's `ListenAndServeTLSEmbed`). Checked as [`tls_files`](Prefork::tls_files)
+    /// checks its files.
+    ///
+    /// ```no_run
+    /// let cert = std::fs::read("cert.pem").unwrap();
+    /// let key = std::fs::read("key.pem").unwrap();
+    /// let server = forklift::Prefork::new().listen("127.0.0.1:8443")?.tls_pem(cert, key);
+    /// # let _ = server;
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.http.tls = Some(crate::tls::TlsSource::Pem {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
     /// Called in the master after each worker is started, with its pid. An error stops the
     /// server and is returned by `serve`/`run`.
     pub fn on_worker_spawn(
@@ -290,6 +331,11 @@ impl Prefork {
     {
         let mut http = self.http.clone();
         http.graceful_timeout = self.graceful_timeout;
+        #[cfg(feature = "tls")]
+        if let (Some(tls), false) = (&http.tls, worker::is_worker()) {
+            // Fail before binding or starting anything; workers load it again as they boot.
+            tls.load()?;
+        }
         let on_death = self.hooks.on_master_death.clone();
         self.run(move |worker| http::serve(worker, &factory, &http, on_death.as_deref()))
     }

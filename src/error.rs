@@ -118,6 +118,10 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The TLS certificate or key cannot be used: unreadable, malformed, or not a pair.
+    #[error("TLS: {0}")]
+    Tls(String),
+
     /// A system call failed where no better description applies.
     #[error("{context}: {source}")]
     Io {

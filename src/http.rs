@@ -31,6 +31,8 @@ use crate::worker::Worker;
 pub(crate) struct HttpConfig {
     pub header_read_timeout: Duration,
     pub graceful_timeout: Duration,
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsSource>,
 }
 
 impl Default for HttpConfig {
@@ -38,6 +40,8 @@ impl Default for HttpConfig {
         HttpConfig {
             header_read_timeout: Duration::from_secs(30),
             graceful_timeout: Duration::from_secs(30),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -107,6 +111,14 @@ where
             }
         }
     }
+    // Loaded in the worker as it boots, so a respawned worker serves renewed files.
+    #[cfg(feature = "tls")]
+    let tls: Option<tokio_rustls::TlsAcceptor> = match &cfg.tls {
+        Some(source) => Some(source.load()?.into()),
+        None => None,
+    };
+    #[cfg(not(feature = "tls"))]
+    let tls: Option<NoTls> = None;
     let service = factory();
     let mut term = signal(SignalKind::terminate())?;
     let mut quit = signal(SignalKind::quit())?;
@@ -122,8 +134,12 @@ where
         .header_read_timeout(cfg.header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let builder = Rc::new(builder);
-    let graceful = Rc::new(GracefulShutdown::new());
+    let conns = Rc::new(Conns {
+        builder,
+        graceful: GracefulShutdown::new(),
+        tls,
+        handshake_timeout: cfg.header_read_timeout,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = Vec::new();
     for l in tcp {
@@ -131,8 +147,7 @@ where
         loops.push(tokio::task::spawn_local(accept_loop(
             acceptor,
             service.clone(),
-            builder.clone(),
-            graceful.clone(),
+            conns.clone(),
             stop_rx.clone(),
         )));
     }
@@ -140,8 +155,7 @@ where
         loops.push(tokio::task::spawn_local(accept_loop(
             UnixAcceptor(l),
             service.clone(),
-            builder.clone(),
-            graceful.clone(),
+            conns.clone(),
             stop_rx.clone(),
         )));
     }
@@ -177,7 +191,9 @@ where
     for l in loops {
         let _ = l.await;
     }
-    let graceful = Rc::try_unwrap(graceful).map_err(|_| "graceful handle still shared")?;
+    let graceful = Rc::try_unwrap(conns)
+        .map_err(|_| "connection state still shared")?
+        .graceful;
     let open = graceful.count();
     if open > 0 {
         debug!("draining {open} connections");
@@ -232,11 +248,27 @@ impl Acceptor for UnixAcceptor {
     }
 }
 
+/// What every connection of a worker shares.
+struct Conns<T> {
+    builder: ConnBuilder,
+    graceful: GracefulShutdown,
+    tls: Option<T>,
+    handshake_timeout: Duration,
+}
+
+/// Stands in for the TLS acceptor when forklift is built without TLS.
+#[cfg(not(feature = "tls"))]
+struct NoTls;
+
+#[cfg(feature = "tls")]
+type Tls = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type Tls = NoTls;
+
 async fn accept_loop<A, S, B>(
     acceptor: A,
     service: S,
-    builder: Rc<ConnBuilder>,
-    graceful: Rc<GracefulShutdown>,
+    conns: Rc<Conns<Tls>>,
     mut stop: watch::Receiver<bool>,
 ) where
     A: Acceptor,
@@ -256,15 +288,7 @@ async fn accept_loop<A, S, B>(
         match accepted {
             Ok(stream) => {
                 pause = Duration::from_millis(5);
-                let svc = service.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::task::spawn_local(async move {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn).await {
-                        debug!("connection ended with an error: {e}");
-                    }
-                });
+                tokio::task::spawn_local(serve_connection(stream, service.clone(), conns.clone()));
             }
             Err(e) if is_exhaustion(&e) => {
                 // Out of fds or memory: accepting again at once would spin. Wait for
@@ -278,6 +302,41 @@ async fn accept_loop<A, S, B>(
             }
             Err(e) => debug!("accept failed: {e}"),
         }
+    }
+}
+
+/// Serves one accepted connection, after a TLS handshake if the worker has TLS.
+async fn serve_connection<I, S, B>(stream: I, service: S, conns: Rc<Conns<Tls>>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let watcher = conns.graceful.watcher();
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &conns.tls {
+        let handshake = tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return debug!("TLS handshake failed: {e}"),
+            Err(_) => return debug!("TLS handshake timed out"),
+        };
+        let conn = conns
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(conn).await {
+            debug!("connection ended with an error: {e}");
+        }
+        return;
+    }
+    let conn = conns
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        debug!("connection ended with an error: {e}");
     }
 }
 

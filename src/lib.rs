@@ -81,6 +81,8 @@ mod policy;
 mod protocol;
 mod signals;
 mod spawn;
+#[cfg(feature = "tls")]
+mod tls;
 mod worker;
 
 pub use addr::{ListenAddr, Network};

@@ -94,6 +94,15 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     header_read_timeout: Duration,
 
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key). Read before the
+    /// workers start, and again by each worker as it boots (renewals need no restart)
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
     /// Serve the files under this directory instead of the demo (ranges, ETag,
     /// Last-Modified, content types; index.html for directories)
     #[arg(long, value_name = "PATH")]
@@ -196,6 +205,13 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
+    let scheme = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            server = server.tls_files(cert, key);
+            "https"
+        }
+        _ => "http",
+    };
     for addr in &args.listen {
         server = server.listen(addr)?;
     }
@@ -206,13 +222,13 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     }
     let fault = args.fault;
     let server = server
-        .on_event(|event| {
+        .on_event(move |event| {
             if let Event::Listening { addresses } = event {
                 for a in addresses {
                     if a.starts_with("unix:") {
                         say!("listening on {a}");
                     } else {
-                        say!("listening on http://{a}");
+                        say!("listening on {scheme}://{a}");
                     }
                 }
             }
