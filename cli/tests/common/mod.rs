@@ -116,7 +116,10 @@ impl Listen {
 /// Parse the text after `listening on `.
 pub fn parse_listen(rest: &str) -> Option<Listen> {
     let rest = rest.trim();
-    if let Some(addr) = rest.strip_prefix("http://") {
+    if let Some(addr) = rest
+        .strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))
+    {
         let addr = addr.trim_end_matches('/');
         addr.parse::<SocketAddr>().ok().map(Listen::Tcp)
     } else {
@@ -545,6 +548,9 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> (Server, ExitStatus) {
         Some(st) => st,
         None => panic!("forklift {args:?} did not exit within {timeout:?}"),
     };
+    // The reader threads may still hold the last lines: wait for end-of-file on both pipes
+    // (every process that held them has exited once the group is empty).
+    s.wait_output_closed(Instant::now() + Duration::from_secs(5));
     (s, st)
 }
 
