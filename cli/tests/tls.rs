@@ -185,13 +185,15 @@ fn https_serves_http1_and_h2_with_alpn() {
     let addr = s.addr();
     let pids = s.pids_from_ready();
 
-    let h1 = https_get(addr, &[der.clone()], &[b"http/1.1"]).expect("HTTPS over HTTP/1.1");
+    let h1 =
+        https_get(addr, std::slice::from_ref(&der), &[b"http/1.1"]).expect("HTTPS over HTTP/1.1");
     assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(h1.version, hyper::Version::HTTP_11);
     assert_eq!((h1.status, h1.body.as_str()), (200, "greeting!!!"));
     assert!(pids.contains(&h1.worker.parse().unwrap()));
 
-    let h2 = https_get(addr, &[der.clone()], &[b"h2", b"http/1.1"]).expect("HTTPS over HTTP/2");
+    let h2 = https_get(addr, std::slice::from_ref(&der), &[b"h2", b"http/1.1"])
+        .expect("HTTPS over HTTP/2");
     assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(h2.version, hyper::Version::HTTP_2);
     assert_eq!((h2.status, h2.body.as_str()), (200, "greeting!!!"));
@@ -266,7 +268,7 @@ fn a_respawned_worker_serves_the_renewed_certificate() {
     let s = Server::start_ready(&certs.args(cert, key, "1"));
     let addr = s.addr();
     let old = s.pids_from_ready()[0];
-    let answer = https_get(addr, &[first.clone()], &[b"http/1.1"]).unwrap();
+    let answer = https_get(addr, std::slice::from_ref(&first), &[b"http/1.1"]).unwrap();
     assert_eq!(answer.peer_cert, first);
 
     let renewed = certs.issue();
