@@ -31,6 +31,7 @@ use crate::worker::Worker;
 pub(crate) struct HttpConfig {
     pub header_read_timeout: Duration,
     pub graceful_timeout: Duration,
+    pub access_log: bool,
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsSource>,
 }
@@ -40,6 +41,7 @@ impl Default for HttpConfig {
         HttpConfig {
             header_read_timeout: Duration::from_secs(30),
             graceful_timeout: Duration::from_secs(30),
+            access_log: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -141,24 +143,17 @@ where
         handshake_timeout: cfg.header_read_timeout,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut loops = Vec::new();
-    for l in tcp {
-        let acceptor = TcpAcceptor(l);
-        loops.push(tokio::task::spawn_local(accept_loop(
-            acceptor,
-            service.clone(),
-            conns.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    for l in unix {
-        loops.push(tokio::task::spawn_local(accept_loop(
-            UnixAcceptor(l),
-            service.clone(),
-            conns.clone(),
-            stop_rx.clone(),
-        )));
-    }
+    let loops = if cfg.access_log {
+        spawn_accept_loops(
+            crate::access_log::AccessLog(service),
+            tcp,
+            unix,
+            &conns,
+            &stop_rx,
+        )
+    } else {
+        spawn_accept_loops(service, tcp, unix, &conns, &stop_rx)
+    };
     worker.ready()?;
     debug!("serving");
 
@@ -246,6 +241,37 @@ impl Acceptor for UnixAcceptor {
         let (stream, _) = self.0.accept().await?;
         Ok(stream)
     }
+}
+
+fn spawn_accept_loops<S, B>(
+    service: S,
+    tcp: Vec<tokio::net::TcpListener>,
+    unix: Vec<tokio::net::UnixListener>,
+    conns: &Rc<Conns<Tls>>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut loops = Vec::new();
+    for l in tcp {
+        let task = accept_loop(TcpAcceptor(l), service.clone(), conns.clone(), stop.clone());
+        loops.push(tokio::task::spawn_local(task));
+    }
+    for l in unix {
+        let task = accept_loop(
+            UnixAcceptor(l),
+            service.clone(),
+            conns.clone(),
+            stop.clone(),
+        );
+        loops.push(tokio::task::spawn_local(task));
+    }
+    loops
 }
 
 /// What every connection of a worker shares.

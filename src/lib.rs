@@ -70,6 +70,7 @@ compile_error!(
     "forklift runs on Unix (Linux first, macOS too): it is built on fork, fds and signals"
 );
 
+mod access_log;
 mod addr;
 mod builder;
 mod error;

@@ -108,6 +108,10 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     dir: Option<std::path::PathBuf>,
 
+    /// Log every request (method, path, status, bytes, duration, worker) on stderr
+    #[arg(long)]
+    access_log: bool,
+
     /// Serve from this one process on a multi-thread runtime (--workers threads) instead of
     /// pre-forking: the benchmark's baseline
     #[arg(long)]
@@ -201,7 +205,8 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         .recover_window(args.recover_window)
         .boot_timeout(args.boot_timeout)
         .backlog(args.backlog)
-        .header_read_timeout(args.header_read_timeout);
+        .header_read_timeout(args.header_read_timeout)
+        .access_log(args.access_log);
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
