@@ -8,6 +8,13 @@ use std::str::FromStr;
 use crate::error::Error;
 
 /// The IP family a TCP address may use, as in Go's `net.Listen` (fasthttp's `Network`).
+///
+/// ```
+/// use forklift::{ListenAddr, Network};
+/// let ListenAddr::Tcp { network, addr } = "tcp6://[::1]:8080".parse()? else { unreachable!() };
+/// assert_eq!((network, addr.port()), (Network::Tcp6, 8080));
+/// # Ok::<(), forklift::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Network {
     /// IPv4 or IPv6. An empty host (`:8080`) listens on both (a dual-stack `[::]` socket).

@@ -47,7 +47,7 @@ impl Config {
 
 /// A pre-forked server: binds in the master, serves in one worker process per core.
 ///
-/// ```no_run
+/// ```
 /// use std::convert::Infallible;
 /// use http_body_util::Full;
 /// use hyper::{body::Bytes, Request, Response};
@@ -59,8 +59,10 @@ impl Config {
 ///
 /// fn main() -> forklift::Result<()> {
 ///     forklift::Prefork::new()
-///         .workers(4)
-///         .listen("0.0.0.0:8080")?
+///         .workers(2)
+///         .listen("127.0.0.1:0")?
+///         // A real server runs until a signal; this example stops once both workers serve.
+///         .on_master_ready(|_| { forklift::request_stop(true); Ok(()) })
 ///         .serve(|| service_fn(hello))
 /// }
 /// ```
@@ -104,6 +106,10 @@ impl Default for Prefork {
 }
 
 /// The number of CPUs this process may run on: its affinity mask and cgroup CPU quota count.
+///
+/// ```
+/// assert!(forklift::default_workers() >= 1);
+/// ```
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -131,6 +137,11 @@ impl Prefork {
 
     /// How many worker processes to run. Default: [`default_workers`], the CPUs this process
     /// may use. 0 is refused when the server starts.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().workers(4);
+    /// # let _ = server;
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
@@ -153,6 +164,12 @@ impl Prefork {
     }
 
     /// Adds an already parsed address to listen on.
+    ///
+    /// ```
+    /// let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    /// let server = forklift::Prefork::new().listen_addr(addr);
+    /// # let _ = server;
+    /// ```
     pub fn listen_addr(mut self, addr: impl Into<ListenAddr>) -> Self {
         self.addrs.push(addr.into());
         self
@@ -162,18 +179,33 @@ impl Prefork {
     /// `SO_REUSEPORT` socket per worker, so the kernel spreads connections evenly. The
     /// master keeps each worker's socket across restarts, so a crash loses no queued
     /// connection. Unix socket addresses are always shared.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().reuse_port(true);
+    /// # let _ = server;
+    /// ```
     pub fn reuse_port(mut self, on: bool) -> Self {
         self.reuse_port = on;
         self
     }
 
     /// The listen backlog. Default 4096 (the kernel caps it at `net.core.somaxconn`).
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().backlog(16_384);
+    /// # let _ = server;
+    /// ```
     pub fn backlog(mut self, n: u32) -> Self {
         self.backlog = n;
         self
     }
 
     /// How workers are started: [`Spawn::Fork`] (default), [`Spawn::Exec`], or a command.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().spawn(forklift::Spawn::Exec);
+    /// # let _ = server;
+    /// ```
     pub fn spawn(mut self, spawn: Spawn) -> Self {
         self.spawn = spawn;
         self
@@ -181,12 +213,23 @@ impl Prefork {
 
     /// Stop everything once more than `n` workers crashed within the recover window
     /// (default 10). A worker that fails before it is ready stops the master at once.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().recover_threshold(3);
+    /// # let _ = server;
+    /// ```
     pub fn recover_threshold(mut self, n: usize) -> Self {
         self.recover_threshold = n;
         self
     }
 
     /// The window crashes are counted over (default 60 s).
+    ///
+    /// ```
+    /// let window = std::time::Duration::from_secs(300);
+    /// let server = forklift::Prefork::new().recover_window(window);
+    /// # let _ = server;
+    /// ```
     pub fn recover_window(mut self, window: Duration) -> Self {
         self.recover_window = window;
         self
@@ -194,6 +237,12 @@ impl Prefork {
 
     /// How long a graceful stop lets in-flight requests finish before workers are killed
     /// (default 30 s).
+    ///
+    /// ```
+    /// let grace = std::time::Duration::from_secs(5);
+    /// let server = forklift::Prefork::new().graceful_timeout(grace);
+    /// # let _ = server;
+    /// ```
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
         self.graceful_timeout = timeout;
         self
@@ -201,6 +250,12 @@ impl Prefork {
 
     /// How long a worker may take to report ready before it counts as failing to boot
     /// (default 60 s).
+    ///
+    /// ```
+    /// let slow_start = std::time::Duration::from_secs(120);
+    /// let server = forklift::Prefork::new().boot_timeout(slow_start);
+    /// # let _ = server;
+    /// ```
     pub fn boot_timeout(mut self, timeout: Duration) -> Self {
         self.boot_timeout = timeout;
         self
@@ -208,6 +263,12 @@ impl Prefork {
 
     /// How long a client may take to send a request's headers before the connection is
     /// closed (default 30 s): the defence against slowloris.
+    ///
+    /// ```
+    /// let patience = std::time::Duration::from_secs(5);
+    /// let server = forklift::Prefork::new().header_read_timeout(patience);
+    /// # let _ = server;
+    /// ```
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.http.header_read_timeout = timeout;
         self
@@ -219,6 +280,32 @@ impl Prefork {
     /// match the certificate is an error from `serve`; each worker reads them again as it
     /// boots, so workers started later serve a renewed certificate. ALPN offers h2 and
     /// http/1.1. TLS applies to every listen address.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("forklift-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    /// # std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
+    /// # std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+    /// # let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    /// forklift::Prefork::new()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0")?
+    ///     .tls_files(&cert, &key)
+    ///     .on_master_ready(|_| { forklift::request_stop(true); Ok(()) })
+    ///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+    /// // A key that is not the certificate's is refused before any worker starts.
+    /// let err = forklift::Prefork::new()
+    ///     .listen("127.0.0.1:0")?
+    ///     .tls_files(&cert, &cert)
+    ///     .serve(|| hyper::service::service_fn(|_| async {
+    ///         Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new()))
+    ///     }))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("no private key"), "{err}");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_files(
@@ -257,6 +344,12 @@ impl Prefork {
     /// Logs one line per request (method, path, status, bytes, duration, and the worker,
     /// from its span) through `tracing`, target `forklift::access`, level INFO. Off by
     /// default: on a hot server it costs a formatted line per request.
+    ///
+    /// ```
+    /// // Lines go wherever the program's tracing subscriber sends them.
+    /// let server = forklift::Prefork::new().access_log(true);
+    /// # let _ = server;
+    /// ```
     pub fn access_log(mut self, on: bool) -> Self {
         self.http.access_log = on;
         self
@@ -264,6 +357,20 @@ impl Prefork {
 
     /// Called in the master after each worker is started, with its pid. An error stops the
     /// server and is returned by `serve`/`run`.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// let pids = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = pids.clone();
+    /// forklift::Prefork::new()
+    ///     .workers(2)
+    ///     .listen("127.0.0.1:0")?
+    ///     .on_worker_spawn(move |w| { seen.lock().unwrap().push(w.pid); Ok(()) })
+    ///     .on_master_ready(|_| { forklift::request_stop(true); Ok(()) })
+    ///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+    /// assert_eq!(pids.lock().unwrap().len(), 2);
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     pub fn on_worker_spawn(
         mut self,
         hook: impl FnMut(&WorkerInfo) -> Result<(), BoxError> + Send + 'static,
@@ -274,6 +381,18 @@ impl Prefork {
 
     /// Called in the master once every worker of the first generation serves. An error stops
     /// the server and is returned by `serve`/`run`.
+    ///
+    /// ```
+    /// // A hook's error aborts start-up and is what serve/run return.
+    /// let err = forklift::Prefork::new()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0")?
+    ///     .on_master_ready(|workers| Err(format!("{} workers are not enough", workers.len()).into()))
+    ///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "hook on_master_ready failed: 1 workers are not enough");
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     pub fn on_master_ready(
         mut self,
         hook: impl FnMut(&[WorkerInfo]) -> Result<(), BoxError> + Send + 'static,
@@ -284,6 +403,13 @@ impl Prefork {
 
     /// Called in the master when a crashed worker has been replaced: (crashed, replacement).
     /// It follows the replacement's `on_worker_spawn`.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().on_worker_recover(|old, new| {
+    ///     eprintln!("worker {}: pid {} crashed, pid {} took over", new.id, old.pid, new.pid)
+    /// });
+    /// # let _ = server;
+    /// ```
     pub fn on_worker_recover(
         mut self,
         hook: impl FnMut(&WorkerInfo, &WorkerInfo) + Send + 'static,
@@ -293,6 +419,21 @@ impl Prefork {
     }
 
     /// Called in the master whenever a worker process ends, crashed or stopped.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// let statuses = Arc::new(Mutex::new(Vec::new()));
+    /// let record = statuses.clone();
+    /// forklift::Prefork::new()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0")?
+    ///     .on_worker_exit(move |_, status| record.lock().unwrap().push(status))
+    ///     .on_master_ready(|_| { forklift::request_stop(true); Ok(()) })
+    ///     // A raw worker keeps TERM's default action: the graceful stop kills it.
+    ///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+    /// assert_eq!(*statuses.lock().unwrap(), [forklift::ExitStatus::Signaled(15)]);
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     pub fn on_worker_exit(
         mut self,
         hook: impl FnMut(&WorkerInfo, ExitStatus) + Send + 'static,
@@ -303,6 +444,12 @@ impl Prefork {
 
     /// Called in a worker when its master has died (however it died), before the worker
     /// drains its connections and exits. Without it the worker just drains and exits.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new()
+    ///     .on_master_death(|| eprintln!("worker {}: master gone, draining", std::process::id()));
+    /// # let _ = server;
+    /// ```
     pub fn on_master_death(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
         self.hooks.on_master_death = Some(Arc::new(hook));
         self
@@ -310,6 +457,27 @@ impl Prefork {
 
     /// Called in the master with every lifecycle [`Event`](crate::Event), before the matching
     /// hook.
+    ///
+    /// ```
+    /// use forklift::Event;
+    /// use std::sync::{Arc, Mutex};
+    /// let events = Arc::new(Mutex::new(Vec::new()));
+    /// let log = events.clone();
+    /// forklift::Prefork::new()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0")?
+    ///     .on_event(move |e| {
+    ///         if matches!(e, Event::MasterReady(_)) { forklift::request_stop(true) }
+    ///         log.lock().unwrap().push(format!("{e:?}"));
+    ///     })
+    ///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+    /// let events = events.lock().unwrap();
+    /// assert!(events[0].starts_with("Listening"));
+    /// assert!(events[1].starts_with("WorkerSpawned"));
+    /// assert!(events[2].starts_with("WorkerReady"));
+    /// assert!(events[3].starts_with("MasterReady"));
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     pub fn on_event(mut self, hook: impl FnMut(&crate::Event) + Send + 'static) -> Self {
         self.hooks.on_event = Some(Box::new(hook));
         self
@@ -321,6 +489,22 @@ impl Prefork {
     /// returns.
     ///
     /// The service need not be `Send`: each worker serves on its own single-threaded runtime.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use http_body_util::Full;
+    /// # use hyper::{body::{Bytes, Incoming}, service::service_fn, Request, Response};
+    /// async fn hello(_: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    ///     Ok(Response::new(Full::new(Bytes::from("hello"))))
+    /// }
+    /// // Serving on a taken port fails before any worker starts.
+    /// let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let err = forklift::Prefork::new()
+    ///     .listen_addr(taken.local_addr().unwrap())
+    ///     .serve(|| service_fn(hello))
+    ///     .unwrap_err();
+    /// assert!(matches!(err, forklift::Error::AddrInUse { .. }), "{err}");
+    /// ```
     ///
     /// # Errors
     /// A bad or taken address, a worker that cannot boot, too many crashes, a failing hook.
@@ -403,10 +587,12 @@ impl Prefork {
     /// Worker signal dispositions are the defaults, so TERM ends a raw worker unless it
     /// handles TERM itself.
     ///
-    /// ```no_run
+    /// ```
     /// use std::io::Write;
     /// forklift::Prefork::new()
-    ///     .listen("127.0.0.1:7000")?
+    ///     .workers(2)
+    ///     .listen("127.0.0.1:0")?
+    ///     .on_master_ready(|_| { forklift::request_stop(true); Ok(()) }) // an example: stop at once
     ///     .run(|worker| {
     ///         let forklift::Listener::Tcp(listener) = worker.take_listeners().remove(0) else {
     ///             return Err("expected TCP".into());
@@ -416,8 +602,7 @@ impl Prefork {
     ///             conn?.write_all(b"hello\n")?;
     ///         }
     ///         Ok(())
-    ///     })
-    /// # ;
+    ///     })?;
     /// # Ok::<(), forklift::Error>(())
     /// ```
     ///

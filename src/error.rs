@@ -14,6 +14,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Every message names the failing thing (an address, a worker, a hook) and, where there is one,
 /// the fix.
+///
+/// ```
+/// let err = forklift::Prefork::new().listen("127.0.0.1:http").unwrap_err();
+/// assert!(err.is_address());
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid listen address \"127.0.0.1:http\": port \"http\" is not a number from 0 to 65535"
+/// );
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -160,6 +169,12 @@ impl Error {
 }
 
 /// How a worker process ended.
+///
+/// ```
+/// use forklift::ExitStatus;
+/// assert_eq!(ExitStatus::Signaled(9).to_string(), "killed by SIGKILL");
+/// assert!(ExitStatus::Exited(0).success());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ExitStatus {

@@ -5,7 +5,15 @@ use std::sync::Arc;
 
 use crate::error::{BoxError, Error, ExitStatus, Result};
 
-/// A worker as the master sees it.
+/// A worker as the master sees it, as hooks receive it.
+///
+/// ```
+/// let server = forklift::Prefork::new().on_worker_spawn(|w: &forklift::WorkerInfo| {
+///     println!("worker {} of generation {} is pid {}", w.id, w.generation, w.pid);
+///     Ok(())
+/// });
+/// # let _ = server;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerInfo {
@@ -19,6 +27,18 @@ pub struct WorkerInfo {
 
 /// Something that happened in the master, in the order it happened. Observe them all with
 /// [`Prefork::on_event`](crate::Prefork::on_event).
+///
+/// ```
+/// use forklift::Event;
+/// let server = forklift::Prefork::new().on_event(|event| match event {
+///     Event::Listening { addresses } => println!("listening on {}", addresses.join(", ")),
+///     Event::WorkerExited { worker, status, expected: false } => {
+///         eprintln!("worker {} crashed: {status}", worker.pid)
+///     }
+///     _ => {}
+/// });
+/// # let _ = server;
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Event {

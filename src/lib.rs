@@ -4,7 +4,7 @@
 //! core, all serving the same port, each on its own single-threaded tokio runtime (no work
 //! stealing, no cross-core sharing).
 //!
-//! ```no_run
+//! ```
 //! use std::convert::Infallible;
 //! use http_body_util::Full;
 //! use hyper::{body::Bytes, service::service_fn, Request, Response};
@@ -15,7 +15,12 @@
 //!
 //! fn main() -> forklift::Result<()> {
 //!     forklift::Prefork::new()            // one worker per CPU by default
-//!         .listen("127.0.0.1:8080")?
+//!         .listen("127.0.0.1:0")?         // port 0: any free port
+//!         .on_master_ready(|workers| {    // every worker serves now; this example stops
+//!             println!("{} workers ready", workers.len());
+//!             forklift::request_stop(true);
+//!             Ok(())
+//!         })
 //!         .serve(|| service_fn(hello))    // called once in each worker
 //! }
 //! ```
@@ -56,6 +61,12 @@
 //! | INT | fast stop: workers drop their connections and exit; killed after 1 s |
 //! | CHLD | reap and respawn |
 //!
+//! ## Feature flags
+//!
+//! - `tls`: HTTPS with rustls ([`Prefork::tls_files`], [`Prefork::tls_pem`]).
+//! - `tower`: [`Prefork::serve_tower`] for any tower `Service` (tower-http, axum).
+//! - `axum`: an alias of `tower`, for the axum example.
+//!
 //! ## Hooks
 //!
 //! [`Prefork::on_worker_spawn`], [`Prefork::on_master_ready`], [`Prefork::on_worker_recover`],
@@ -92,5 +103,6 @@ pub use error::{BoxError, Error, ExitStatus, Result};
 pub use hooks::{Event, WorkerInfo};
 pub use listener::{Listener, DEFAULT_BACKLOG};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
+pub use signals::request_stop;
 pub use spawn::{CommandProducer, Spawn, WorkerSlot};
 pub use worker::{is_worker, Worker};

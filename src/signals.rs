@@ -40,6 +40,41 @@ extern "C" fn record(sig: libc::c_int) {
     }
 }
 
+/// Asks the master running in this process to stop, as TERM (graceful) or INT (fast) would.
+///
+/// For hooks, tests and programs that embed forklift and decide themselves when to stop
+/// (the signal a caller injects instead of the OS one). Callable from any thread of the
+/// master process; does nothing where no master runs (before `serve`, or in a worker).
+///
+/// ```
+/// # use std::convert::Infallible;
+/// # use http_body_util::Full;
+/// # use hyper::{body::{Bytes, Incoming}, service::service_fn, Request, Response};
+/// # async fn hello(_: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// #     Ok(Response::new(Full::new(Bytes::from("hello"))))
+/// # }
+/// // Start two workers, and stop as soon as both serve.
+/// forklift::Prefork::new()
+///     .workers(2)
+///     .listen("127.0.0.1:0")?
+///     .on_master_ready(|workers| {
+///         assert_eq!(workers.len(), 2);
+///         forklift::request_stop(true);
+///         Ok(())
+///     })
+///     .serve(|| service_fn(hello))?;
+/// # Ok::<(), forklift::Error>(())
+/// ```
+pub fn request_stop(graceful: bool) {
+    if WAKE_FD.load(Ordering::SeqCst) >= 0 {
+        record(if graceful {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        });
+    }
+}
+
 /// The master's end of the self-pipe, with the handlers installed.
 #[derive(Debug)]
 pub(crate) struct SignalPipe {
@@ -60,6 +95,7 @@ impl SignalPipe {
         for fd in [&read, &write] {
             set_cloexec_nonblock(fd.as_raw_fd())?;
         }
+        PENDING.store(0, Ordering::SeqCst);
         WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
         for &sig in &MASTER_SIGNALS {
             // SAFETY: `record` is async-signal-safe (atomics and write(2) only).

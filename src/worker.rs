@@ -38,6 +38,23 @@ pub fn is_worker() -> bool {
 ///
 /// The raw form, [`Prefork::run`](crate::Prefork::run), hands one to its closure, which must
 /// call [`ready`](Worker::ready) once it serves.
+///
+/// ```
+/// forklift::Prefork::new()
+///     .workers(2)
+///     .listen("127.0.0.1:0")?
+///     .listen("127.0.0.1:0")?
+///     .on_master_ready(|_| { forklift::request_stop(true); Ok(()) })
+///     .run(|worker: &mut forklift::Worker| {
+///         assert!(worker.id() < 2);
+///         assert_eq!(worker.generation(), 1);
+///         assert!(worker.master_alive());
+///         assert_eq!(worker.listeners().len(), 2);
+///         worker.ready()?;
+///         loop { std::thread::park() }
+///     })?;
+/// # Ok::<(), forklift::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Worker {
     slot: WorkerSlot,

@@ -37,6 +37,15 @@ pub enum Spawn {
 pub type CommandProducer = Arc<dyn Fn(&WorkerSlot) -> Command + Send + Sync>;
 
 /// Which worker a [`Spawn::Command`] producer builds a command for.
+///
+/// ```
+/// let spawn = forklift::Spawn::command(|slot: &forklift::WorkerSlot| {
+///     let mut cmd = std::process::Command::new("my-server");
+///     cmd.arg(format!("--worker-index={}", slot.id));
+///     cmd
+/// });
+/// # let _ = spawn;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerSlot {
