@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub recover_window: Duration,
     pub graceful_timeout: Duration,
     pub boot_timeout: Duration,
+    pub worker_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -36,6 +37,15 @@ impl Config {
         if self.addrs.is_empty() {
             return Err(Error::Config(
                 "no listen address: call .listen(\"127.0.0.1:8080\") at least once".into(),
+            ));
+        }
+        if self
+            .worker_timeout
+            .is_some_and(|t| t < Duration::from_secs(2))
+        {
+            return Err(Error::Config(
+                "worker_timeout must be at least 2 s (workers send a heartbeat every second)"
+                    .into(),
             ));
         }
         if self.backlog == 0 {
@@ -77,6 +87,7 @@ pub struct Prefork {
     recover_window: Duration,
     graceful_timeout: Duration,
     boot_timeout: Duration,
+    worker_timeout: Option<Duration>,
     http: HttpConfig,
     hooks: Hooks,
 }
@@ -93,6 +104,7 @@ impl std::fmt::Debug for Prefork {
             .field("recover_window", &self.recover_window)
             .field("graceful_timeout", &self.graceful_timeout)
             .field("boot_timeout", &self.boot_timeout)
+            .field("worker_timeout", &self.worker_timeout)
             .field("http", &self.http)
             .field("hooks", &self.hooks)
             .finish()
@@ -130,6 +142,7 @@ impl Prefork {
             recover_window: Duration::from_secs(60),
             graceful_timeout: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(60),
+            worker_timeout: Some(Duration::from_secs(30)),
             http: HttpConfig::default(),
             hooks: Hooks::default(),
         }
@@ -258,6 +271,34 @@ impl Prefork {
     /// ```
     pub fn boot_timeout(mut self, timeout: Duration) -> Self {
         self.boot_timeout = timeout;
+        self
+    }
+
+    /// How long a worker's event loop may go without a heartbeat before the master kills it
+    /// (SIGABRT, then SIGKILL) and starts another: a handler stuck in a busy loop or a
+    /// deadlock. Default 30 s; `None` turns the check off. HTTP workers send a heartbeat
+    /// every second from their event loop; raw workers are not checked.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().worker_timeout(Some(std::time::Duration::from_secs(10)));
+    /// # let _ = server;
+    /// ```
+    pub fn worker_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.worker_timeout = timeout;
+        self
+    }
+
+    /// Replace each worker after about this many requests (plus a random `jitter` of up to
+    /// that many, so workers do not all restart at once): a cap on slow leaks. The
+    /// replacement is started first and the old worker drains once it serves, one worker at
+    /// a time, so no request fails. Off by default.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().max_requests(100_000, 10_000);
+    /// # let _ = server;
+    /// ```
+    pub fn max_requests(mut self, requests: u64, jitter: u64) -> Self {
+        self.http.max_requests = Some((requests.max(1), jitter));
         self
     }
 
@@ -627,6 +668,7 @@ impl Prefork {
             recover_window: self.recover_window,
             graceful_timeout: self.graceful_timeout,
             boot_timeout: self.boot_timeout,
+            worker_timeout: self.worker_timeout,
         };
         let main: Arc<WorkerMain> = Arc::new(worker_main);
         master::run(config, self.hooks, main)

@@ -69,6 +69,33 @@ pub enum Event {
         /// Its replacement.
         new: WorkerInfo,
     },
+    /// A rolling reload (SIGHUP) started this generation.
+    ReloadStarted {
+        /// The new generation.
+        generation: u64,
+    },
+    /// Every worker of a reloaded generation serves; the previous generation drains.
+    GenerationReady {
+        /// The generation now serving.
+        generation: u64,
+        /// Its workers.
+        workers: Vec<WorkerInfo>,
+    },
+    /// A reload was given up because a worker of the new generation could not boot; the
+    /// previous generation keeps serving.
+    ReloadFailed {
+        /// The generation that failed.
+        generation: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The worker count changed (SIGTTIN, SIGTTOU).
+    WorkersChanged {
+        /// The new count.
+        workers: usize,
+    },
+    /// A worker missed its heartbeat for longer than the worker timeout and was killed.
+    WorkerTimedOut(WorkerInfo),
     /// The master began to stop its workers.
     Stopping {
         /// True for a graceful stop (TERM, QUIT), false for a fast one (INT, an error).

@@ -6,6 +6,7 @@
 //! (end-of-file on the status channel, or the parent-death TERM): run `on_master_death`, then
 //! drain gracefully.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::BoxError;
 use crate::listener::Listener;
+use crate::protocol::Message;
 use crate::worker::Worker;
 
 /// Per-worker HTTP settings.
@@ -32,6 +34,8 @@ pub(crate) struct HttpConfig {
     pub header_read_timeout: Duration,
     pub graceful_timeout: Duration,
     pub access_log: bool,
+    /// Replace the worker after this many requests plus up to this many more.
+    pub max_requests: Option<(u64, u64)>,
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsSource>,
 }
@@ -42,6 +46,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(30),
             graceful_timeout: Duration::from_secs(30),
             access_log: false,
+            max_requests: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -121,13 +126,17 @@ where
     };
     #[cfg(not(feature = "tls"))]
     let tls: Option<NoTls> = None;
-    let service = factory();
+    let served = Rc::new(Cell::new(0u64));
+    let service = Counted {
+        inner: factory(),
+        served: served.clone(),
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut int = signal(SignalKind::interrupt())?;
     let watch_fd = worker.master_watch()?;
     watch_fd.set_nonblocking(true)?;
-    let mut master = tokio::net::UnixStream::from_std(watch_fd)?;
+    let (mut master, to_master) = tokio::net::UnixStream::from_std(watch_fd)?.into_split();
 
     let mut builder = auto::Builder::new(LocalExec);
     builder
@@ -136,9 +145,9 @@ where
         .header_read_timeout(cfg.header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    let graceful = Rc::new(GracefulShutdown::new());
     let conns = Rc::new(Conns {
         builder,
-        graceful: GracefulShutdown::new(),
         tls,
         handshake_timeout: cfg.header_read_timeout,
     });
@@ -149,13 +158,18 @@ where
             tcp,
             unix,
             &conns,
+            &graceful,
             &stop_rx,
         )
     } else {
-        spawn_accept_loops(service, tcp, unix, &conns, &stop_rx)
+        spawn_accept_loops(service, tcp, unix, &conns, &graceful, &stop_rx)
     };
     worker.ready()?;
     debug!("serving");
+    let limit = cfg
+        .max_requests
+        .map(|(n, jitter)| n + random_below(jitter + 1));
+    let heartbeat = tokio::task::spawn_local(heartbeat(to_master, served, limit));
 
     let master_pid = worker.master_pid();
     let master_died = |why: &str| {
@@ -179,6 +193,7 @@ where
         _ = wait_eof(&mut master) => { master_died("its channel closed"); false }
     };
     let _ = stop_tx.send(true);
+    heartbeat.abort();
     if fast {
         return Ok(());
     }
@@ -186,9 +201,8 @@ where
     for l in loops {
         let _ = l.await;
     }
-    let graceful = Rc::try_unwrap(conns)
-        .map_err(|_| "connection state still shared")?
-        .graceful;
+    // Connections hold watchers, not the handle: with the accept loops gone it is ours alone.
+    let graceful = Rc::try_unwrap(graceful).map_err(|_| "graceful handle still shared")?;
     let open = graceful.count();
     if open > 0 {
         debug!("draining {open} connections");
@@ -203,8 +217,69 @@ where
     Ok(())
 }
 
+/// Tells the master, every second, that this worker's event loop runs and how many requests
+/// it served; asks once to be replaced when it reaches `limit`. A task on the worker's own
+/// runtime, so a handler that blocks the loop stops the heartbeat and is caught.
+async fn heartbeat(
+    to_master: tokio::net::unix::OwnedWriteHalf,
+    served: Rc<Cell<u64>>,
+    limit: Option<u64>,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut asked = false;
+    loop {
+        tick.tick().await;
+        let requests = served.get();
+        // A full channel means the master is behind: skip this beat rather than block.
+        let _ = to_master.try_write(&Message::Heartbeat { requests }.encode());
+        if let (Some(limit), false) = (limit, asked) {
+            if requests >= limit {
+                info!("served {requests} requests (limit {limit}): asking to be replaced");
+                asked = to_master.try_write(&Message::Recycle.encode()).is_ok();
+            }
+        }
+    }
+}
+
+/// How often a worker sends a heartbeat.
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A number below `n` (n > 0), random enough to spread worker restarts.
+fn random_below(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x % n
+}
+
+/// Counts the requests a worker serves (for recycling and status).
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    served: Rc<Cell<u64>>,
+}
+
+impl<S, R> Service<R> for Counted<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.served.set(self.served.get() + 1);
+        self.inner.call(req)
+    }
+}
+
 /// Resolves once the master's end of the channel is closed.
-async fn wait_eof(stream: &mut tokio::net::UnixStream) {
+async fn wait_eof(stream: &mut tokio::net::unix::OwnedReadHalf) {
     let mut buf = [0u8; 64];
     loop {
         match stream.read(&mut buf).await {
@@ -248,6 +323,7 @@ fn spawn_accept_loops<S, B>(
     tcp: Vec<tokio::net::TcpListener>,
     unix: Vec<tokio::net::UnixListener>,
     conns: &Rc<Conns<Tls>>,
+    graceful: &Rc<GracefulShutdown>,
     stop: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>>
 where
@@ -259,7 +335,13 @@ where
 {
     let mut loops = Vec::new();
     for l in tcp {
-        let task = accept_loop(TcpAcceptor(l), service.clone(), conns.clone(), stop.clone());
+        let task = accept_loop(
+            TcpAcceptor(l),
+            service.clone(),
+            conns.clone(),
+            graceful.clone(),
+            stop.clone(),
+        );
         loops.push(tokio::task::spawn_local(task));
     }
     for l in unix {
@@ -267,6 +349,7 @@ where
             UnixAcceptor(l),
             service.clone(),
             conns.clone(),
+            graceful.clone(),
             stop.clone(),
         );
         loops.push(tokio::task::spawn_local(task));
@@ -277,7 +360,6 @@ where
 /// What every connection of a worker shares.
 struct Conns<T> {
     builder: ConnBuilder,
-    graceful: GracefulShutdown,
     tls: Option<T>,
     handshake_timeout: Duration,
 }
@@ -295,6 +377,7 @@ async fn accept_loop<A, S, B>(
     acceptor: A,
     service: S,
     conns: Rc<Conns<Tls>>,
+    graceful: Rc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) where
     A: Acceptor,
@@ -314,7 +397,9 @@ async fn accept_loop<A, S, B>(
         match accepted {
             Ok(stream) => {
                 pause = Duration::from_millis(5);
-                tokio::task::spawn_local(serve_connection(stream, service.clone(), conns.clone()));
+                let conn =
+                    serve_connection(stream, service.clone(), conns.clone(), graceful.watcher());
+                tokio::task::spawn_local(conn);
             }
             Err(e) if is_exhaustion(&e) => {
                 // Out of fds or memory: accepting again at once would spin. Wait for
@@ -332,8 +417,12 @@ async fn accept_loop<A, S, B>(
 }
 
 /// Serves one accepted connection, after a TLS handshake if the worker has TLS.
-async fn serve_connection<I, S, B>(stream: I, service: S, conns: Rc<Conns<Tls>>)
-where
+async fn serve_connection<I, S, B>(
+    stream: I,
+    service: S,
+    conns: Rc<Conns<Tls>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
@@ -341,7 +430,6 @@ where
     B: Body + 'static,
     B::Error: Into<BoxError>,
 {
-    let watcher = conns.graceful.watcher();
     #[cfg(feature = "tls")]
     if let Some(tls) = &conns.tls {
         let handshake = tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;

@@ -232,6 +232,28 @@ fn bind_addr(requested: &ListenAddr, slots: usize, opts: BindOptions) -> Result<
     }
 }
 
+/// Binds one more reuseport socket, for a worker slot added while running (TTIN). Shared
+/// sockets need nothing.
+pub(crate) fn add_slot(bound: &mut BoundAddr, opts: BindOptions) -> Result<()> {
+    if let (Sockets::PerSlot(v), ListenAddr::Tcp { addr, .. }) = (&mut bound.sockets, &bound.actual)
+    {
+        let socket = bind_tcp(&bound.actual, *addr, opts)?;
+        v.push(socket);
+    }
+    Ok(())
+}
+
+/// Closes the master's copy of the last slot's reuseport socket (TTOU). Connections still
+/// queued on it are lost when its worker has closed it too, unless the kernel migrates them
+/// (`net.ipv4.tcp_migrate_req = 1`).
+pub(crate) fn remove_slot(bound: &mut BoundAddr) {
+    if let Sockets::PerSlot(v) = &mut bound.sockets {
+        if v.len() > 1 {
+            v.pop();
+        }
+    }
+}
+
 /// Binds and listens on `addr` with the family rule of `spec` (whose port may still be 0).
 fn bind_tcp(spec: &ListenAddr, addr: SocketAddr, opts: BindOptions) -> Result<Socket> {
     let shown = addr.to_string();

@@ -27,6 +27,8 @@ use crate::worker::WorkerMain;
 const FAST_STOP_GRACE: Duration = Duration::from_secs(1);
 /// How long the master waits between its SIGKILL and giving up on reaping.
 const KILL_REAP_LIMIT: Duration = Duration::from_secs(5);
+/// How long a worker killed for a missed heartbeat has to die of SIGABRT before SIGKILL.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the master until it stops. Returns `Ok` after a requested stop.
 pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result<()> {
@@ -52,6 +54,9 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
         }
     }
     let bound = listener::bind_all(&config.addrs, config.workers, opts)?;
+    if config.reuse_port {
+        note_migrate_req();
+    }
     let signals = SignalPipe::install().map_err(|e| Error::io("installing signal handlers", e))?;
     let mut master = Master::new(config, hooks, main, bound, signals);
     let addresses: Vec<String> = master.bound.iter().map(|b| b.actual.to_string()).collect();
@@ -82,6 +87,20 @@ struct Entry {
     boot_error: Option<String>,
     /// Set once the master has asked this worker to stop.
     stopping: bool,
+    /// A replacement is on its way; this worker is retired once the replacement serves.
+    superseded: bool,
+    /// The worker asked to be replaced (its request limit).
+    wants_recycle: bool,
+    last_heartbeat: Option<Instant>,
+    requests: u64,
+    /// When the master sent SIGABRT for a missed heartbeat.
+    aborted_at: Option<Instant>,
+}
+
+impl Entry {
+    fn serves(&self) -> bool {
+        !self.stopping && !self.superseded
+    }
 }
 
 struct SlotState {
@@ -89,6 +108,24 @@ struct SlotState {
     respawn_at: Option<Instant>,
     /// The crashed worker this slot's next spawn replaces.
     replaces: Option<WorkerInfo>,
+    restarts: u64,
+}
+
+impl SlotState {
+    fn due_now() -> SlotState {
+        SlotState {
+            backoff: Backoff::default(),
+            respawn_at: Some(Instant::now()),
+            replaces: None,
+            restarts: 0,
+        }
+    }
+}
+
+/// A rolling reload in progress: the new generation starts; the old one serves until every
+/// new worker is ready.
+struct Reload {
+    previous: u64,
 }
 
 enum Phase {
@@ -111,6 +148,8 @@ struct Master {
     slots: Vec<SlotState>,
     crashes: CrashWindow,
     generation: u64,
+    reload: Option<Reload>,
+    reload_queued: bool,
     phase: Phase,
     master_ready: bool,
     pid: u32,
@@ -125,13 +164,7 @@ impl Master {
         bound: Vec<BoundAddr>,
         signals: SignalPipe,
     ) -> Master {
-        let slots = (0..config.workers)
-            .map(|_| SlotState {
-                backoff: Backoff::default(),
-                respawn_at: Some(Instant::now()),
-                replaces: None,
-            })
-            .collect();
+        let slots = (0..config.workers).map(|_| SlotState::due_now()).collect();
         let crashes = CrashWindow::new(config.recover_threshold, config.recover_window);
         Master {
             config,
@@ -143,6 +176,8 @@ impl Master {
             slots,
             crashes,
             generation: 1,
+            reload: None,
+            reload_queued: false,
             phase: Phase::Running,
             master_ready: false,
             pid: std::process::id(),
@@ -179,6 +214,10 @@ impl Master {
         }
     }
 
+    fn running(&self) -> bool {
+        matches!(self.phase, Phase::Running)
+    }
+
     // ---- signals become intents here, and only here ----
 
     fn on_signal(&mut self, sig: libc::c_int) {
@@ -191,11 +230,120 @@ impl Master {
                 info!("received SIGINT: fast stop");
                 self.stop(false, Ok(()));
             }
+            libc::SIGHUP => self.start_reload(),
+            libc::SIGTTIN => self.scale(self.slots.len() + 1),
+            libc::SIGTTOU => self.scale(self.slots.len().saturating_sub(1)),
             libc::SIGCHLD => {} // reaping happens every tick
-            libc::SIGHUP | libc::SIGUSR2 | libc::SIGTTIN | libc::SIGTTOU => {
-                warn!("received {}: not supported yet, ignored", signame(sig));
+            libc::SIGUSR2 => {
+                warn!("received SIGUSR2: binary upgrade is not supported yet, ignored")
             }
             _ => {}
+        }
+    }
+
+    // ---- reload and scaling ----
+
+    /// SIGHUP: start a new generation of every worker; the old one keeps serving until all of
+    /// the new one is ready, then drains gracefully. A reload asked for during a reload runs
+    /// once the current one ends.
+    fn start_reload(&mut self) {
+        if !self.running() {
+            return;
+        }
+        if self.reload.is_some() {
+            info!("received SIGHUP during a reload: reloading again once it is done");
+            self.reload_queued = true;
+            return;
+        }
+        let previous = self.generation;
+        self.generation += 1;
+        info!(
+            "received SIGHUP: starting generation {} ({} workers)",
+            self.generation,
+            self.slots.len()
+        );
+        self.reload = Some(Reload { previous });
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            slot.respawn_at = Some(now);
+            slot.replaces = None;
+        }
+        self.emit(Event::ReloadStarted {
+            generation: self.generation,
+        });
+    }
+
+    /// Gives up a reload whose new generation cannot boot: its workers stop, the previous
+    /// generation keeps serving.
+    fn abort_reload(&mut self, reason: String) {
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        let failed = self.generation;
+        error!(
+            "reload to generation {failed} failed: {reason}; generation {} keeps serving",
+            reload.previous
+        );
+        for w in &mut self.workers {
+            if w.info.generation == failed && !w.stopping {
+                w.stopping = true;
+                send_signal(w.info.pid, libc::SIGTERM);
+            }
+        }
+        self.generation = reload.previous;
+        for slot in &mut self.slots {
+            slot.respawn_at = None;
+        }
+        // Slots the previous generation does not fill (a worker of it died meanwhile) start
+        // again now.
+        let now = Instant::now();
+        for id in 0..self.slots.len() {
+            if !self.slot_served(id) {
+                self.slots[id].respawn_at = Some(now);
+            }
+        }
+        self.reload_queued = false;
+        self.emit(Event::ReloadFailed {
+            generation: failed,
+            reason,
+        });
+    }
+
+    /// SIGTTIN / SIGTTOU: one worker more or fewer.
+    fn scale(&mut self, target: usize) {
+        if !self.running() {
+            return;
+        }
+        if target == 0 {
+            warn!("received SIGTTOU with one worker left: ignored");
+            return;
+        }
+        let opts = self.bind_options();
+        while self.slots.len() < target {
+            for b in &mut self.bound {
+                if let Err(e) = listener::add_slot(b, opts) {
+                    error!("cannot add a worker: {e}");
+                    return;
+                }
+            }
+            self.slots.push(SlotState::due_now());
+        }
+        while self.slots.len() > target {
+            self.slots.pop();
+            for b in &mut self.bound {
+                listener::remove_slot(b);
+            }
+        }
+        info!("workers: {}", self.slots.len());
+        self.emit(Event::WorkersChanged {
+            workers: self.slots.len(),
+        });
+    }
+
+    fn bind_options(&self) -> BindOptions {
+        BindOptions {
+            backlog: i32::try_from(self.config.backlog).unwrap_or(i32::MAX),
+            reuse_port: self.config.reuse_port,
         }
     }
 
@@ -240,6 +388,7 @@ impl Master {
         for slot in &mut self.slots {
             slot.respawn_at = None;
         }
+        self.reload = None;
         // Close the master's copies of the listening sockets: once the workers have closed
         // theirs, new connections are refused at once instead of queueing for nobody.
         self.bound.clear();
@@ -260,44 +409,168 @@ impl Master {
         }
     }
 
-    // ---- spawning ----
+    /// Asks one worker to drain and exit.
+    fn retire(w: &mut Entry, why: &str) {
+        if !w.stopping {
+            debug!("retiring worker {} (pid {}): {why}", w.info.id, w.info.pid);
+            w.stopping = true;
+            send_signal(w.info.pid, libc::SIGTERM);
+        }
+    }
+
+    // ---- the supervision verbs ----
 
     fn manage(&mut self) {
         let now = Instant::now();
-        match &mut self.phase {
-            Phase::Running => {
-                for id in 0..self.slots.len() {
-                    let due = self.slots[id].respawn_at.is_some_and(|t| t <= now);
-                    if due && !self.workers.iter().any(|w| w.info.id == id) {
-                        self.slots[id].respawn_at = None;
-                        self.spawn(id);
-                        if !matches!(self.phase, Phase::Running) {
-                            return;
-                        }
-                    }
+        if let Phase::Stopping {
+            kill_at, killed, ..
+        } = &mut self.phase
+        {
+            if !*killed && now >= *kill_at {
+                *killed = true;
+                *kill_at = now + KILL_REAP_LIMIT;
+                for w in &self.workers {
+                    warn!(
+                        "worker {} (pid {}) did not stop in time: SIGKILL",
+                        w.info.id, w.info.pid
+                    );
+                    send_signal(w.info.pid, libc::SIGKILL);
                 }
-                self.check_boot_deadlines(now);
-            }
-            Phase::Stopping {
-                kill_at, killed, ..
-            } => {
-                if !*killed && now >= *kill_at {
-                    *killed = true;
-                    *kill_at = now + KILL_REAP_LIMIT;
-                    for w in &self.workers {
-                        warn!(
-                            "worker {} (pid {}) did not stop in time: SIGKILL",
-                            w.info.id, w.info.pid
-                        );
-                        send_signal(w.info.pid, libc::SIGKILL);
-                    }
-                } else if *killed && now >= *kill_at {
-                    // Unreapable (a worker stuck in the kernel): give up on it.
-                    for w in self.workers.drain(..) {
-                        error!("worker pid {} could not be reaped", w.info.pid);
-                    }
+            } else if *killed && now >= *kill_at {
+                // Unreapable (a worker stuck in the kernel): give up on it.
+                for w in self.workers.drain(..) {
+                    error!("worker pid {} could not be reaped", w.info.pid);
                 }
             }
+            return;
+        }
+        self.spawn_due(now);
+        if !self.running() {
+            return;
+        }
+        self.retire_replaced();
+        self.start_recycle(now);
+        self.murder(now);
+        self.check_boot_deadlines(now);
+    }
+
+    /// True if a worker of the current generation serves (or boots for) slot `id`.
+    fn slot_served(&self, id: usize) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.info.id == id && w.info.generation == self.generation && w.serves())
+    }
+
+    fn spawn_due(&mut self, now: Instant) {
+        for id in 0..self.slots.len() {
+            let due = self.slots[id].respawn_at.is_some_and(|t| t <= now);
+            if due && !self.slot_served(id) {
+                self.slots[id].respawn_at = None;
+                self.spawn(id);
+                if !self.running() {
+                    return;
+                }
+            } else if due {
+                self.slots[id].respawn_at = None;
+            }
+        }
+    }
+
+    /// Retires the workers whose replacements serve: the previous generation once every
+    /// slot of the new one is ready, a recycled worker once its slot's replacement is, and
+    /// the workers of slots removed by TTOU.
+    fn retire_replaced(&mut self) {
+        let generation = self.generation;
+        let slots = self.slots.len();
+        let ready_slots: Vec<bool> = (0..slots)
+            .map(|id| {
+                self.workers.iter().any(|w| {
+                    w.info.id == id
+                        && w.info.generation == generation
+                        && w.serves()
+                        && w.ready_at.is_some()
+                })
+            })
+            .collect();
+        let all_ready = ready_slots.iter().all(|&r| r);
+        if let (Some(_), true) = (&self.reload, all_ready) {
+            self.reload = None;
+            for w in &mut self.workers {
+                if w.info.generation < generation {
+                    Master::retire(w, "its generation was replaced");
+                }
+            }
+            let workers: Vec<WorkerInfo> = self
+                .workers
+                .iter()
+                .filter(|w| w.info.generation == generation && w.serves())
+                .map(|w| w.info)
+                .collect();
+            info!("generation {generation} serves: {} workers", workers.len());
+            self.emit(Event::GenerationReady {
+                generation,
+                workers,
+            });
+            if std::mem::take(&mut self.reload_queued) {
+                self.start_reload();
+            }
+        }
+        for w in &mut self.workers {
+            if w.info.id >= slots {
+                Master::retire(w, "the worker count was lowered");
+            } else if w.superseded && w.info.generation == generation && ready_slots[w.info.id] {
+                Master::retire(w, "its replacement serves");
+            }
+        }
+    }
+
+    /// Replaces, one at a time, the workers that reached their request limit.
+    fn start_recycle(&mut self, now: Instant) {
+        if self.reload.is_some() || self.workers.iter().any(|w| w.superseded && !w.stopping) {
+            return;
+        }
+        let generation = self.generation;
+        if let Some(w) = self.workers.iter_mut().find(|w| {
+            w.wants_recycle && w.serves() && w.ready_at.is_some() && w.info.generation == generation
+        }) {
+            info!(
+                "worker {} (pid {}) served {} requests: replacing it",
+                w.info.id, w.info.pid, w.requests
+            );
+            w.superseded = true;
+            self.slots[w.info.id].respawn_at = Some(now);
+        }
+    }
+
+    /// Kills workers whose heartbeat stopped: SIGABRT first (a core dump shows where it was
+    /// stuck), SIGKILL if that does not end it.
+    fn murder(&mut self, now: Instant) {
+        let Some(timeout) = self.config.worker_timeout else {
+            return;
+        };
+        let mut stuck = Vec::new();
+        for w in &mut self.workers {
+            match (w.aborted_at, w.last_heartbeat) {
+                (Some(at), _) if now - at > ABORT_GRACE => {
+                    send_signal(w.info.pid, libc::SIGKILL);
+                }
+                (None, Some(beat)) if !w.stopping && now - beat > timeout => {
+                    error!(
+                        "worker {} (pid {}) sent no heartbeat for {:?} (worker_timeout {timeout:?}): \
+                         SIGABRT",
+                        w.info.id,
+                        w.info.pid,
+                        now - beat
+                    );
+                    w.aborted_at = Some(now);
+                    send_signal(w.info.pid, libc::SIGABRT);
+                    stuck.push(w.info);
+                }
+                _ => {}
+            }
+        }
+        for info in stuck {
+            self.emit(Event::WorkerTimedOut(info));
         }
     }
 
@@ -309,8 +582,12 @@ impl Master {
         let pid = match self.spawn_process(slot) {
             Ok(pid) => pid,
             Err(e) => {
-                error!("{e}");
-                self.stop(false, Err(e));
+                if self.reload.is_some() {
+                    self.abort_reload(e.to_string());
+                } else {
+                    error!("{e}");
+                    self.stop(false, Err(e));
+                }
                 return;
             }
         };
@@ -328,9 +605,15 @@ impl Master {
             ready_at: None,
             boot_error: None,
             stopping: false,
+            superseded: false,
+            wants_recycle: false,
+            last_heartbeat: None,
+            requests: 0,
+            aborted_at: None,
         });
         self.emit(Event::WorkerSpawned(info));
         if let Some(old) = self.slots[id].replaces.take() {
+            self.slots[id].restarts += 1;
             info!(
                 "worker {id} recovered: pid {} replaced by pid {}",
                 old.pid, info.pid
@@ -401,17 +684,11 @@ impl Master {
             .iter_mut()
             .find(|w| w.ready_at.is_none() && !w.stopping && now - w.spawned_at > limit);
         if let Some(w) = late {
-            w.stopping = true;
+            // Killed, it exits before ready: on_exit reports it as failing to boot.
+            w.boot_error = Some(format!(
+                "it did not report ready within {limit:?} (raise boot_timeout if it needs longer)"
+            ));
             send_signal(w.info.pid, libc::SIGKILL);
-            let err = Error::WorkerBoot {
-                id: w.info.id,
-                pid: w.info.pid,
-                message: format!(
-                    "it did not report ready within {limit:?} (raise boot_timeout if it needs longer)"
-                ),
-            };
-            error!("{err}");
-            self.stop(true, Err(err));
         }
     }
 
@@ -419,12 +696,13 @@ impl Master {
 
     fn read_channels(&mut self) {
         let mut events = Vec::new();
+        let now = Instant::now();
         for w in &mut self.workers {
             for msg in drain_channel(w) {
                 match msg {
                     Message::Ready => {
                         if w.ready_at.is_none() {
-                            w.ready_at = Some(Instant::now());
+                            w.ready_at = Some(now);
                             debug!(
                                 "worker {} (pid {}) ready in {:?}",
                                 w.info.id,
@@ -435,6 +713,11 @@ impl Master {
                         }
                     }
                     Message::BootError(text) => w.boot_error = Some(text),
+                    Message::Heartbeat { requests } => {
+                        w.last_heartbeat = Some(now);
+                        w.requests = requests;
+                    }
+                    Message::Recycle => w.wants_recycle = true,
                 }
             }
         }
@@ -445,7 +728,7 @@ impl Master {
     }
 
     fn check_master_ready(&mut self) {
-        if self.master_ready || !matches!(self.phase, Phase::Running) {
+        if self.master_ready || !self.running() {
             return;
         }
         let ready: Vec<WorkerInfo> = self
@@ -454,7 +737,7 @@ impl Master {
             .filter(|w| w.ready_at.is_some())
             .map(|w| w.info)
             .collect();
-        if ready.len() == self.config.workers {
+        if ready.len() == self.slots.len() {
             self.master_ready = true;
             let pids: Vec<String> = ready.iter().map(|w| w.pid.to_string()).collect();
             info!(
@@ -502,7 +785,7 @@ impl Master {
     fn on_exit(&mut self, entry: Entry, status: ExitStatus) {
         let now = Instant::now();
         let info = entry.info;
-        let expected = entry.stopping || matches!(self.phase, Phase::Stopping { .. });
+        let expected = entry.stopping || !self.running();
         if expected {
             debug!("worker {} (pid {}) {status}", info.id, info.pid);
         } else {
@@ -524,13 +807,7 @@ impl Master {
                 }
                 (None, status) => format!("it {status} before it was ready"),
             };
-            let err = Error::WorkerBoot {
-                id: info.id,
-                pid: info.pid,
-                message,
-            };
-            error!("{err}");
-            self.stop(true, Err(err));
+            self.on_boot_failure(info, message);
             return;
         };
         if let Some(crashes) = self.crashes.record(now) {
@@ -546,6 +823,10 @@ impl Master {
             self.stop(true, Err(err));
             return;
         }
+        if entry.superseded || info.generation != self.generation || info.id >= self.slots.len() {
+            // Its replacement is already on its way (a reload, a recycle) or its slot is gone.
+            return;
+        }
         let slot = &mut self.slots[info.id];
         let delay = slot.backoff.on_crash(now - ready_at);
         slot.respawn_at = Some(now + delay);
@@ -553,6 +834,35 @@ impl Master {
         if !delay.is_zero() {
             info!("worker {} restarts in {delay:?} (backoff)", info.id);
         }
+    }
+
+    /// A worker that ended before it was ready. During a reload the reload is given up; a
+    /// recycled worker whose replacement cannot boot keeps serving; otherwise the master stops
+    /// with the worker's error rather than loop on a worker that cannot start.
+    fn on_boot_failure(&mut self, info: WorkerInfo, message: String) {
+        if self.reload.is_some() && info.generation == self.generation {
+            self.abort_reload(format!("worker {} (pid {}): {message}", info.id, info.pid));
+            return;
+        }
+        let generation = self.generation;
+        if let Some(old) = self.workers.iter_mut().find(|w| {
+            w.info.id == info.id && w.superseded && !w.stopping && w.info.generation == generation
+        }) {
+            error!(
+                "the replacement of worker {} (pid {}) failed to boot: {message}; it keeps serving",
+                old.info.id, old.info.pid
+            );
+            old.superseded = false;
+            old.wants_recycle = false;
+            return;
+        }
+        let err = Error::WorkerBoot {
+            id: info.id,
+            pid: info.pid,
+            message,
+        };
+        error!("{err}");
+        self.stop(true, Err(err));
     }
 
     // ---- waiting ----
@@ -570,6 +880,14 @@ impl Master {
                 for w in &self.workers {
                     if w.ready_at.is_none() {
                         deadline = deadline.min(w.spawned_at + self.config.boot_timeout);
+                    }
+                    if let (Some(timeout), Some(beat)) =
+                        (self.config.worker_timeout, w.last_heartbeat)
+                    {
+                        deadline = deadline.min(beat + timeout);
+                    }
+                    if let Some(at) = w.aborted_at {
+                        deadline = deadline.min(at + ABORT_GRACE);
                     }
                 }
             }
@@ -651,6 +969,18 @@ fn signame(sig: libc::c_int) -> String {
     crate::error::signal_name(sig)
         .map(str::to_string)
         .unwrap_or_else(|| format!("signal {sig}"))
+}
+
+/// Says, once, whether the kernel migrates connections queued on a closed reuseport socket.
+fn note_migrate_req() {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(v) if v.trim() == "1" => debug!("net.ipv4.tcp_migrate_req = 1: removing a worker loses no queued connection"),
+        Ok(_) => debug!(
+            "net.ipv4.tcp_migrate_req = 0: lowering the worker count (TTOU) may reset connections \
+             queued on the removed worker's socket; reloads and restarts keep the sockets and lose none"
+        ),
+        Err(_) => {}
+    }
 }
 
 /// Threads of this process (Linux: entries of /proc/self/task). Elsewhere 1, unchecked.

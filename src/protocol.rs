@@ -37,12 +37,21 @@ pub(crate) enum Message {
     Ready,
     /// The worker cannot boot, and why.
     BootError(String),
+    /// The worker's event loop is alive; it has served this many requests.
+    Heartbeat {
+        /// Requests served since the worker started.
+        requests: u64,
+    },
+    /// The worker reached its request limit and asks to be replaced.
+    Recycle,
 }
 
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Message::Ready => b"ready\n".to_vec(),
+            Message::Heartbeat { requests } => format!("hb {requests}\n").into_bytes(),
+            Message::Recycle => b"recycle\n".to_vec(),
             Message::BootError(text) => {
                 let mut line = String::from("boot-error ");
                 for c in text.chars() {
@@ -67,6 +76,12 @@ impl Message {
             let line = String::from_utf8_lossy(&line[..line.len() - 1]);
             if line == "ready" {
                 out.push(Message::Ready);
+            } else if line == "recycle" {
+                out.push(Message::Recycle);
+            } else if let Some(n) = line.strip_prefix("hb ") {
+                if let Ok(requests) = n.parse() {
+                    out.push(Message::Heartbeat { requests });
+                }
             } else if let Some(text) = line.strip_prefix("boot-error ") {
                 out.push(Message::BootError(unescape(text)));
             }
@@ -128,13 +143,17 @@ mod tests {
         let mut buf = Vec::new();
         buf.extend(Message::Ready.encode());
         buf.extend(Message::BootError("line one\nback\\slash".into()).encode());
-        buf.extend(b"unknown thing\nrea");
+        buf.extend(Message::Heartbeat { requests: 42 }.encode());
+        buf.extend(Message::Recycle.encode());
+        buf.extend(b"hb notanumber\nunknown thing\nrea");
         let got = Message::drain(&mut buf);
         assert_eq!(
             got,
             vec![
                 Message::Ready,
-                Message::BootError("line one\nback\\slash".into())
+                Message::BootError("line one\nback\\slash".into()),
+                Message::Heartbeat { requests: 42 },
+                Message::Recycle,
             ]
         );
         assert_eq!(buf, b"rea");

@@ -86,6 +86,20 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     boot_timeout: Duration,
 
+    /// Seconds a worker may go without a heartbeat before it is killed and replaced (a
+    /// handler stuck in a loop); 0 turns the check off
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    worker_timeout: Duration,
+
+    /// Replace each worker after this many requests (plus up to --max-requests-jitter more),
+    /// one worker at a time, without failing a request
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
+
+    /// Up to this many requests added at random to --max-requests, per worker
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
+    max_requests_jitter: u64,
+
     /// Listen backlog (capped by net.core.somaxconn)
     #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_BACKLOG)]
     backlog: u32,
@@ -120,6 +134,10 @@ struct ServeArgs {
     /// Inject a fault, for forklift's own tests
     #[arg(long, value_enum, hide = true)]
     fault: Option<Fault>,
+
+    /// The file --fault boot-panic-if-file looks for
+    #[arg(long, value_name = "PATH", hide = true)]
+    fault_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -138,6 +156,10 @@ enum Fault {
     CrashAfterReady,
     /// Start a thread before forking (fork mode must refuse).
     ThreadBeforeFork,
+    /// Workers panic while booting if --fault-file exists (a reload that cannot boot).
+    BootPanicIfFile,
+    /// GET /block?ms=N blocks the worker's event loop for N ms (a stuck handler).
+    BlockRoute,
 }
 
 /// Prints one lifecycle line on stdout. A closed stdout (`forklift serve | head -1`) must not
@@ -206,7 +228,11 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         .boot_timeout(args.boot_timeout)
         .backlog(args.backlog)
         .header_read_timeout(args.header_read_timeout)
-        .access_log(args.access_log);
+        .access_log(args.access_log)
+        .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
+    if let Some(n) = args.max_requests {
+        server = server.max_requests(n, args.max_requests_jitter);
+    }
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
@@ -227,8 +253,8 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     }
     let fault = args.fault;
     let server = server
-        .on_event(move |event| {
-            if let Event::Listening { addresses } = event {
+        .on_event(move |event| match event {
+            Event::Listening { addresses } => {
                 for a in addresses {
                     if a.starts_with("unix:") {
                         say!("listening on {a}");
@@ -237,6 +263,20 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
                     }
                 }
             }
+            Event::ReloadStarted { generation } => say!("reloading generation={generation}"),
+            Event::GenerationReady {
+                generation,
+                workers,
+            } => {
+                let pids: Vec<String> = workers.iter().map(|w| w.pid.to_string()).collect();
+                say!("reloaded generation={generation} pids={}", pids.join(","));
+            }
+            Event::ReloadFailed { generation, reason } => {
+                say!("reload failed generation={generation} reason=\"{reason}\"")
+            }
+            Event::WorkersChanged { workers } => say!("workers={workers}"),
+            Event::WorkerTimedOut(w) => say!("timed out worker={} pid={}", w.id, w.pid),
+            _ => {}
         })
         .on_worker_spawn(|w| {
             say!(
@@ -263,25 +303,30 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
                 new.pid
             );
         });
+    let fault_file = args.fault_file.clone();
     if let Some(dir) = &args.dir {
         let root = static_files::check_root(dir)?;
         server.serve_tower(move || {
-            inject(fault);
+            inject(fault, fault_file.as_deref());
             static_files::service(&root)
         })?;
     } else {
         server.serve(move || {
-            inject(fault);
+            inject(fault, fault_file.as_deref());
             let worker = HeaderValue::from(std::process::id());
-            service_fn(move |req| demo(req, worker.clone()))
+            let block_route = matches!(fault, Some(Fault::BlockRoute));
+            service_fn(move |req| demo(req, worker.clone(), block_route))
         })?;
     }
     Ok(())
 }
 
 /// Runs in each worker as it boots: the faults forklift's tests inject.
-fn inject(fault: Option<Fault>) {
+fn inject(fault: Option<Fault>, file: Option<&std::path::Path>) {
     match fault {
+        Some(Fault::BootPanicIfFile) if file.is_some_and(|f| f.exists()) => {
+            panic!("injected boot failure (--fault boot-panic-if-file)")
+        }
         Some(Fault::BootPanic) => panic!("injected boot failure (--fault boot-panic)"),
         Some(Fault::CrashAfterReady) => {
             tokio::task::spawn_local(async {
@@ -289,7 +334,7 @@ fn inject(fault: Option<Fault>) {
                 std::process::exit(70);
             });
         }
-        Some(Fault::ThreadBeforeFork) | None => {}
+        _ => {}
     }
 }
 
@@ -300,8 +345,19 @@ const MAX_SLEEP_MS: u64 = 60_000;
 pub(crate) async fn demo(
     req: Request<Incoming>,
     worker: HeaderValue,
+    block_route: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/block") if block_route => {
+            let ms = query_param(req.uri().query(), "ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(100)
+                .min(MAX_SLEEP_MS);
+            tracing::debug!(ms, "block started");
+            // Blocks the worker's event loop, as a handler stuck in a loop would.
+            std::thread::sleep(Duration::from_millis(ms));
+            text(StatusCode::OK, Bytes::from(format!("blocked {ms} ms\n")))
+        }
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, Bytes::from_static(GREETING)),
         (&Method::GET | &Method::HEAD, "/sleep") => {
             let ms = query_param(req.uri().query(), "ms")

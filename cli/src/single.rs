@@ -92,8 +92,9 @@ async fn accept_loop(
                 let (builder, watcher, worker) =
                     (builder.clone(), graceful.watcher(), worker.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req| crate::demo(req, worker.clone()));
+                    let svc = hyper::service::service_fn(move |req| {
+                        crate::demo(req, worker.clone(), false)
+                    });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!("connection ended with an error: {e}");
