@@ -34,11 +34,6 @@ impl Config {
                 "workers must be at least 1 (the default is one per CPU)".into(),
             ));
         }
-        if self.addrs.is_empty() {
-            return Err(Error::Config(
-                "no listen address: call .listen(\"127.0.0.1:8080\") at least once".into(),
-            ));
-        }
         if self
             .worker_timeout
             .is_some_and(|t| t < Duration::from_secs(2))

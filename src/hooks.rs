@@ -94,6 +94,19 @@ pub enum Event {
         /// The new count.
         workers: usize,
     },
+    /// A binary upgrade (SIGUSR2) started a new master.
+    UpgradeStarted {
+        /// The new master's pid.
+        pid: u32,
+    },
+    /// The new master of a binary upgrade exited before it took over; this master keeps
+    /// serving.
+    UpgradeFailed {
+        /// The new master's pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
     /// A worker missed its heartbeat for longer than the worker timeout and was killed.
     WorkerTimedOut(WorkerInfo),
     /// The master began to stop its workers.

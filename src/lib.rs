@@ -89,6 +89,7 @@ mod hooks;
 mod http;
 mod listener;
 mod master;
+mod notify;
 mod policy;
 mod protocol;
 mod signals;

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -148,6 +148,9 @@ pub(crate) struct BoundAddr {
     pub sockets: Sockets,
     /// A Unix socket file this master created and removes when it stops.
     pub unix_path: Option<PathBuf>,
+    /// A Unix socket file a previous master made, this master's to remove once it has taken
+    /// over (if it fails first, the previous master still serves on it).
+    pub adoptable_path: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -175,12 +178,148 @@ impl BoundAddr {
     }
 }
 
+impl BoundAddr {
+    /// Makes an inherited reuseport address have one socket per worker slot.
+    pub fn fit_slots(&mut self, slots: usize, opts: BindOptions) -> Result<()> {
+        while let Sockets::PerSlot(v) = &self.sockets {
+            match v.len() {
+                n if n < slots => add_slot(self, opts)?,
+                n if n > slots => remove_slot(self),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the Unix socket file when this master goes: another master now serves on it.
+    pub fn hand_over(&mut self) {
+        self.unix_path = None;
+    }
+
+    /// Takes charge of the socket file a previous master made (this master has taken over).
+    pub fn adopt(&mut self) {
+        if let Some(path) = self.adoptable_path.take() {
+            self.unix_path = Some(path);
+        }
+    }
+}
+
 impl Drop for BoundAddr {
     fn drop(&mut self) {
         if let Some(path) = &self.unix_path {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The name an inherited fd carries in `LISTEN_FDNAMES` when one forklift master hands its
+/// sockets to the next (binary upgrade): `forklift.<address index>.<slot or "shared">`.
+pub(crate) fn fd_name(addr_index: usize, slot: Option<usize>) -> String {
+    match slot {
+        Some(s) => format!("forklift.{addr_index}.{s}"),
+        None => format!("forklift.{addr_index}.shared"),
+    }
+}
+
+/// Every socket of every address, with its `LISTEN_FDNAMES` name, in handing-over order.
+pub(crate) fn handover_list(bound: &[BoundAddr]) -> Vec<(&Socket, String)> {
+    let mut out = Vec::new();
+    for (i, b) in bound.iter().enumerate() {
+        match &b.sockets {
+            Sockets::Shared(s) => out.push((s, fd_name(i, None))),
+            Sockets::PerSlot(v) => out.extend(
+                v.iter()
+                    .enumerate()
+                    .map(|(slot, s)| (s, fd_name(i, Some(slot)))),
+            ),
+        }
+    }
+    out
+}
+
+/// Takes the listening sockets this process was started with (systemd socket activation, or
+/// a binary upgrade from a previous master), if `LISTEN_PID` names this process.
+///
+/// Sockets named by a previous forklift master keep their layout (one per worker slot in
+/// reuseport mode); any other inherited socket is shared by all workers.
+pub(crate) fn inherited() -> Result<Option<Vec<BoundAddr>>> {
+    let var = |name: &str| std::env::var(name).ok();
+    let n = crate::protocol::listen_fds(
+        var(crate::protocol::ENV_LISTEN_PID).as_deref(),
+        var(crate::protocol::ENV_LISTEN_FDS).as_deref(),
+        std::process::id(),
+    )
+    .map_err(|e| Error::Config(format!("inherited sockets: {e}")))?;
+    let Some(n) = n else { return Ok(None) };
+    let names: Vec<String> = var(crate::protocol::ENV_LISTEN_FDNAMES)
+        .map(|v| v.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut bound: Vec<BoundAddr> = Vec::new();
+    // (forklift address index, position in `bound`) of reuseport addresses seen so far.
+    let mut per_slot: Vec<(usize, usize)> = Vec::new();
+    for i in 0..n {
+        let fd = crate::protocol::LISTEN_FDS_START + i as i32;
+        // SAFETY: LISTEN_PID names this process, so fds 3..3+LISTEN_FDS were passed to it
+        // and nothing in it owns them yet.
+        let socket = unsafe { Socket::from_raw_fd(fd) };
+        socket
+            .set_cloexec(true)
+            .map_err(|e| Error::io(format!("inherited fd {fd}"), e))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| Error::io(format!("inherited fd {fd} is not a socket"), e))?;
+        let actual = if let Some(a) = local.as_socket() {
+            ListenAddr::tcp(a)
+        } else if let Some(p) = local.as_pathname() {
+            ListenAddr::Unix(p.to_path_buf())
+        } else {
+            return Err(Error::Config(format!(
+                "inherited fd {fd} is neither a TCP nor a named Unix socket"
+            )));
+        };
+        let parsed = names.get(i).and_then(|name| parse_fd_name(name));
+        if let Some((index, Some(_))) = parsed {
+            if let Some(&(_, pos)) = per_slot.iter().find(|(x, _)| *x == index) {
+                if let Sockets::PerSlot(v) = &mut bound[pos].sockets {
+                    v.push(socket);
+                    continue;
+                }
+            }
+            per_slot.push((index, bound.len()));
+            bound.push(BoundAddr {
+                actual,
+                sockets: Sockets::PerSlot(vec![socket]),
+                unix_path: None,
+                adoptable_path: None,
+            });
+            continue;
+        }
+        let adoptable_path = match (&actual, parsed) {
+            // A socket file a previous forklift master made becomes ours to remove once we
+            // have taken over; systemd's are systemd's.
+            (ListenAddr::Unix(p), Some(_)) => Some(p.clone()),
+            _ => None,
+        };
+        bound.push(BoundAddr {
+            actual,
+            sockets: Sockets::Shared(socket),
+            unix_path: None,
+            adoptable_path,
+        });
+    }
+    Ok(Some(bound))
+}
+
+fn parse_fd_name(name: &str) -> Option<(usize, Option<usize>)> {
+    let rest = name.strip_prefix("forklift.")?;
+    let (index, slot) = rest.split_once('.')?;
+    let index = index.parse().ok()?;
+    let slot = if slot == "shared" {
+        None
+    } else {
+        Some(slot.parse().ok()?)
+    };
+    Some((index, slot))
 }
 
 /// Binds every address for `slots` workers.
@@ -201,6 +340,7 @@ fn bind_addr(requested: &ListenAddr, slots: usize, opts: BindOptions) -> Result<
                 actual: requested.clone(),
                 sockets: Sockets::Shared(socket),
                 unix_path: Some(path.clone()),
+                adoptable_path: None,
             })
         }
         ListenAddr::Tcp { network, addr } => {
@@ -227,6 +367,7 @@ fn bind_addr(requested: &ListenAddr, slots: usize, opts: BindOptions) -> Result<
                 actual,
                 sockets,
                 unix_path: None,
+                adoptable_path: None,
             })
         }
     }
@@ -322,5 +463,19 @@ fn bind_error(addr: &str, source: io::Error) -> Error {
             source,
             hint: "",
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_names_round_trip() {
+        assert_eq!(parse_fd_name(&fd_name(2, Some(5))), Some((2, Some(5))));
+        assert_eq!(parse_fd_name(&fd_name(0, None)), Some((0, None)));
+        assert_eq!(parse_fd_name("listener0"), None);
+        assert_eq!(parse_fd_name("forklift.x.1"), None);
+        assert_eq!(parse_fd_name("forklift.1.y"), None);
     }
 }

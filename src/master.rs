@@ -53,12 +53,34 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
             );
         }
     }
-    let bound = listener::bind_all(&config.addrs, config.workers, opts)?;
+    let bound = match listener::inherited()? {
+        Some(mut bound) => {
+            info!(
+                "serving on {} inherited sockets (LISTEN_FDS); configured addresses are not bound",
+                bound.len()
+            );
+            for b in &mut bound {
+                b.fit_slots(config.workers, opts)?;
+            }
+            bound
+        }
+        None if config.addrs.is_empty() => {
+            return Err(Error::Config(
+                "no listen address: call .listen(\"127.0.0.1:8080\") at least once, or start \
+                 under systemd socket activation"
+                    .into(),
+            ))
+        }
+        None => listener::bind_all(&config.addrs, config.workers, opts)?,
+    };
     if config.reuse_port {
         note_migrate_req();
     }
+    let notifier =
+        crate::notify::Notifier::from_env().map_err(|e| Error::io("NOTIFY_SOCKET", e))?;
     let signals = SignalPipe::install().map_err(|e| Error::io("installing signal handlers", e))?;
     let mut master = Master::new(config, hooks, main, bound, signals);
+    master.notifier = notifier;
     let addresses: Vec<String> = master.bound.iter().map(|b| b.actual.to_string()).collect();
     info!(
         "listening on {} with {} workers ({}, spawn {:?})",
@@ -154,6 +176,13 @@ struct Master {
     master_ready: bool,
     pid: u32,
     exec_line: Option<CommandLine>,
+    notifier: Option<crate::notify::Notifier>,
+    /// The binary and arguments this master started with: what SIGUSR2 executes.
+    upgrade_line: Option<CommandLine>,
+    /// The new master a binary upgrade started, until it takes over or fails.
+    upgrade: Option<u32>,
+    /// The master this one replaces (a binary upgrade), retired once this one serves.
+    upgrade_from: Option<u32>,
 }
 
 impl Master {
@@ -182,6 +211,12 @@ impl Master {
             master_ready: false,
             pid: std::process::id(),
             exec_line: None,
+            notifier: None,
+            upgrade_line: CommandLine::current_exe().ok(),
+            upgrade: None,
+            upgrade_from: std::env::var(crate::protocol::ENV_UPGRADE_FROM)
+                .ok()
+                .and_then(|p| p.parse().ok()),
         }
     }
 
@@ -223,6 +258,12 @@ impl Master {
     fn on_signal(&mut self, sig: libc::c_int) {
         match sig {
             libc::SIGTERM | libc::SIGQUIT => {
+                if let Some(new) = self.upgrade {
+                    info!("handing over to the new master (pid {new})");
+                    for b in &mut self.bound {
+                        b.hand_over();
+                    }
+                }
                 info!("received {}: graceful stop", signame(sig));
                 self.stop(true, Ok(()));
             }
@@ -234,10 +275,75 @@ impl Master {
             libc::SIGTTIN => self.scale(self.slots.len() + 1),
             libc::SIGTTOU => self.scale(self.slots.len().saturating_sub(1)),
             libc::SIGCHLD => {} // reaping happens every tick
-            libc::SIGUSR2 => {
-                warn!("received SIGUSR2: binary upgrade is not supported yet, ignored")
-            }
+            libc::SIGUSR2 => self.start_upgrade(),
             _ => {}
+        }
+    }
+
+    // ---- binary upgrade ----
+
+    /// SIGUSR2: executes the binary again (the file may have been replaced) as a new master
+    /// that inherits the listening sockets. Once its workers serve it sends this master
+    /// SIGTERM, and this one drains and exits. If it fails first, this master keeps serving.
+    fn start_upgrade(&mut self) {
+        if !self.running() {
+            return;
+        }
+        if let Some(pid) = self.upgrade {
+            warn!("received SIGUSR2: an upgrade (new master pid {pid}) is already under way");
+            return;
+        }
+        let Some(line) = self.upgrade_line.clone() else {
+            error!("received SIGUSR2: cannot upgrade, the path of this binary is unknown");
+            return;
+        };
+        let sockets: Vec<(i32, String)> = listener::handover_list(&self.bound)
+            .into_iter()
+            .map(|(s, name)| (s.as_raw_fd(), name))
+            .collect();
+        match spawn::exec::spawn_master(&line, &sockets, self.pid) {
+            Ok(pid) => {
+                info!(
+                    "received SIGUSR2: new master pid {pid} ({}) starting with {} sockets",
+                    line.program.display(),
+                    sockets.len()
+                );
+                self.upgrade = Some(pid);
+                self.emit(Event::UpgradeStarted { pid });
+            }
+            Err(e) => error!("binary upgrade failed: {e}; this master keeps serving"),
+        }
+    }
+
+    /// Reaps a new master that exited before it took over.
+    fn reap_upgrade(&mut self) {
+        let Some(pid) = self.upgrade else { return };
+        let mut raw = 0;
+        // SAFETY: waitpid(2) on our own child, with a valid status pointer.
+        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut raw, libc::WNOHANG) };
+        if rc == pid as libc::pid_t {
+            let status = ExitStatus::from_wait_status(raw);
+            error!(
+                "binary upgrade failed: the new master (pid {pid}) {status} before it took over; \
+                 this master keeps serving (see the new master's log above)"
+            );
+            self.upgrade = None;
+            self.emit(Event::UpgradeFailed { pid, status });
+        }
+    }
+
+    /// In a master started by a binary upgrade: retire the old master now that this one serves.
+    fn retire_old_master(&mut self) {
+        let Some(old) = self.upgrade_from.take() else {
+            return;
+        };
+        for b in &mut self.bound {
+            b.adopt();
+        }
+        // SAFETY: getppid(2) cannot fail.
+        if unsafe { libc::getppid() } as u32 == old {
+            info!("serving: asking the previous master (pid {old}) to drain and exit");
+            send_signal(old, libc::SIGTERM);
         }
     }
 
@@ -263,6 +369,9 @@ impl Master {
             self.slots.len()
         );
         self.reload = Some(Reload { previous });
+        if let Some(n) = &self.notifier {
+            n.reloading();
+        }
         let now = Instant::now();
         for slot in &mut self.slots {
             slot.respawn_at = Some(now);
@@ -303,6 +412,12 @@ impl Master {
             }
         }
         self.reload_queued = false;
+        if let Some(n) = &self.notifier {
+            n.ready(&format!(
+                "reload failed; generation {} serving",
+                self.generation
+            ));
+        }
         self.emit(Event::ReloadFailed {
             generation: failed,
             reason,
@@ -389,6 +504,9 @@ impl Master {
             slot.respawn_at = None;
         }
         self.reload = None;
+        if let Some(n) = &self.notifier {
+            n.stopping();
+        }
         // Close the master's copies of the listening sockets: once the workers have closed
         // theirs, new connections are refused at once instead of queueing for nobody.
         self.bound.clear();
@@ -507,6 +625,12 @@ impl Master {
                 .map(|w| w.info)
                 .collect();
             info!("generation {generation} serves: {} workers", workers.len());
+            if let Some(n) = &self.notifier {
+                n.ready(&format!(
+                    "generation {generation}: {} workers serving",
+                    workers.len()
+                ));
+            }
             self.emit(Event::GenerationReady {
                 generation,
                 workers,
@@ -745,11 +869,16 @@ impl Master {
                 ready.len(),
                 pids.join(", ")
             );
+            if let Some(n) = &self.notifier {
+                n.ready(&format!("{} workers serving", ready.len()));
+            }
+            self.retire_old_master();
             self.emit(Event::MasterReady(ready));
         }
     }
 
     fn reap(&mut self) {
+        self.reap_upgrade();
         let mut i = 0;
         while i < self.workers.len() {
             let pid = self.workers[i].info.pid;

@@ -15,8 +15,13 @@ pub(crate) const ENV_MASTER_PID: &str = "FORKLIFT_MASTER_PID";
 /// The fd of the worker's end of its status channel.
 pub(crate) const ENV_STATUS_FD: &str = "FORKLIFT_STATUS_FD";
 
-/// Every variable the master sets for a worker; stripped from what it passes on otherwise.
-pub(crate) const WORKER_ENV: [&str; 7] = [
+/// Set for a master started by a binary upgrade: the pid of the master it replaces.
+pub(crate) const ENV_UPGRADE_FROM: &str = "FORKLIFT_UPGRADE_FROM";
+
+/// Every variable the master sets for a worker or a new master; stripped from what it
+/// passes on otherwise.
+pub(crate) const WORKER_ENV: [&str; 8] = [
+    ENV_UPGRADE_FROM,
     ENV_LISTEN_FDS,
     ENV_LISTEN_PID,
     ENV_LISTEN_FDNAMES,

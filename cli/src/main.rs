@@ -276,6 +276,10 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
             }
             Event::WorkersChanged { workers } => say!("workers={workers}"),
             Event::WorkerTimedOut(w) => say!("timed out worker={} pid={}", w.id, w.pid),
+            Event::UpgradeStarted { pid } => say!("upgrading new_master_pid={pid}"),
+            Event::UpgradeFailed { pid, status } => {
+                say!("upgrade failed new_master_pid={pid} status=\"{status}\"")
+            }
             _ => {}
         })
         .on_worker_spawn(|w| {

@@ -68,6 +68,44 @@ const PID_DIGITS: usize = 20;
 /// Forks and executes `cmd` as worker `spec`. Returns the child's pid once `execve` has
 /// succeeded, or the reason it failed (command not found, permission denied, ...).
 pub(crate) fn spawn(cmd: &CommandLine, spec: &SpawnSpec<'_>) -> io::Result<u32> {
+    let n_listeners = spec.listeners.len();
+    let status_fd = LISTEN_FDS_START + n_listeners as i32;
+    let names: Vec<String> = (0..n_listeners).map(|i| format!("listener{i}")).collect();
+    let vars = [
+        (protocol::ENV_WORKER_ID, spec.slot.id.to_string()),
+        (protocol::ENV_GENERATION, spec.slot.generation.to_string()),
+        (protocol::ENV_MASTER_PID, spec.master_pid.to_string()),
+        (protocol::ENV_STATUS_FD, status_fd.to_string()),
+    ];
+    let mut fds: Vec<i32> = spec.listeners.iter().map(|fd| fd.as_raw_fd()).collect();
+    fds.push(spec.status.as_raw_fd());
+    fork_exec(cmd, &fds, &names, &vars, Some(spec.master_pid))
+}
+
+/// Starts `cmd` as the next master (binary upgrade): it inherits `sockets` as fds from 3
+/// with their `LISTEN_FDNAMES`, and learns which master to retire once it serves.
+/// It gets no parent-death signal: it must outlive the master that starts it.
+pub(crate) fn spawn_master(
+    cmd: &CommandLine,
+    sockets: &[(i32, String)],
+    old_master: u32,
+) -> io::Result<u32> {
+    let fds: Vec<i32> = sockets.iter().map(|(fd, _)| *fd).collect();
+    let names: Vec<String> = sockets.iter().map(|(_, name)| name.clone()).collect();
+    let vars = [(protocol::ENV_UPGRADE_FROM, old_master.to_string())];
+    fork_exec(cmd, &fds, &names, &vars, None)
+}
+
+/// Forks and executes `cmd` with `fds` placed at 3.. (the first `names.len()` of them
+/// announced in `LISTEN_FDS`), `vars` added to the environment, and, with `parent_death`,
+/// SIGTERM asked for when that parent dies.
+fn fork_exec(
+    cmd: &CommandLine,
+    fds: &[i32],
+    names: &[String],
+    vars: &[(&str, String)],
+    parent_death: Option<u32>,
+) -> io::Result<u32> {
     let program = resolve_program(&cmd.program, &cmd.env)?;
     let program = cstring(program.as_os_str().as_bytes())?;
     let argv: Vec<CString> = cmd
@@ -78,18 +116,10 @@ pub(crate) fn spawn(cmd: &CommandLine, spec: &SpawnSpec<'_>) -> io::Result<u32> 
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
 
-    let n_listeners = spec.listeners.len();
-    let status_fd = LISTEN_FDS_START + n_listeners as i32;
     let mut env = base_env(&cmd.env);
-    let names: Vec<String> = (0..n_listeners).map(|i| format!("listener{i}")).collect();
-    for (k, v) in [
-        (protocol::ENV_LISTEN_FDS, n_listeners.to_string()),
-        (protocol::ENV_LISTEN_FDNAMES, names.join(":")),
-        (protocol::ENV_WORKER_ID, spec.slot.id.to_string()),
-        (protocol::ENV_GENERATION, spec.slot.generation.to_string()),
-        (protocol::ENV_MASTER_PID, spec.master_pid.to_string()),
-        (protocol::ENV_STATUS_FD, status_fd.to_string()),
-    ] {
+    env.push(format!("{}={}", protocol::ENV_LISTEN_FDS, names.len()).into_bytes());
+    env.push(format!("{}={}", protocol::ENV_LISTEN_FDNAMES, names.join(":")).into_bytes());
+    for (k, v) in vars {
         env.push(format!("{k}={v}").into_bytes());
     }
     let pid_entry = format!("{}=", protocol::ENV_LISTEN_PID);
@@ -114,8 +144,7 @@ pub(crate) fn spawn(cmd: &CommandLine, spec: &SpawnSpec<'_>) -> io::Result<u32> 
         Some(dir) => Some(cstring(dir.as_os_str().as_bytes())?),
         None => None,
     };
-    let mut sources: Vec<i32> = spec.listeners.iter().map(|fd| fd.as_raw_fd()).collect();
-    sources.push(spec.status.as_raw_fd());
+    let sources = fds;
     let mut temps = vec![-1i32; sources.len()];
     let (err_read, err_write) = cloexec_pipe()?;
     let ctx = ChildPlan {
@@ -125,10 +154,10 @@ pub(crate) fn spawn(cmd: &CommandLine, spec: &SpawnSpec<'_>) -> io::Result<u32> 
         pid_digits: pid_ptr,
         pid_offset,
         cwd: cwd.as_ref().map(|c| c.as_ptr()),
-        sources: &sources,
+        sources,
         temps: temps.as_mut_ptr(),
         err_fd: err_write.as_raw_fd(),
-        master_pid: spec.master_pid,
+        parent_death,
     };
 
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls on memory
@@ -184,7 +213,7 @@ struct ChildPlan<'a> {
     sources: &'a [i32],
     temps: *mut i32,
     err_fd: i32,
-    master_pid: u32,
+    parent_death: Option<u32>,
 }
 
 /// Between fork and exec: async-signal-safe calls only.
@@ -220,7 +249,9 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
                 fail(err_fd);
             }
         }
-        parent_death_signal(plan.master_pid);
+        if let Some(parent) = plan.parent_death {
+            parent_death_signal(parent);
+        }
         write_pid(plan.pid_digits.add(plan.pid_offset), libc::getpid() as u32);
         if let Some(dir) = plan.cwd {
             if libc::chdir(dir) != 0 {
@@ -293,6 +324,8 @@ unsafe fn write_pid(dst: *mut u8, mut pid: u32) {
 fn base_env(changes: &[(OsString, Option<OsString>)]) -> Vec<Vec<u8>> {
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !protocol::WORKER_ENV.iter().any(|w| OsStr::new(w) == k))
+        // The master talks to the service manager; its workers do not.
+        .filter(|(k, _)| k != "NOTIFY_SOCKET")
         .collect();
     for (k, v) in changes {
         vars.retain(|(existing, _)| existing != k);
