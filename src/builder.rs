@@ -25,6 +25,9 @@ pub(crate) struct Config {
     pub graceful_timeout: Duration,
     pub boot_timeout: Duration,
     pub worker_timeout: Option<Duration>,
+    pub pin_workers: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 impl Config {
@@ -83,6 +86,9 @@ pub struct Prefork {
     graceful_timeout: Duration,
     boot_timeout: Duration,
     worker_timeout: Option<Duration>,
+    pin_workers: bool,
+    user: Option<String>,
+    group: Option<String>,
     http: HttpConfig,
     hooks: Hooks,
 }
@@ -100,6 +106,9 @@ impl std::fmt::Debug for Prefork {
             .field("graceful_timeout", &self.graceful_timeout)
             .field("boot_timeout", &self.boot_timeout)
             .field("worker_timeout", &self.worker_timeout)
+            .field("pin_workers", &self.pin_workers)
+            .field("user", &self.user)
+            .field("group", &self.group)
             .field("http", &self.http)
             .field("hooks", &self.hooks)
             .finish()
@@ -138,6 +147,9 @@ impl Prefork {
             graceful_timeout: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(60),
             worker_timeout: Some(Duration::from_secs(30)),
+            pin_workers: false,
+            user: None,
+            group: None,
             http: HttpConfig::default(),
             hooks: Hooks::default(),
         }
@@ -280,6 +292,46 @@ impl Prefork {
     /// ```
     pub fn worker_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.worker_timeout = timeout;
+        self
+    }
+
+    /// Pin worker `i` to the `i`-th CPU this process may use (`sched_setaffinity`), so each
+    /// worker keeps its core's caches. In reuseport mode each worker's socket also asks the
+    /// kernel (`SO_INCOMING_CPU`) to prefer it for connections that arrive on that CPU.
+    /// Off by default.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().pin_workers(true);
+    /// # let _ = server;
+    /// ```
+    pub fn pin_workers(mut self, on: bool) -> Self {
+        self.pin_workers = on;
+        self
+    }
+
+    /// Run workers as this user (and its primary group, unless [`group`](Prefork::group)
+    /// says otherwise): the master binds as root, each worker drops its privileges before
+    /// running any of its code. The master stays root to bind new sockets (TTIN) and to start
+    /// workers. A user that does not exist is an error at start.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().listen("0.0.0.0:80")?.user("www-data");
+    /// # let _ = server;
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
+    pub fn user(mut self, name: impl Into<String>) -> Self {
+        self.user = Some(name.into());
+        self
+    }
+
+    /// Run workers with this group; see [`user`](Prefork::user).
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().user("nobody").group("nogroup");
+    /// # let _ = server;
+    /// ```
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.group = Some(name.into());
         self
     }
 
@@ -664,6 +716,9 @@ impl Prefork {
             graceful_timeout: self.graceful_timeout,
             boot_timeout: self.boot_timeout,
             worker_timeout: self.worker_timeout,
+            pin_workers: self.pin_workers,
+            user: self.user,
+            group: self.group,
         };
         let main: Arc<WorkerMain> = Arc::new(worker_main);
         master::run(config, self.hooks, main)

@@ -179,6 +179,11 @@ impl BoundAddr {
 }
 
 impl BoundAddr {
+    /// True in reuseport mode: one socket per worker slot.
+    pub fn is_per_slot(&self) -> bool {
+        matches!(self.sockets, Sockets::PerSlot(_))
+    }
+
     /// Makes an inherited reuseport address have one socket per worker slot.
     pub fn fit_slots(&mut self, slots: usize, opts: BindOptions) -> Result<()> {
         while let Sockets::PerSlot(v) = &self.sockets {

@@ -20,7 +20,7 @@ use crate::listener::{self, BindOptions, BoundAddr};
 use crate::policy::{Backoff, CrashWindow};
 use crate::protocol::{Message, BOOT_ERROR_EXIT_CODE};
 use crate::signals::SignalPipe;
-use crate::spawn::{self, exec::CommandLine, Spawn, SpawnSpec, WorkerSlot};
+use crate::spawn::{self, exec::CommandLine, ChildSetup, Spawn, SpawnSpec, WorkerSlot};
 use crate::worker::WorkerMain;
 
 /// How long a fast stop (INT, an error) waits before SIGKILL.
@@ -78,9 +78,17 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     }
     let notifier =
         crate::notify::Notifier::from_env().map_err(|e| Error::io("NOTIFY_SOCKET", e))?;
+    let credentials = resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
+    let cpus = if config.pin_workers {
+        allowed_cpus()
+    } else {
+        Vec::new()
+    };
     let signals = SignalPipe::install().map_err(|e| Error::io("installing signal handlers", e))?;
     let mut master = Master::new(config, hooks, main, bound, signals);
     master.notifier = notifier;
+    master.credentials = credentials;
+    master.cpus = cpus;
     let addresses: Vec<String> = master.bound.iter().map(|b| b.actual.to_string()).collect();
     info!(
         "listening on {} with {} workers ({}, spawn {:?})",
@@ -183,6 +191,10 @@ struct Master {
     upgrade: Option<u32>,
     /// The master this one replaces (a binary upgrade), retired once this one serves.
     upgrade_from: Option<u32>,
+    /// The (uid, gid) workers drop to.
+    credentials: Option<(u32, u32)>,
+    /// The CPUs workers are pinned to, in order (empty: no pinning).
+    cpus: Vec<usize>,
 }
 
 impl Master {
@@ -217,6 +229,8 @@ impl Master {
             upgrade_from: std::env::var(crate::protocol::ENV_UPGRADE_FROM)
                 .ok()
                 .and_then(|p| p.parse().ok()),
+            credentials: None,
+            cpus: Vec::new(),
         }
     }
 
@@ -776,12 +790,26 @@ impl Master {
                 .map(|s| s.as_raw_fd())
                 .filter(|fd| !mine.contains(fd)),
         );
+        let cpu = (!self.cpus.is_empty()).then(|| self.cpus[slot.id % self.cpus.len()]);
+        if let Some(cpu) = cpu {
+            for b in &self.bound {
+                if b.is_per_slot() {
+                    if let Err(e) = b.socket_for(slot.id).set_cpu_affinity(cpu) {
+                        debug!("SO_INCOMING_CPU {cpu} on worker {}'s socket: {e}", slot.id);
+                    }
+                }
+            }
+        }
         let spec = SpawnSpec {
             slot,
             master_pid: self.pid,
             listeners,
             status: worker_end.as_fd(),
             close_in_child,
+            setup: ChildSetup {
+                cpu,
+                credentials: self.credentials,
+            },
         };
         let pid = match &self.config.spawn {
             Spawn::Fork => spawn::fork::spawn(&spec, &*self.main),
@@ -1109,6 +1137,66 @@ fn note_migrate_req() {
              queued on the removed worker's socket; reloads and restarts keep the sockets and lose none"
         ),
         Err(_) => {}
+    }
+}
+
+/// The (uid, gid) to run workers as, checked before anything starts.
+fn resolve_credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>> {
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let lookup = |e: nix::Error, what: &str| Error::Config(format!("cannot look up {what}: {e}"));
+    let (mut uid, mut gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    if let Some(name) = user {
+        let u = nix::unistd::User::from_name(name)
+            .map_err(|e| lookup(e, &format!("user {name:?}")))?
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "user {name:?} does not exist (see /etc/passwd); create it or pick another"
+                ))
+            })?;
+        uid = u.uid.as_raw();
+        gid = u.gid.as_raw();
+    }
+    if let Some(name) = group {
+        let g = nix::unistd::Group::from_name(name)
+            .map_err(|e| lookup(e, &format!("group {name:?}")))?
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "group {name:?} does not exist (see /etc/group); create it or pick another"
+                ))
+            })?;
+        gid = g.gid.as_raw();
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid != 0 && (uid != euid || gid != nix::unistd::getegid().as_raw()) {
+        return Err(Error::Config(format!(
+            "running workers as user {} / group {} needs root, and forklift runs as uid {euid}: \
+             start it as root (it binds, then drops privileges) or leave user/group unset",
+            user.unwrap_or("(current)"),
+            group.unwrap_or("(primary)")
+        )));
+    }
+    Ok(Some((uid, gid)))
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+            Ok(set) => (0..nix::sched::CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        Vec::new()
     }
 }
 

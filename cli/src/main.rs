@@ -100,6 +100,19 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
     max_requests_jitter: u64,
 
+    /// Pin worker i to the i-th usable CPU (and, with --reuse-port, prefer it for
+    /// connections arriving on that CPU)
+    #[arg(long)]
+    pin_workers: bool,
+
+    /// Run workers as this user (the master binds as root, workers drop privileges)
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+
+    /// Run workers with this group [default: the user's primary group]
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+
     /// Listen backlog (capped by net.core.somaxconn)
     #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_BACKLOG)]
     backlog: u32,
@@ -230,6 +243,13 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         .header_read_timeout(args.header_read_timeout)
         .access_log(args.access_log)
         .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
+    server = server.pin_workers(args.pin_workers);
+    if let Some(user) = &args.user {
+        server = server.user(user);
+    }
+    if let Some(group) = &args.group {
+        server = server.group(group);
+    }
     if let Some(n) = args.max_requests {
         server = server.max_requests(n, args.max_requests_jitter);
     }

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use super::{Spawn, SpawnSpec};
+use super::{ChildSetup, Spawn, SpawnSpec};
 use crate::protocol::{self, LISTEN_FDS_START};
 use crate::signals;
 
@@ -79,7 +79,7 @@ pub(crate) fn spawn(cmd: &CommandLine, spec: &SpawnSpec<'_>) -> io::Result<u32> 
     ];
     let mut fds: Vec<i32> = spec.listeners.iter().map(|fd| fd.as_raw_fd()).collect();
     fds.push(spec.status.as_raw_fd());
-    fork_exec(cmd, &fds, &names, &vars, Some(spec.master_pid))
+    fork_exec(cmd, &fds, &names, &vars, Some(spec.master_pid), spec.setup)
 }
 
 /// Starts `cmd` as the next master (binary upgrade): it inherits `sockets` as fds from 3
@@ -93,7 +93,7 @@ pub(crate) fn spawn_master(
     let fds: Vec<i32> = sockets.iter().map(|(fd, _)| *fd).collect();
     let names: Vec<String> = sockets.iter().map(|(_, name)| name.clone()).collect();
     let vars = [(protocol::ENV_UPGRADE_FROM, old_master.to_string())];
-    fork_exec(cmd, &fds, &names, &vars, None)
+    fork_exec(cmd, &fds, &names, &vars, None, ChildSetup::default())
 }
 
 /// Forks and executes `cmd` with `fds` placed at 3.. (the first `names.len()` of them
@@ -105,6 +105,7 @@ fn fork_exec(
     names: &[String],
     vars: &[(&str, String)],
     parent_death: Option<u32>,
+    setup: ChildSetup,
 ) -> io::Result<u32> {
     let program = resolve_program(&cmd.program, &cmd.env)?;
     let program = cstring(program.as_os_str().as_bytes())?;
@@ -158,6 +159,7 @@ fn fork_exec(
         temps: temps.as_mut_ptr(),
         err_fd: err_write.as_raw_fd(),
         parent_death,
+        setup,
     };
 
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls on memory
@@ -214,6 +216,7 @@ struct ChildPlan<'a> {
     temps: *mut i32,
     err_fd: i32,
     parent_death: Option<u32>,
+    setup: ChildSetup,
 }
 
 /// Between fork and exec: async-signal-safe calls only.
@@ -248,6 +251,10 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
             if libc::dup2(*plan.temps.add(i as usize), LISTEN_FDS_START + i) < 0 {
                 fail(err_fd);
             }
+        }
+        // Credentials first: changing them clears the parent-death signal.
+        if plan.setup.apply().is_err() {
+            fail(err_fd);
         }
         if let Some(parent) = plan.parent_death {
             parent_death_signal(parent);

@@ -27,6 +27,16 @@ fn child(spec: &SpawnSpec<'_>, main: &WorkerMain) -> ! {
         // them again (the master's owners are never dropped: the child ends in exit()).
         unsafe { libc::close(fd) };
     }
+    // Credentials first: changing them clears the parent-death signal set after.
+    // SAFETY: this is the freshly forked child.
+    if let Err((what, errno)) = unsafe { spec.setup.apply() } {
+        eprintln!(
+            "forklift: worker {} cannot {what}: {}",
+            spec.slot.id,
+            std::io::Error::from_raw_os_error(errno)
+        );
+        std::process::exit(crate::protocol::BOOT_ERROR_EXIT_CODE)
+    }
     worker::watch_parent(spec.master_pid);
     // The child owns copies of its listeners and status channel, at the master's fd numbers.
     let take = |fd: i32| {

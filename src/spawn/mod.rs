@@ -96,4 +96,64 @@ pub(crate) struct SpawnSpec<'a> {
     pub status: BorrowedFd<'a>,
     /// Master-only fds a forked child must close (the exec path relies on close-on-exec).
     pub close_in_child: Vec<RawFd>,
+    /// CPU pinning and privilege drop.
+    pub setup: ChildSetup,
+}
+
+/// What a worker process sets up about itself before it runs any of its code: its CPU and its
+/// user. Applied right after fork, so it holds for a forked worker and an executed command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ChildSetup {
+    /// Pin the worker to this CPU.
+    pub cpu: Option<usize>,
+    /// Drop to this (uid, gid), with no supplementary groups.
+    pub credentials: Option<(u32, u32)>,
+}
+
+impl ChildSetup {
+    /// Applies the setup to the calling process. Async-signal-safe (plain syscalls), so it
+    /// may run between fork and exec. Returns what failed and the errno.
+    ///
+    /// # Safety
+    /// Call only in a freshly forked child.
+    pub unsafe fn apply(&self) -> Result<(), (&'static str, i32)> {
+        let errno = || io_errno();
+        if let Some(cpu) = self.cpu {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it for cpu < 1024.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                if cpu < 8 * std::mem::size_of::<libc::cpu_set_t>() {
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
+                    {
+                        return Err(("pin itself to a CPU", errno()));
+                    }
+                }
+            }
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            let _ = cpu;
+        }
+        if let Some((uid, gid)) = self.credentials {
+            let gid_t = gid as libc::gid_t;
+            // SAFETY: setgroups/setgid/setuid with valid arguments; the group list is one
+            // local gid. Groups first: after setuid the process may no longer change them.
+            unsafe {
+                if libc::setgroups(1, &gid_t) != 0 {
+                    return Err(("drop its supplementary groups", errno()));
+                }
+                if libc::setgid(gid_t) != 0 {
+                    return Err(("set its group id", errno()));
+                }
+                if libc::setuid(uid as libc::uid_t) != 0 {
+                    return Err(("set its user id", errno()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn io_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
