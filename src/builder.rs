@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub pin_workers: bool,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub control: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -89,6 +90,7 @@ pub struct Prefork {
     pin_workers: bool,
     user: Option<String>,
     group: Option<String>,
+    control: Option<std::path::PathBuf>,
     http: HttpConfig,
     hooks: Hooks,
 }
@@ -109,6 +111,7 @@ impl std::fmt::Debug for Prefork {
             .field("pin_workers", &self.pin_workers)
             .field("user", &self.user)
             .field("group", &self.group)
+            .field("control", &self.control)
             .field("http", &self.http)
             .field("hooks", &self.hooks)
             .finish()
@@ -150,6 +153,7 @@ impl Prefork {
             pin_workers: false,
             user: None,
             group: None,
+            control: None,
             http: HttpConfig::default(),
             hooks: Hooks::default(),
         }
@@ -332,6 +336,19 @@ impl Prefork {
     /// ```
     pub fn group(mut self, name: impl Into<String>) -> Self {
         self.group = Some(name.into());
+        self
+    }
+
+    /// Answer commands on a Unix socket at `path` (mode 0600): `status` (a table of the
+    /// workers: pid, generation, uptime, requests served, restarts), `reload`, `stop`, `incr`
+    /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::control).
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().control_socket("/run/app/forklift.ctl");
+    /// # let _ = server;
+    /// ```
+    pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.control = Some(path.into());
         self
     }
 
@@ -719,6 +736,7 @@ impl Prefork {
             pin_workers: self.pin_workers,
             user: self.user,
             group: self.group,
+            control: self.control,
         };
         let main: Arc<WorkerMain> = Arc::new(worker_main);
         master::run(config, self.hooks, main)

@@ -84,6 +84,7 @@ compile_error!(
 mod access_log;
 mod addr;
 mod builder;
+mod control;
 mod error;
 mod hooks;
 mod http;
@@ -100,6 +101,7 @@ mod worker;
 
 pub use addr::{ListenAddr, Network};
 pub use builder::{default_workers, Prefork};
+pub use control::control;
 pub use error::{BoxError, Error, ExitStatus, Result};
 pub use hooks::{Event, WorkerInfo};
 pub use listener::{Listener, DEFAULT_BACKLOG};

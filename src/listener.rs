@@ -431,7 +431,7 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<Socket> {
         match UnixStream::connect(path) {
             Ok(_) => return Err(Error::AddrInUse { addr: shown }),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(fail)?;
+                remove_stale_socket(path).map_err(fail)?;
             }
             Err(e) => return Err(fail(e)),
         }
@@ -441,6 +441,18 @@ fn bind_unix(path: &Path, backlog: i32) -> Result<Socket> {
     socket.bind(&addr).map_err(fail)?;
     socket.listen(backlog).map_err(fail)?;
     Ok(socket)
+}
+
+/// Removes a socket file nothing listens on; refuses to remove anything that is not a socket.
+pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::symlink_metadata(path)?.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket; remove it or choose another path",
+        ));
+    }
+    std::fs::remove_file(path)
 }
 
 fn bind_error(addr: &str, source: io::Error) -> Error {

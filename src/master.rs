@@ -78,6 +78,10 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     }
     let notifier =
         crate::notify::Notifier::from_env().map_err(|e| Error::io("NOTIFY_SOCKET", e))?;
+    let control = match &config.control {
+        Some(path) => Some(crate::control::ControlSocket::bind(path)?),
+        None => None,
+    };
     let credentials = resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
     let cpus = if config.pin_workers {
         allowed_cpus()
@@ -88,6 +92,7 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     let mut master = Master::new(config, hooks, main, bound, signals);
     master.notifier = notifier;
     master.credentials = credentials;
+    master.control = control;
     master.cpus = cpus;
     let addresses: Vec<String> = master.bound.iter().map(|b| b.actual.to_string()).collect();
     info!(
@@ -195,6 +200,8 @@ struct Master {
     credentials: Option<(u32, u32)>,
     /// The CPUs workers are pinned to, in order (empty: no pinning).
     cpus: Vec<usize>,
+    control: Option<crate::control::ControlSocket>,
+    started: Instant,
 }
 
 impl Master {
@@ -231,6 +238,8 @@ impl Master {
                 .and_then(|p| p.parse().ok()),
             credentials: None,
             cpus: Vec::new(),
+            control: None,
+            started: Instant::now(),
         }
     }
 
@@ -251,6 +260,7 @@ impl Master {
             for sig in self.signals.take() {
                 self.on_signal(sig);
             }
+            self.on_control();
             self.read_channels();
             self.reap();
         }
@@ -292,6 +302,91 @@ impl Master {
             libc::SIGUSR2 => self.start_upgrade(),
             _ => {}
         }
+    }
+
+    // ---- the control socket: commands become the same intents as signals ----
+
+    fn on_control(&mut self) {
+        use crate::control::{reply, Command};
+        let Some(control) = &self.control else {
+            return;
+        };
+        for (stream, command) in control.accept() {
+            match command {
+                Some(Command::Status) => reply(stream, &self.status()),
+                Some(Command::Reload) => {
+                    self.start_reload();
+                    reply(
+                        stream,
+                        &format!("reloading: generation {}\n", self.generation),
+                    );
+                }
+                Some(Command::Stop) => {
+                    reply(stream, "stopping\n");
+                    self.stop(true, Ok(()));
+                }
+                Some(Command::Incr) => {
+                    self.scale(self.slots.len() + 1);
+                    reply(stream, &format!("workers: {}\n", self.slots.len()));
+                }
+                Some(Command::Decr) => {
+                    self.scale(self.slots.len().saturating_sub(1));
+                    reply(stream, &format!("workers: {}\n", self.slots.len()));
+                }
+                None => reply(
+                    stream,
+                    "error: unknown command; use status, reload, stop, incr or decr\n",
+                ),
+            }
+        }
+    }
+
+    /// The `status` answer: the master, then one row per worker.
+    fn status(&self) -> String {
+        use std::fmt::Write as _;
+        let state = match (&self.phase, &self.reload) {
+            (Phase::Stopping { .. }, _) => "stopping",
+            (Phase::Running, Some(_)) => "reloading",
+            (Phase::Running, None) => "running",
+        };
+        let mut out = format!(
+            "master pid {}, {state}, generation {}, {} workers, up {}\n",
+            self.pid,
+            self.generation,
+            self.slots.len(),
+            human(self.started.elapsed())
+        );
+        let _ = writeln!(
+            out,
+            "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8}",
+            "ID", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RESTARTS"
+        );
+        let mut rows: Vec<&Entry> = self.workers.iter().collect();
+        rows.sort_by_key(|w| (w.info.id, w.info.generation));
+        for w in rows {
+            let state = if w.stopping {
+                "stopping"
+            } else if w.ready_at.is_none() {
+                "booting"
+            } else if w.superseded {
+                "replaced"
+            } else {
+                "ready"
+            };
+            let restarts = self.slots.get(w.info.id).map_or(0, |s| s.restarts);
+            let _ = writeln!(
+                out,
+                "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8}",
+                w.info.id,
+                w.info.pid,
+                w.info.generation,
+                state,
+                human(w.spawned_at.elapsed()),
+                w.requests,
+                restarts
+            );
+        }
+        out
     }
 
     // ---- binary upgrade ----
@@ -777,6 +872,7 @@ impl Master {
             .collect::<Vec<_>>();
         let mine: Vec<RawFd> = listeners.iter().map(|fd| fd.as_raw_fd()).collect();
         let mut close_in_child: Vec<RawFd> = self.signals.fds().to_vec();
+        close_in_child.extend(self.control.as_ref().map(|c| c.fd()));
         close_in_child.push(master_end.as_raw_fd());
         close_in_child.extend(
             self.workers
@@ -1064,6 +1160,11 @@ impl Master {
             events: libc::POLLIN,
             revents: 0,
         }];
+        fds.extend(self.control.as_ref().map(|c| libc::pollfd {
+            fd: c.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
         fds.extend(self.workers.iter().filter_map(|w| {
             w.channel.as_ref().map(|c| libc::pollfd {
                 fd: c.as_raw_fd(),
@@ -1197,6 +1298,17 @@ fn allowed_cpus() -> Vec<usize> {
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
         Vec::new()
+    }
+}
+
+/// A duration as people read it: 4s, 3m12s, 2h05m, 3d04h.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
     }
 }
 

@@ -43,6 +43,19 @@ enum Command {
     /// --graceful-timeout); INT (Ctrl-C) stops fast. Lifecycle lines go to stdout, logs to
     /// stderr (set RUST_LOG, e.g. RUST_LOG=debug).
     Serve(ServeArgs),
+    /// Print the workers of a running master (pid, generation, uptime, requests, restarts).
+    Status(ControlArgs),
+    /// Rolling reload of a running master, as SIGHUP.
+    Reload(ControlArgs),
+    /// Graceful stop of a running master, as SIGTERM.
+    Stop(ControlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ControlArgs {
+    /// The master's control socket (as given to `serve --control`)
+    #[arg(long, value_name = "PATH", env = "FORKLIFT_CONTROL")]
+    control: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +125,10 @@ struct ServeArgs {
     /// Run workers with this group [default: the user's primary group]
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
+
+    /// Answer `forklift status|reload|stop --control PATH` on a Unix socket (mode 0600)
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
 
     /// Listen backlog (capped by net.core.somaxconn)
     #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_BACKLOG)]
@@ -205,11 +222,18 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args).map(|()| "stopped\n".to_string()),
+        Command::Status(c) => forklift::control(&c.control, "status").map_err(Into::into),
+        Command::Reload(c) => forklift::control(&c.control, "reload").map_err(Into::into),
+        Command::Stop(c) => forklift::control(&c.control, "stop").map_err(Into::into),
     };
     match result {
-        Ok(()) => {
-            say!("stopped");
+        Ok(text) if text.starts_with("error:") => {
+            eprint!("forklift: {text}");
+            ExitCode::FAILURE
+        }
+        Ok(text) => {
+            say!("{}", text.trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -244,6 +268,9 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         .access_log(args.access_log)
         .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
     server = server.pin_workers(args.pin_workers);
+    if let Some(path) = &args.control {
+        server = server.control_socket(path);
+    }
     if let Some(user) = &args.user {
         server = server.user(user);
     }
