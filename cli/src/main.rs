@@ -42,7 +42,7 @@ enum Command {
     /// Signals to the master: TERM or QUIT stop gracefully (in-flight requests finish, up to
     /// --graceful-timeout); INT (Ctrl-C) stops fast. Lifecycle lines go to stdout, logs to
     /// stderr (set RUST_LOG, e.g. RUST_LOG=debug).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the workers of a running master (pid, generation, uptime, requests, restarts).
     Status(ControlArgs),
     /// Rolling reload of a running master, as SIGHUP.
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).map(|()| "stopped\n".to_string()),
+        Command::Serve(args) => serve(*args).map(|()| "stopped\n".to_string()),
         Command::Status(c) => forklift::control(&c.control, "status").map_err(Into::into),
         Command::Reload(c) => forklift::control(&c.control, "reload").map_err(Into::into),
         Command::Stop(c) => forklift::control(&c.control, "stop").map_err(Into::into),
