@@ -29,6 +29,10 @@ pub(crate) struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub control: Option<std::path::PathBuf>,
+    pub readiness: crate::spawn::Readiness,
+    /// Relay the workers' output through the master, each line prefixed with the worker
+    /// when `Some(true)`.
+    pub relay_output: Option<bool>,
 }
 
 impl Config {
@@ -91,6 +95,8 @@ pub struct Prefork {
     user: Option<String>,
     group: Option<String>,
     control: Option<std::path::PathBuf>,
+    readiness: crate::spawn::Readiness,
+    relay_output: Option<bool>,
     http: HttpConfig,
     hooks: Hooks,
 }
@@ -112,6 +118,8 @@ impl std::fmt::Debug for Prefork {
             .field("user", &self.user)
             .field("group", &self.group)
             .field("control", &self.control)
+            .field("readiness", &self.readiness)
+            .field("relay_output", &self.relay_output)
             .field("http", &self.http)
             .field("hooks", &self.hooks)
             .finish()
@@ -154,6 +162,8 @@ impl Prefork {
             user: None,
             group: None,
             control: None,
+            readiness: crate::spawn::Readiness::Channel,
+            relay_output: None,
             http: HttpConfig::default(),
             hooks: Hooks::default(),
         }
@@ -349,6 +359,36 @@ impl Prefork {
     /// ```
     pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.control = Some(path.into());
+        self
+    }
+
+    /// How the master learns that a worker serves: forklift's own channel (default), the
+    /// worker's `READY=1` on systemd's notify protocol, or a delay. The last two are for
+    /// [`Spawn::Command`] programs that are not built on forklift.
+    ///
+    /// ```
+    /// use forklift::{Prefork, Readiness, Spawn};
+    /// let server = Prefork::new()
+    ///     .spawn(Spawn::command(|_| std::process::Command::new("my-python-server")))
+    ///     .readiness(Readiness::Notify);
+    /// # let _ = server;
+    /// ```
+    pub fn readiness(mut self, readiness: crate::spawn::Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Pass the workers' stdout and stderr through the master, line by line, so lines of
+    /// several workers never interleave mid-line; with `prefix`, each line starts with
+    /// `[worker ID pid PID] `. For workers started by exec or a command (a forked worker
+    /// shares the master's streams).
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().spawn(forklift::Spawn::Exec).relay_output(true);
+    /// # let _ = server;
+    /// ```
+    pub fn relay_output(mut self, prefix: bool) -> Self {
+        self.relay_output = Some(prefix);
         self
     }
 
@@ -737,6 +777,8 @@ impl Prefork {
             user: self.user,
             group: self.group,
             control: self.control,
+            readiness: self.readiness,
+            relay_output: self.relay_output,
         };
         let main: Arc<WorkerMain> = Arc::new(worker_main);
         master::run(config, self.hooks, main)

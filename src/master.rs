@@ -130,12 +130,24 @@ struct Entry {
     requests: u64,
     /// When the master sent SIGABRT for a missed heartbeat.
     aborted_at: Option<Instant>,
+    /// The worker's NOTIFY_SOCKET (Readiness::Notify).
+    notify: Option<crate::notify::NotifyListener>,
+    /// The worker's stdout and stderr, when relayed.
+    relays: Vec<crate::output::Relay>,
 }
 
 impl Entry {
     fn serves(&self) -> bool {
         !self.stopping && !self.superseded
     }
+}
+
+/// A process just started, with the master's ends of its channels.
+struct Spawned {
+    pid: u32,
+    channel: UnixStream,
+    notify: Option<crate::notify::NotifyListener>,
+    relays: Vec<crate::output::Relay>,
 }
 
 struct SlotState {
@@ -202,6 +214,7 @@ struct Master {
     cpus: Vec<usize>,
     control: Option<crate::control::ControlSocket>,
     started: Instant,
+    spawned: u64,
 }
 
 impl Master {
@@ -240,6 +253,7 @@ impl Master {
             cpus: Vec::new(),
             control: None,
             started: Instant::now(),
+            spawned: 0,
         }
     }
 
@@ -675,10 +689,29 @@ impl Master {
         if !self.running() {
             return;
         }
+        self.ready_by_delay(now);
         self.retire_replaced();
         self.start_recycle(now);
         self.murder(now);
         self.check_boot_deadlines(now);
+    }
+
+    /// Readiness::After: a worker that stayed up long enough counts as ready.
+    fn ready_by_delay(&mut self, now: Instant) {
+        let crate::spawn::Readiness::After(delay) = self.config.readiness else {
+            return;
+        };
+        let mut events = Vec::new();
+        for w in &mut self.workers {
+            if w.ready_at.is_none() && !w.stopping && now - w.spawned_at >= delay {
+                w.ready_at = Some(now);
+                events.push(Event::WorkerReady(w.info));
+            }
+        }
+        for e in events {
+            self.emit(e);
+        }
+        self.check_master_ready();
     }
 
     /// True if a worker of the current generation serves (or boots for) slot `id`.
@@ -812,8 +845,8 @@ impl Master {
             id,
             generation: self.generation,
         };
-        let pid = match self.spawn_process(slot) {
-            Ok(pid) => pid,
+        let spawned = match self.spawn_process(slot) {
+            Ok(spawned) => spawned,
             Err(e) => {
                 if self.reload.is_some() {
                     self.abort_reload(e.to_string());
@@ -826,13 +859,19 @@ impl Master {
         };
         let info = WorkerInfo {
             id,
-            pid: pid.0,
+            pid: spawned.pid,
             generation: self.generation,
         };
         debug!("worker {id} spawned as pid {}", info.pid);
+        let mut relays = spawned.relays;
+        if self.config.relay_output == Some(true) {
+            for r in &mut relays {
+                r.set_prefix(format!("[worker {id} pid {}] ", info.pid));
+            }
+        }
         self.workers.push(Entry {
             info,
-            channel: Some(pid.1),
+            channel: Some(spawned.channel),
             inbuf: Vec::new(),
             spawned_at: Instant::now(),
             ready_at: None,
@@ -843,6 +882,8 @@ impl Master {
             last_heartbeat: None,
             requests: 0,
             aborted_at: None,
+            notify: spawned.notify,
+            relays,
         });
         self.emit(Event::WorkerSpawned(info));
         if let Some(old) = self.slots[id].replaces.take() {
@@ -855,7 +896,7 @@ impl Master {
         }
     }
 
-    fn spawn_process(&mut self, slot: WorkerSlot) -> Result<(u32, UnixStream)> {
+    fn spawn_process(&mut self, slot: WorkerSlot) -> Result<Spawned> {
         let fail = |reason: String| Error::Spawn {
             id: slot.id,
             reason,
@@ -896,6 +937,25 @@ impl Master {
                 }
             }
         }
+        let foreign = !matches!(self.config.spawn, Spawn::Fork);
+        self.spawned += 1;
+        let notify = match (self.config.readiness, foreign) {
+            (crate::spawn::Readiness::Notify, true) => Some(
+                crate::notify::NotifyListener::new(self.pid, self.spawned)
+                    .map_err(|e| fail(format!("cannot create its NOTIFY_SOCKET: {e}")))?,
+            ),
+            _ => None,
+        };
+        let mut relays = Vec::new();
+        let mut relay_writers = Vec::new();
+        if self.config.relay_output.is_some() && foreign {
+            for to_stderr in [false, true] {
+                let (relay, writer) = crate::output::Relay::pipe(to_stderr)
+                    .map_err(|e| fail(format!("cannot create its output pipe: {e}")))?;
+                relays.push(relay);
+                relay_writers.push(writer);
+            }
+        }
         let spec = SpawnSpec {
             slot,
             master_pid: self.pid,
@@ -905,6 +965,10 @@ impl Master {
             setup: ChildSetup {
                 cpu,
                 credentials: self.credentials,
+            },
+            stdio: match relay_writers.as_slice() {
+                [out, err] => Some([out.as_raw_fd(), err.as_raw_fd()]),
+                _ => None,
             },
         };
         let pid = match &self.config.spawn {
@@ -918,11 +982,21 @@ impl Master {
                 if matches!(other, Spawn::Exec) && self.exec_line.is_none() {
                     self.exec_line = Some(line.clone());
                 }
+                let mut line = line;
+                if let Some(n) = &notify {
+                    line.env
+                        .push(("NOTIFY_SOCKET".into(), Some(n.env_value().into())));
+                }
                 spawn::exec::spawn(&line, &spec)
             }
         }
         .map_err(|e| fail(e.to_string()))?;
-        Ok((pid, master_end))
+        Ok(Spawned {
+            pid,
+            channel: master_end,
+            notify,
+            relays,
+        })
     }
 
     fn check_boot_deadlines(&mut self, now: Instant) {
@@ -946,6 +1020,18 @@ impl Master {
         let mut events = Vec::new();
         let now = Instant::now();
         for w in &mut self.workers {
+            w.relays.retain_mut(|r| r.pump());
+            let notices = w.notify.as_ref().map(|n| n.read()).unwrap_or_default();
+            for notice in notices {
+                match notice {
+                    crate::notify::WorkerNotice::Ready if w.ready_at.is_none() => {
+                        w.ready_at = Some(now);
+                        events.push(Event::WorkerReady(w.info));
+                    }
+                    crate::notify::WorkerNotice::Watchdog => w.last_heartbeat = Some(now),
+                    crate::notify::WorkerNotice::Ready => {}
+                }
+            }
             for msg in drain_channel(w) {
                 match msg {
                     Message::Ready => {
@@ -1026,6 +1112,9 @@ impl Master {
                 }
             };
             let mut entry = self.workers.swap_remove(i);
+            // What it wrote last is still in the pipe; a grandchild may hold the pipe open, so
+            // take what is there without waiting for end of file.
+            entry.relays.retain_mut(|r| r.pump());
             for msg in drain_channel(&mut entry) {
                 if let Message::BootError(text) = msg {
                     entry.boot_error = Some(text);
@@ -1133,6 +1222,9 @@ impl Master {
                 for w in &self.workers {
                     if w.ready_at.is_none() {
                         deadline = deadline.min(w.spawned_at + self.config.boot_timeout);
+                        if let crate::spawn::Readiness::After(d) = self.config.readiness {
+                            deadline = deadline.min(w.spawned_at + d);
+                        }
                     }
                     if let (Some(timeout), Some(beat)) =
                         (self.config.worker_timeout, w.last_heartbeat)
@@ -1165,13 +1257,22 @@ impl Master {
             events: libc::POLLIN,
             revents: 0,
         }));
-        fds.extend(self.workers.iter().filter_map(|w| {
-            w.channel.as_ref().map(|c| libc::pollfd {
-                fd: c.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-        }));
+        for w in &self.workers {
+            let channel = w.channel.as_ref().map(|c| c.as_raw_fd());
+            let notify = w.notify.as_ref().map(|n| n.fd());
+            let relays = w.relays.iter().map(|r| r.fd());
+            fds.extend(
+                channel
+                    .into_iter()
+                    .chain(notify)
+                    .chain(relays)
+                    .map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    }),
+            );
+        }
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // Round up, so a deadline 0.4 ms away does not become a busy loop.
         let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };

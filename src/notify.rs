@@ -54,6 +54,83 @@ impl Notifier {
     }
 }
 
+/// forklift as the service manager of its workers: a datagram socket per worker, named by
+/// the worker's `NOTIFY_SOCKET`, on which it says `READY=1` (and `WATCHDOG=1`, counted as a
+/// heartbeat), as it would to systemd.
+#[derive(Debug)]
+pub(crate) struct NotifyListener {
+    socket: UnixDatagram,
+    /// The value of the worker's NOTIFY_SOCKET.
+    name: String,
+    /// A socket file to remove (where abstract names do not exist).
+    path: Option<std::path::PathBuf>,
+}
+
+/// What a worker said on its notify socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WorkerNotice {
+    Ready,
+    Watchdog,
+}
+
+impl NotifyListener {
+    pub fn new(master_pid: u32, seq: u64) -> io::Result<NotifyListener> {
+        let name = format!("forklift-{master_pid}-{seq}");
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let (socket, name, path) = {
+            let addr = abstract_addr(&name)?;
+            (UnixDatagram::bind_addr(&addr)?, format!("@{name}"), None)
+        };
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let (socket, name, path) = {
+            let path = std::env::temp_dir().join(format!("{name}.sock"));
+            let _ = std::fs::remove_file(&path);
+            (
+                UnixDatagram::bind(&path)?,
+                path.display().to_string(),
+                Some(path),
+            )
+        };
+        socket.set_nonblocking(true)?;
+        Ok(NotifyListener { socket, name, path })
+    }
+
+    pub fn env_value(&self) -> &str {
+        &self.name
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.socket)
+    }
+
+    /// The notices waiting on the socket.
+    pub fn read(&self) -> Vec<WorkerNotice> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                match line.trim() {
+                    "READY=1" => out.push(WorkerNotice::Ready),
+                    "WATCHDOG=1" => out.push(WorkerNotice::Watchdog),
+                    other if other.starts_with("STATUS=") => {
+                        debug!("worker status: {}", &other[7..])
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for NotifyListener {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn abstract_addr(name: &str) -> io::Result<SocketAddr> {
     use std::os::linux::net::SocketAddrExt;
@@ -82,6 +159,27 @@ fn monotonic_usec() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_notice_is_read_by_its_listener() {
+        let listener = NotifyListener::new(std::process::id(), 7).unwrap();
+        let sender = Notifier {
+            socket: UnixDatagram::unbound().unwrap(),
+            addr: if let Some(name) = listener.env_value().strip_prefix('@') {
+                abstract_addr(name).unwrap()
+            } else {
+                SocketAddr::from_pathname(listener.env_value()).unwrap()
+            },
+        };
+        sender.send("STATUS=warming up\nREADY=1");
+        sender.send("WATCHDOG=1");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut got = Vec::new();
+        while got.len() < 2 && std::time::Instant::now() < deadline {
+            got.extend(listener.read());
+        }
+        assert_eq!(got, vec![WorkerNotice::Ready, WorkerNotice::Watchdog]);
+    }
 
     #[test]
     fn messages_reach_a_listening_socket() {

@@ -43,12 +43,80 @@ enum Command {
     /// --graceful-timeout); INT (Ctrl-C) stops fast. Lifecycle lines go to stdout, logs to
     /// stderr (set RUST_LOG, e.g. RUST_LOG=debug).
     Serve(Box<ServeArgs>),
+    /// Pre-fork any program that accepts an inherited socket (systemd's LISTEN_FDS protocol):
+    /// the master binds, starts N copies of COMMAND with the sockets as fds 3.. and
+    /// LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES and FORKLIFT_WORKER_ID set, and supervises them
+    /// (respawn with backoff, crash-loop stop, TERM for a graceful stop, HUP rolling reload,
+    /// TTIN/TTOU). A worker is ready when it sends READY=1 to its NOTIFY_SOCKET, or, for
+    /// programs that do not, once it has run for --ready-after seconds.
+    ///
+    /// Example: forklift run --listen 127.0.0.1:8000 -- gunicorn --bind fd://3 app:app
+    #[command(arg_required_else_help = true)]
+    Run(Box<RunArgs>),
     /// Print the workers of a running master (pid, generation, uptime, requests, restarts).
     Status(ControlArgs),
     /// Rolling reload of a running master, as SIGHUP.
     Reload(ControlArgs),
     /// Graceful stop of a running master, as SIGTERM.
     Stop(ControlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Address to listen on; repeat for several (passed as fds 3, 4, ... in this order)
+    #[arg(
+        short,
+        long = "listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: Vec<String>,
+
+    /// Number of copies of COMMAND [default: the CPUs this process may use]
+    #[arg(short, long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// Give each worker its own SO_REUSEPORT socket instead of sharing one
+    #[arg(long)]
+    reuse_port: bool,
+
+    /// Seconds a worker has to exit after TERM before it is killed
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    graceful_timeout: Duration,
+
+    /// Kill and replace a worker that sent WATCHDOG=1 once and then nothing for this long;
+    /// 0 turns the check off
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    worker_timeout: Duration,
+
+    /// Wait for READY=1 on the NOTIFY_SOCKET forklift gives each worker (sd_notify)
+    #[arg(long, conflicts_with = "ready_after")]
+    ready_notify: bool,
+
+    /// Count a worker as ready once it has run this long (for programs that do not speak
+    /// sd_notify)
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    ready_after: Duration,
+
+    /// Seconds a worker may take to become ready before forklift gives up
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    boot_timeout: Duration,
+
+    /// Stop when more than this many workers crash within the recover window
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    recover_threshold: usize,
+
+    /// Prefix each line the workers print with [worker ID pid PID]
+    #[arg(long)]
+    prefix_output: bool,
+
+    /// Answer `forklift status|reload|stop --control PATH` on a Unix socket (mode 0600)
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
+
+    /// The program to run in each worker, and its arguments
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -223,6 +291,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(*args).map(|()| "stopped\n".to_string()),
+        Command::Run(args) => run(*args).map(|()| "stopped\n".to_string()),
         Command::Status(c) => forklift::control(&c.control, "status").map_err(Into::into),
         Command::Reload(c) => forklift::control(&c.control, "reload").map_err(Into::into),
         Command::Stop(c) => forklift::control(&c.control, "stop").map_err(Into::into),
@@ -299,7 +368,29 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         });
     }
     let fault = args.fault;
-    let server = server
+    let server = lifecycle_lines(server, scheme);
+    let fault_file = args.fault_file.clone();
+    if let Some(dir) = &args.dir {
+        let root = static_files::check_root(dir)?;
+        server.serve_tower(move || {
+            inject(fault, fault_file.as_deref());
+            static_files::service(&root)
+        })?;
+    } else {
+        server.serve(move || {
+            inject(fault, fault_file.as_deref());
+            let worker = HeaderValue::from(std::process::id());
+            let block_route = matches!(fault, Some(Fault::BlockRoute));
+            service_fn(move |req| demo(req, worker.clone(), block_route))
+        })?;
+    }
+    Ok(())
+}
+
+/// Prints each lifecycle event as one `key=value` line on stdout (the format scripts and
+/// forklift's tests read).
+fn lifecycle_lines(server: Prefork, scheme: &'static str) -> Prefork {
+    server
         .on_event(move |event| match event {
             Event::Listening { addresses } => {
                 for a in addresses {
@@ -353,23 +444,47 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
                 old.pid,
                 new.pid
             );
-        });
-    let fault_file = args.fault_file.clone();
-    if let Some(dir) = &args.dir {
-        let root = static_files::check_root(dir)?;
-        server.serve_tower(move || {
-            inject(fault, fault_file.as_deref());
-            static_files::service(&root)
-        })?;
-    } else {
-        server.serve(move || {
-            inject(fault, fault_file.as_deref());
-            let worker = HeaderValue::from(std::process::id());
-            let block_route = matches!(fault, Some(Fault::BlockRoute));
-            service_fn(move |req| demo(req, worker.clone(), block_route))
-        })?;
+        })
+}
+
+/// `forklift run -- COMMAND`: the library's supervision around a program of any language.
+fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
+    let shown = args
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let command = args.command.clone();
+    let mut server = Prefork::new()
+        .reuse_port(args.reuse_port)
+        .spawn(Spawn::command(move |_slot| {
+            let mut cmd = std::process::Command::new(&command[0]);
+            cmd.args(&command[1..]);
+            cmd
+        }))
+        .readiness(if args.ready_notify {
+            forklift::Readiness::Notify
+        } else {
+            forklift::Readiness::After(args.ready_after)
+        })
+        .relay_output(args.prefix_output)
+        .graceful_timeout(args.graceful_timeout)
+        .recover_threshold(args.recover_threshold)
+        .boot_timeout(args.boot_timeout)
+        .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
+    if let Some(n) = args.workers {
+        server = server.workers(n);
     }
-    Ok(())
+    if let Some(path) = &args.control {
+        server = server.control_socket(path);
+    }
+    for addr in &args.listen {
+        server = server.listen(addr)?;
+    }
+    lifecycle_lines(server, "http")
+        .run(|_| Err("forklift run starts COMMAND in each worker; this is never called".into()))
+        .map_err(|e| format!("{shown}: {e}").into())
 }
 
 /// Runs in each worker as it boots: the faults forklift's tests inject.

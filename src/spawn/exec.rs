@@ -79,7 +79,15 @@ pub(crate) fn spawn(cmd: &CommandLine, spec: &SpawnSpec<'_>) -> io::Result<u32> 
     ];
     let mut fds: Vec<i32> = spec.listeners.iter().map(|fd| fd.as_raw_fd()).collect();
     fds.push(spec.status.as_raw_fd());
-    fork_exec(cmd, &fds, &names, &vars, Some(spec.master_pid), spec.setup)
+    fork_exec(
+        cmd,
+        &fds,
+        &names,
+        &vars,
+        Some(spec.master_pid),
+        spec.setup,
+        spec.stdio,
+    )
 }
 
 /// Starts `cmd` as the next master (binary upgrade): it inherits `sockets` as fds from 3
@@ -93,7 +101,7 @@ pub(crate) fn spawn_master(
     let fds: Vec<i32> = sockets.iter().map(|(fd, _)| *fd).collect();
     let names: Vec<String> = sockets.iter().map(|(_, name)| name.clone()).collect();
     let vars = [(protocol::ENV_UPGRADE_FROM, old_master.to_string())];
-    fork_exec(cmd, &fds, &names, &vars, None, ChildSetup::default())
+    fork_exec(cmd, &fds, &names, &vars, None, ChildSetup::default(), None)
 }
 
 /// Forks and executes `cmd` with `fds` placed at 3.. (the first `names.len()` of them
@@ -106,6 +114,7 @@ fn fork_exec(
     vars: &[(&str, String)],
     parent_death: Option<u32>,
     setup: ChildSetup,
+    stdio: Option<[i32; 2]>,
 ) -> io::Result<u32> {
     let program = resolve_program(&cmd.program, &cmd.env)?;
     let program = cstring(program.as_os_str().as_bytes())?;
@@ -160,6 +169,7 @@ fn fork_exec(
         err_fd: err_write.as_raw_fd(),
         parent_death,
         setup,
+        stdio,
     };
 
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls on memory
@@ -217,6 +227,8 @@ struct ChildPlan<'a> {
     err_fd: i32,
     parent_death: Option<u32>,
     setup: ChildSetup,
+    /// Where the command's stdout and stderr go (write ends of the master's relay pipes).
+    stdio: Option<[i32; 2]>,
 }
 
 /// Between fork and exec: async-signal-safe calls only.
@@ -246,11 +258,26 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
             }
             *plan.temps.add(i) = t;
         }
+        let mut stdio = [-1, -1];
+        if let Some(pipes) = plan.stdio {
+            for (slot, &fd) in stdio.iter_mut().zip(pipes.iter()) {
+                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if *slot < 0 {
+                    fail(err_fd);
+                }
+            }
+        }
         for i in 0..total {
             // dup2 leaves the new fd without close-on-exec: these are the inherited ones.
             if libc::dup2(*plan.temps.add(i as usize), LISTEN_FDS_START + i) < 0 {
                 fail(err_fd);
             }
+        }
+        if plan.stdio.is_some()
+            && (libc::dup2(stdio[0], libc::STDOUT_FILENO) < 0
+                || libc::dup2(stdio[1], libc::STDERR_FILENO) < 0)
+        {
+            fail(err_fd);
         }
         // Credentials first: changing them clears the parent-death signal.
         if plan.setup.apply().is_err() {

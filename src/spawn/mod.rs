@@ -33,6 +33,23 @@ pub enum Spawn {
     Command(CommandProducer),
 }
 
+/// How the master learns that a worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// The worker says so on its channel to the master: forklift's own workers
+    /// ([`Worker::ready`](crate::Worker::ready), and `serve` does it for you).
+    #[default]
+    Channel,
+    /// The worker sends `READY=1` to the `NOTIFY_SOCKET` forklift gives it, as it would to
+    /// systemd (`sd_notify`); `WATCHDOG=1` counts as a heartbeat. For programs that speak
+    /// systemd's protocol.
+    Notify,
+    /// The worker is taken as ready once it has stayed up this long: for programs that
+    /// speak no readiness protocol.
+    After(std::time::Duration),
+}
+
 /// Builds the command that starts one worker; see [`Spawn::Command`].
 pub type CommandProducer = Arc<dyn Fn(&WorkerSlot) -> Command + Send + Sync>;
 
@@ -98,6 +115,9 @@ pub(crate) struct SpawnSpec<'a> {
     pub close_in_child: Vec<RawFd>,
     /// CPU pinning and privilege drop.
     pub setup: ChildSetup,
+    /// Write ends of pipes for the worker's stdout and stderr, which the master relays line
+    /// by line (exec and command spawning only); `None` inherits the master's.
+    pub stdio: Option<[RawFd; 2]>,
 }
 
 /// What a worker process sets up about itself before it runs any of its code: its CPU and its
