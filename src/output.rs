@@ -69,12 +69,10 @@ impl Relay {
             lines.extend_from_slice(self.prefix.as_bytes());
             lines.extend_from_slice(&line);
         }
-        if !open || self.buf.len() > MAX_LINE {
-            if !self.buf.is_empty() {
-                lines.extend_from_slice(self.prefix.as_bytes());
-                lines.append(&mut self.buf);
-                lines.push(b'\n');
-            }
+        if (!open || self.buf.len() > MAX_LINE) && !self.buf.is_empty() {
+            lines.extend_from_slice(self.prefix.as_bytes());
+            lines.append(&mut self.buf);
+            lines.push(b'\n');
         }
         if !lines.is_empty() {
             // One write of whole lines: nothing else writes these streams mid-line.
