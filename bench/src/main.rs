@@ -1,1 +1,530 @@
-fn main() {}
+//! `forklift-bench`: forklift against nginx and fasthttp, side by side, in interleaved rounds.
+//!
+//! Run it through `bench/run`, which builds forklift in release mode first. See
+//! bench/README.md for what the figures mean.
+
+mod chart;
+mod parse;
+mod procs;
+mod report;
+mod run;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use clap::Parser;
+
+use run::{Plan, Run, ServerKind, ServerSpec, Workload, SERVERS};
+
+/// Benchmark forklift against its peers (nginx, fasthttp) on 127.0.0.1.
+///
+/// Each round runs every workload on every selected server in turn, each time on a fresh
+/// server; the report gives medians and min–max over the rounds.
+#[derive(Debug, Parser)]
+#[command(name = "forklift-bench")]
+struct Args {
+    /// Short run: 1 round, 20000 requests for conn, 3 s for keepalive and sleep
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+
+    /// Full run (the default): 3 rounds, 100000 requests for conn, 10 s for keepalive and sleep
+    #[arg(long)]
+    full: bool,
+
+    /// Number of rounds [default: 3 full, 1 quick]; full mode needs at least 3
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: Option<u16>,
+
+    /// Servers to run, comma-separated [default: all]: forklift, forklift-reuseport,
+    /// forklift-single, nginx, nginx-reuseport, fasthttp-prefork, fasthttp-prefork-reuseport,
+    /// fasthttp-single
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    servers: Vec<String>,
+
+    /// Workloads to run, comma-separated [default: all]: conn, keepalive, sleep
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    workloads: Vec<String>,
+
+    /// Requests per conn run (oha -n), overriding the mode's
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    requests: Option<u64>,
+
+    /// Seconds per keepalive and sleep run (wrk -d), overriding the mode's
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    duration: Option<u64>,
+
+    /// Directory for the results [default: bench/results in the repository]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+
+    /// The forklift repository [default: the one this binary was built from]
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = ctrlc::set_handler(|| {
+        eprintln!("\nforklift-bench: interrupted; stopping servers and load generators");
+        procs::interrupt_all();
+        std::process::exit(130);
+    }) {
+        eprintln!("forklift-bench: warning: cannot handle Ctrl-C: {e}");
+    }
+    let code = match bench(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("forklift-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    if procs::interrupted() {
+        // The Ctrl-C handler is stopping everything and then exits the process.
+        loop {
+            std::thread::park();
+        }
+    }
+    // Nothing should be left, but make sure of it.
+    procs::interrupt_all();
+    code
+}
+
+fn bench(args: Args) -> Result<ExitCode, String> {
+    let quick = args.quick;
+    let rounds = args.rounds.map_or(if quick { 1 } else { 3 }, usize::from);
+    if !quick && rounds < 3 {
+        return Err("full mode runs at least 3 rounds; use --quick for fewer".into());
+    }
+
+    let repo = match args.repo {
+        Some(r) => r,
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or("no repository root")?
+            .to_path_buf(),
+    };
+    let repo = repo
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", repo.display()))?;
+    let out_dir = args.out.unwrap_or_else(|| repo.join("bench/results"));
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| repo.join("target/release"));
+    let forklift = [
+        exe_dir.join("forklift"),
+        repo.join("target/release/forklift"),
+    ]
+    .into_iter()
+    .find(|p| procs::is_executable(p))
+    .ok_or("target/release/forklift is missing: build it (bench/run does)")?;
+
+    let mut notices = Vec::new();
+
+    // Servers.
+    let wanted: Vec<ServerSpec> = if args.servers.is_empty() {
+        SERVERS.to_vec()
+    } else {
+        args.servers
+            .iter()
+            .map(|name| {
+                SERVERS
+                    .iter()
+                    .find(|s| s.name == name.trim())
+                    .copied()
+                    .ok_or_else(|| format!("unknown server {name:?}; known: {}", names()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let serve_help = output_text(Command::new(&forklift).args(["serve", "--help"]));
+    let peers_dir = repo.join("../shared/peers");
+    let peers_start = peers_dir.join("start.sh");
+    let peers_ready = peers_available(&peers_start);
+    let mut servers = Vec::new();
+    for s in wanted {
+        match s.kind {
+            ServerKind::Forklift(extra) => {
+                if let Some(flag) = extra
+                    .iter()
+                    .find(|a| a.starts_with("--") && !serve_help.contains(**a))
+                {
+                    let n = format!(
+                        "{} skipped: this forklift has no `serve {flag}` yet",
+                        s.name
+                    );
+                    eprintln!("forklift-bench: {n}");
+                    notices.push(n);
+                    continue;
+                }
+            }
+            ServerKind::Peer => {
+                if let Err(why) = &peers_ready {
+                    let n = format!("{} skipped: {why}", s.name);
+                    eprintln!("forklift-bench: {n}");
+                    notices.push(n);
+                    continue;
+                }
+            }
+        }
+        servers.push(s);
+    }
+    if servers.is_empty() {
+        return Err("no server to run".into());
+    }
+
+    // Workloads and their tools.
+    let mut workloads: Vec<Workload> = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads
+            .iter()
+            .map(|w| {
+                Workload::parse(w.trim())
+                    .ok_or_else(|| format!("unknown workload {w:?}; known: conn, keepalive, sleep"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    workloads.dedup();
+    let oha = find_oha();
+    let wrk = procs::on_path("wrk");
+    if oha.is_none() && workloads.contains(&Workload::Conn) {
+        let n = "conn skipped: oha not found (cargo install oha --locked)".to_string();
+        eprintln!("forklift-bench: {n}");
+        notices.push(n);
+        workloads.retain(|w| *w != Workload::Conn);
+    }
+    if wrk.is_none() {
+        let n = "keepalive and sleep skipped: wrk not found (../shared/peers/setup.sh installs it)";
+        if workloads.iter().any(|w| *w != Workload::Conn) {
+            eprintln!("forklift-bench: {n}");
+            notices.push(n.to_string());
+        }
+        workloads.retain(|w| *w == Workload::Conn);
+    }
+    if workloads.is_empty() {
+        return Err("no workload to run".into());
+    }
+    if workloads.contains(&Workload::Sleep) && servers.iter().any(|s| !s.serves(Workload::Sleep)) {
+        notices.push("peers have no /sleep endpoint: the sleep workload runs forklift only".into());
+    }
+
+    let target_dir = exe_dir
+        .parent()
+        .map_or_else(|| repo.join("target"), Path::to_path_buf);
+    let plan = Plan {
+        rounds,
+        servers,
+        workloads,
+        forklift: forklift.clone(),
+        peers_start,
+        oha: oha.clone().unwrap_or_else(|| "oha".into()),
+        wrk: wrk.clone().unwrap_or_else(|| "wrk".into()),
+        conn_requests: args
+            .requests
+            .unwrap_or(if quick { 20_000 } else { 100_000 }),
+        wrk_secs: args.duration.unwrap_or(if quick { 3 } else { 10 }),
+        log_dir: target_dir.join("bench-logs"),
+    };
+
+    let mut tools = vec![format!("forklift {}", forklift.display())];
+    if let Some(o) = &oha {
+        tools.push(first_line(&output_text(Command::new(o).arg("--version"))));
+    }
+    if let Some(w) = &wrk {
+        let v = output_text(Command::new(w).arg("-v"));
+        tools.push(
+            first_line(&v)
+                .split(" Copyright")
+                .next()
+                .unwrap_or("wrk")
+                .trim()
+                .to_string(),
+        );
+    }
+    if plan.servers.iter().any(|s| s.name.starts_with("nginx")) {
+        tools.push(first_line(&output_text(Command::new("nginx").arg("-v"))));
+    }
+
+    let started = std::time::SystemTime::now();
+    let mut meta = report::Meta {
+        date_utc: utc_date_time(started),
+        command: std::env::var("FORKLIFT_BENCH_COMMAND")
+            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+        mode: if quick { "quick" } else { "full" }.into(),
+        rounds,
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+        cpu_model: cpu_model(),
+        loadavg_before: loadavg(),
+        loadavg_after: String::new(),
+        tools,
+        load_commands: plan
+            .workloads
+            .iter()
+            .map(|&w| (w, load_command_text(&plan, w)))
+            .collect(),
+        notices,
+    };
+
+    eprintln!(
+        "forklift-bench: {} mode, {} round(s), servers {}, workloads {}; load average {}",
+        meta.mode,
+        rounds,
+        plan.servers
+            .iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(","),
+        plan.workloads
+            .iter()
+            .map(|w| w.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        meta.loadavg_before,
+    );
+    let runs = run::run_all(&plan);
+    if procs::interrupted() {
+        // The Ctrl-C handler is ending the process; leave the last results as they were.
+        return Err("interrupted; no results written".into());
+    }
+    meta.loadavg_after = loadavg();
+
+    write_results(&out_dir, &meta, &runs, &plan, started)?;
+    let all_failed = runs
+        .iter()
+        .all(|r| matches!(r.outcome, run::Outcome::Failed(_)));
+    Ok(if all_failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn write_results(
+    out_dir: &Path,
+    meta: &report::Meta,
+    runs: &[Run],
+    plan: &Plan,
+    started: std::time::SystemTime,
+) -> Result<(), String> {
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let write = |name: &str, text: &str| {
+        let p = out_dir.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let md = report::markdown(meta, runs, &plan.servers, &plan.workloads);
+    println!("{md}");
+    write("latest.md", &md)?;
+    write(&format!("{}.md", file_stamp(started)), &md)?;
+    let json = serde_json::to_string_pretty(&report::RawResults { meta, runs })
+        .map_err(|e| e.to_string())?;
+    write("latest.json", &json)?;
+    let svg = out_dir.join("latest.svg");
+    if let Err(e) = chart::svg(&svg, meta, runs, &plan.servers, &plan.workloads) {
+        eprintln!("forklift-bench: warning: {e}");
+    }
+    eprintln!(
+        "forklift-bench: wrote {}/latest.md, latest.json, latest.svg and {}.md",
+        out_dir.display(),
+        file_stamp(started)
+    );
+    Ok(())
+}
+
+fn names() -> String {
+    SERVERS
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether ../shared/peers/setup.sh has run: its Go peer is built and nginx is installed.
+fn peers_available(start: &Path) -> Result<(), String> {
+    if !start.exists() {
+        return Err(format!("{} not found", start.display()));
+    }
+    let home = std::env::var_os("PEERS_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/forklift-peers")))
+        .ok_or("no HOME")?;
+    if !home.join("fasthttp-greet").exists() {
+        return Err(format!(
+            "{} is missing: run ../shared/peers/setup.sh",
+            home.join("fasthttp-greet").display()
+        ));
+    }
+    if procs::on_path("nginx").is_none() {
+        return Err("nginx is not on PATH: run ../shared/peers/setup.sh".into());
+    }
+    Ok(())
+}
+
+fn find_oha() -> Option<PathBuf> {
+    procs::on_path("oha").or_else(|| {
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+        let p = cargo_home.join("bin/oha");
+        procs::is_executable(&p).then_some(p)
+    })
+}
+
+/// A command's stdout and stderr together (empty if it cannot run).
+fn output_text(cmd: &mut Command) -> String {
+    match cmd.stdin(Stdio::null()).output() {
+        Ok(o) => {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s
+        }
+        Err(_) => String::new(),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+fn load_command_text(plan: &Plan, w: Workload) -> String {
+    let (prog, args) = plan.load_command(w, 0);
+    let prog = prog.file_name().map_or_else(
+        || prog.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            let a = a.replace("127.0.0.1:0", "127.0.0.1:PORT");
+            if a.contains('?') {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect();
+    format!("{prog} {}", args.join(" "))
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn loadavg() -> String {
+    read_trim("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc_date_time(t: std::time::SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// `YYYYMMDDTHHMMSSZ`, for file names.
+fn file_stamp(t: std::time::SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = civil(t);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// Calendar date and time (UTC) of a system time.
+fn civil(t: std::time::SystemTime) -> (i64, u32, u32, u32, u32, u32) {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm: days since 1970-01-01 to (year, month, day).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date_time(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        // 2024-02-29 12:34:56 UTC, a leap day.
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+        assert_eq!(utc_date_time(t), "2024-02-29 12:34:56 UTC");
+        assert_eq!(file_stamp(t), "20240229T123456Z");
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn every_server_name_is_unique_and_forklift_comes_first() {
+        assert_eq!(SERVERS[0].name, report::REFERENCE);
+        let mut names: Vec<_> = SERVERS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SERVERS.len());
+    }
+
+    #[test]
+    fn load_commands_match_the_seeds() {
+        let plan = Plan {
+            rounds: 1,
+            servers: SERVERS.to_vec(),
+            workloads: Workload::ALL.to_vec(),
+            forklift: "forklift".into(),
+            peers_start: "start.sh".into(),
+            oha: "/x/oha".into(),
+            wrk: "/usr/bin/wrk".into(),
+            conn_requests: 100_000,
+            wrk_secs: 10,
+            log_dir: "/tmp".into(),
+        };
+        assert_eq!(
+            load_command_text(&plan, Workload::Conn),
+            "oha -c 500 -n 100000 --disable-keepalive --no-tui --output-format json http://127.0.0.1:PORT/"
+        );
+        assert_eq!(
+            load_command_text(&plan, Workload::Keepalive),
+            "wrk -t 2 -c 512 -d 10 --latency http://127.0.0.1:PORT/"
+        );
+        assert_eq!(
+            load_command_text(&plan, Workload::Sleep),
+            "wrk -t 2 -c 512 -d 10 --latency 'http://127.0.0.1:PORT/sleep?ms=100'"
+        );
+    }
+}

@@ -1,0 +1,359 @@
+//! The summary over rounds: markdown tables and the raw JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::parse::Errors;
+use crate::run::{Outcome, ReadyBy, Run, ServerSpec, Workload};
+use crate::stats::Spread;
+
+/// The server the ratio column divides by.
+pub const REFERENCE: &str = "forklift";
+
+/// Where and how the benchmark ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub date_utc: String,
+    pub command: String,
+    pub mode: String,
+    pub rounds: usize,
+    pub nproc: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+    pub tools: Vec<String>,
+    /// The load commands, with PORT standing for the server's port.
+    pub load_commands: Vec<(Workload, String)>,
+    /// Servers skipped and why, and other remarks.
+    pub notices: Vec<String>,
+}
+
+/// Everything written to latest.json.
+#[derive(Serialize)]
+pub struct RawResults<'a> {
+    pub meta: &'a Meta,
+    pub runs: &'a [Run],
+}
+
+/// One server's figures for one workload, over the rounds.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub server: String,
+    /// Why the server was not run with this workload.
+    pub skipped: Option<String>,
+    pub ok_rounds: usize,
+    pub failures: Vec<(usize, String)>,
+    pub rps: Option<Spread>,
+    pub p50_ms: Option<Spread>,
+    pub p99_ms: Option<Spread>,
+    pub errors: Errors,
+    pub cpu_us_per_req: Option<Spread>,
+    pub master_rss_mib: Option<Spread>,
+    pub worker_idle_mib: Option<Spread>,
+    pub worker_peak_mib: Option<Spread>,
+    pub workers: usize,
+    pub ready_ms: Option<Spread>,
+    pub ready_by: Option<ReadyBy>,
+}
+
+/// The rows of one workload's table, in server order.
+pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
+    servers
+        .iter()
+        .map(|s| {
+            let mine: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.workload == w && r.server == s.name)
+                .collect();
+            let samples: Vec<_> = mine
+                .iter()
+                .filter_map(|r| match &r.outcome {
+                    Outcome::Ok(x) => Some(x.as_ref()),
+                    Outcome::Failed(_) => None,
+                })
+                .collect();
+            let failures = mine
+                .iter()
+                .filter_map(|r| match &r.outcome {
+                    Outcome::Failed(e) => Some((r.round, e.clone())),
+                    Outcome::Ok(_) => None,
+                })
+                .collect();
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            let mut errors = Errors::default();
+            for x in &samples {
+                add_errors(&mut errors, &x.load.errors);
+            }
+            Row {
+                server: s.name.to_string(),
+                skipped: (!s.serves(w)).then(|| "no /sleep endpoint".to_string()),
+                ok_rounds: samples.len(),
+                failures,
+                rps: Spread::of(samples.iter().map(|x| x.load.rps)),
+                p50_ms: Spread::of(samples.iter().filter_map(|x| x.load.p50_ms)),
+                p99_ms: Spread::of(samples.iter().filter_map(|x| x.load.p99_ms)),
+                errors,
+                cpu_us_per_req: Spread::of(samples.iter().filter_map(|x| x.cpu_us_per_req)),
+                master_rss_mib: Spread::of(samples.iter().map(|x| mib(x.rss_kib.master_peak))),
+                worker_idle_mib: Spread::of(
+                    samples
+                        .iter()
+                        .filter_map(|x| x.rss_kib.worker_idle.map(mib)),
+                ),
+                worker_peak_mib: Spread::of(
+                    samples
+                        .iter()
+                        .filter_map(|x| x.rss_kib.worker_peak.map(mib)),
+                ),
+                workers: samples
+                    .iter()
+                    .map(|x| x.worker_pids.len())
+                    .max()
+                    .unwrap_or(0),
+                ready_ms: Spread::of(samples.iter().map(|x| x.ready_ms)),
+                ready_by: samples.first().map(|x| x.ready_by),
+            }
+        })
+        .collect()
+}
+
+fn add_errors(sum: &mut Errors, e: &Errors) {
+    sum.non_2xx += e.non_2xx;
+    sum.connect += e.connect;
+    sum.read += e.read;
+    sum.write += e.write;
+    sum.timeout += e.timeout;
+    sum.aborted_by_deadline += e.aborted_by_deadline;
+    for (k, v) in &e.other {
+        *sum.other.entry(k.clone()).or_insert(0) += v;
+    }
+}
+
+const DASH: &str = "—";
+
+/// The whole markdown report.
+pub fn markdown(
+    meta: &Meta,
+    runs: &[Run],
+    servers: &[ServerSpec],
+    workloads: &[Workload],
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# forklift benchmark\n");
+    let _ = writeln!(md, "- date: {}", meta.date_utc);
+    let _ = writeln!(
+        md,
+        "- machine: {} CPUs ({}), Linux {}",
+        meta.nproc, meta.cpu_model, meta.kernel
+    );
+    let _ = writeln!(
+        md,
+        "- load average before / after: {} / {}",
+        meta.loadavg_before, meta.loadavg_after
+    );
+    let _ = writeln!(md, "- mode: {}, rounds: {}", meta.mode, meta.rounds);
+    let _ = writeln!(md, "- command: `{}`", meta.command);
+    let _ = writeln!(md, "- tools: {}", meta.tools.join("; "));
+    for (w, cmd) in &meta.load_commands {
+        let _ = writeln!(md, "- {}: `{cmd}`", w.name());
+    }
+    for n in &meta.notices {
+        let _ = writeln!(md, "- note: {n}");
+    }
+    let _ = writeln!(
+        md,
+        "\nEach round runs every workload on every server in turn (a fresh server each time); \
+         figures are medians over the rounds, req/s also with min–max. \
+         RSS in MiB: master peak during the load / largest worker RSS idle (right before the \
+         load) / largest worker peak during the load. CPU µs/req: the server's user+sys CPU \
+         (master and workers) during the load divided by the requests completed. Errors: \
+         non-2xx responses plus socket errors, summed over the rounds."
+    );
+
+    for &w in workloads {
+        let rows = rows(runs, w, servers);
+        let reference = rows
+            .iter()
+            .find(|r| r.server == REFERENCE)
+            .and_then(|r| r.rps)
+            .map(|s| s.median);
+        let _ = writeln!(md, "\n## {}\n", w.title());
+        let _ = writeln!(
+            md,
+            "| server | req/s (median, min–max) | forklift / this | p50 | p99 | errors | CPU µs/req | RSS master / worker idle / worker peak | ready in |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut footnotes = Vec::new();
+        let mut first_response_used = false;
+        for r in &rows {
+            if let Some(why) = &r.skipped {
+                let _ = writeln!(
+                    md,
+                    "| {} | skipped: {why} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
+                    r.server
+                );
+                continue;
+            }
+            for (round, e) in &r.failures {
+                footnotes.push(format!("{} failed in round {round}: {e}", r.server));
+            }
+            let Some(rps) = r.rps else {
+                let why = if r.failures.is_empty() {
+                    "not run".to_string()
+                } else {
+                    "**failed** (see below)".to_string()
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {why} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
+                    r.server
+                );
+                continue;
+            };
+            let mut rps_cell = fmt_rps(rps);
+            if !r.failures.is_empty() {
+                rps_cell.push_str(&format!(
+                    " ({} of {} rounds failed)",
+                    r.failures.len(),
+                    r.failures.len() + r.ok_rounds
+                ));
+            }
+            let ratio = reference.map_or_else(
+                || DASH.to_string(),
+                |f| {
+                    if rps.median > 0.0 {
+                        format!("{:.2}", f / rps.median)
+                    } else {
+                        DASH.to_string()
+                    }
+                },
+            );
+            let errors = match r.errors.total() {
+                0 => "0".to_string(),
+                n => format!("{n} ({})", r.errors.breakdown()),
+            };
+            let rss = format!(
+                "{} / {} / {}{}",
+                fmt_mib(r.master_rss_mib),
+                fmt_mib(r.worker_idle_mib),
+                fmt_mib(r.worker_peak_mib),
+                match r.workers {
+                    0 => " (one process)".to_string(),
+                    n => format!(" ({n} workers)"),
+                }
+            );
+            let ready = match (r.ready_ms, r.ready_by) {
+                (Some(s), Some(ReadyBy::FirstResponse)) => {
+                    first_response_used = true;
+                    format!("{}¹", fmt_ms(s.median))
+                }
+                (Some(s), _) => fmt_ms(s.median),
+                _ => DASH.to_string(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {rps_cell} | {ratio} | {} | {} | {errors} | {} | {rss} | {ready} |",
+                r.server,
+                r.p50_ms.map_or(DASH.to_string(), |s| fmt_ms(s.median)),
+                r.p99_ms.map_or(DASH.to_string(), |s| fmt_ms(s.median)),
+                r.cpu_us_per_req
+                    .map_or(DASH.to_string(), |s| format!("{:.1}", s.median)),
+            );
+        }
+        if first_response_used {
+            let _ = writeln!(
+                md,
+                "\n¹ time from start to the first successful HTTP response (the server does not \
+                 report readiness). Without the mark: time from start until forklift printed \
+                 `ready pids=` (all workers serving)."
+            );
+        }
+        if !footnotes.is_empty() {
+            let _ = writeln!(md);
+            for f in footnotes {
+                let _ = writeln!(md, "- {}", f.replace('|', "\\|"));
+            }
+        }
+    }
+    md
+}
+
+/// req/s with thousands separators; the range when there is more than one round.
+pub fn fmt_rps(s: Spread) -> String {
+    if s.n > 1 {
+        format!(
+            "{} ({}–{})",
+            thousands(s.median),
+            thousands(s.min),
+            thousands(s.max)
+        )
+    } else {
+        thousands(s.median)
+    }
+}
+
+/// A whole number with `,` between thousands.
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// Milliseconds with about three significant digits; seconds from 1 s up.
+pub fn fmt_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
+
+fn fmt_mib(s: Option<Spread>) -> String {
+    s.map_or(DASH.to_string(), |s| format!("{:.1}", s.median))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(thousands(-12345.0), "-12,345");
+    }
+
+    #[test]
+    fn ms_formats() {
+        assert_eq!(fmt_ms(0.8123), "0.81 ms");
+        assert_eq!(fmt_ms(12.345), "12.3 ms");
+        assert_eq!(fmt_ms(101.7), "102 ms");
+        assert_eq!(fmt_ms(1020.0), "1.02 s");
+    }
+
+    #[test]
+    fn rps_shows_range_only_for_several_rounds() {
+        let one = Spread::of([1500.0]).unwrap();
+        assert_eq!(fmt_rps(one), "1,500");
+        let three = Spread::of([1500.0, 1000.0, 2000.0]).unwrap();
+        assert_eq!(fmt_rps(three), "1,500 (1,000–2,000)");
+    }
+}

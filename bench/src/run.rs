@@ -1,0 +1,615 @@
+//! One measurement: start a server on a free port, wait until it serves, load it while
+//! sampling its processes, stop it. And the interleaved rounds of them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::parse::{self, LoadReport};
+use crate::procs::{self, Group, Stopped};
+
+/// How long a server may take to serve after it is started.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a forklift server may answer HTTP without printing its ready line before the
+/// first response is taken as its readiness.
+const READY_LINE_GRACE: Duration = Duration::from_secs(3);
+/// Grace after TERM before the server's process group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// RSS sampling period during the load.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Conn,
+    Keepalive,
+    Sleep,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::Conn, Workload::Keepalive, Workload::Sleep];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Conn => "conn",
+            Workload::Keepalive => "keepalive",
+            Workload::Sleep => "sleep",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Workload::Conn => "conn: a new connection per request (oha)",
+            Workload::Keepalive => "keepalive: 512 keep-alive connections, GET / (wrk)",
+            Workload::Sleep => "sleep: 512 keep-alive connections, GET /sleep?ms=100 (wrk)",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// `forklift serve` with these extra arguments; it prints `ready pids=...` when serving.
+    Forklift(&'static [&'static str]),
+    /// A peer from ../shared/peers, started with its start.sh.
+    Peer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: &'static str,
+    pub kind: ServerKind,
+}
+
+impl ServerSpec {
+    /// Only forklift's demo has `/sleep`.
+    pub fn serves(&self, w: Workload) -> bool {
+        w != Workload::Sleep || matches!(self.kind, ServerKind::Forklift(_))
+    }
+}
+
+/// Every server the harness knows, in table order. The first is the reference of the ratio
+/// column.
+pub const SERVERS: [ServerSpec; 8] = [
+    ServerSpec {
+        name: "forklift",
+        kind: ServerKind::Forklift(&["--workers", "2"]),
+    },
+    ServerSpec {
+        name: "forklift-reuseport",
+        kind: ServerKind::Forklift(&["--workers", "2", "--reuse-port"]),
+    },
+    ServerSpec {
+        name: "forklift-single",
+        kind: ServerKind::Forklift(&["--single-process"]),
+    },
+    ServerSpec {
+        name: "nginx",
+        kind: ServerKind::Peer,
+    },
+    ServerSpec {
+        name: "nginx-reuseport",
+        kind: ServerKind::Peer,
+    },
+    ServerSpec {
+        name: "fasthttp-prefork",
+        kind: ServerKind::Peer,
+    },
+    ServerSpec {
+        name: "fasthttp-prefork-reuseport",
+        kind: ServerKind::Peer,
+    },
+    ServerSpec {
+        name: "fasthttp-single",
+        kind: ServerKind::Peer,
+    },
+];
+
+/// Everything a run needs to know, resolved up front.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rounds: usize,
+    pub servers: Vec<ServerSpec>,
+    pub workloads: Vec<Workload>,
+    pub forklift: PathBuf,
+    pub peers_start: PathBuf,
+    pub oha: PathBuf,
+    pub wrk: PathBuf,
+    /// oha's `-n` for the conn workload.
+    pub conn_requests: u64,
+    /// wrk's `-d` in seconds.
+    pub wrk_secs: u64,
+    pub log_dir: PathBuf,
+}
+
+impl Plan {
+    /// The load generator's command line for `w` against `port`.
+    pub fn load_command(&self, w: Workload, port: u16) -> (PathBuf, Vec<String>) {
+        let base = format!("http://127.0.0.1:{port}");
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match w {
+            Workload::Conn => {
+                let mut a = strs(&["-c", "500", "-n"]);
+                a.push(self.conn_requests.to_string());
+                a.extend(strs(&[
+                    "--disable-keepalive",
+                    "--no-tui",
+                    "--output-format",
+                    "json",
+                ]));
+                a.push(format!("{base}/"));
+                (self.oha.clone(), a)
+            }
+            Workload::Keepalive | Workload::Sleep => {
+                let mut a = strs(&["-t", "2", "-c", "512", "-d"]);
+                a.push(self.wrk_secs.to_string());
+                a.push("--latency".into());
+                a.push(if w == Workload::Sleep {
+                    format!("{base}/sleep?ms=100")
+                } else {
+                    format!("{base}/")
+                });
+                (self.wrk.clone(), a)
+            }
+        }
+    }
+
+    /// The wall-clock bound of one load-generator run.
+    fn load_deadline(&self, w: Workload) -> Duration {
+        match w {
+            // Generous: even 500 req/s finishes in time.
+            Workload::Conn => Duration::from_secs(60 + self.conn_requests / 500),
+            Workload::Keepalive | Workload::Sleep => Duration::from_secs(self.wrk_secs + 30),
+        }
+    }
+
+    /// The server's command line on `port`.
+    pub fn server_command(&self, s: &ServerSpec, port: u16) -> Command {
+        match s.kind {
+            ServerKind::Forklift(extra) => {
+                let mut c = Command::new(&self.forklift);
+                c.arg("serve")
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .args(extra);
+                c
+            }
+            ServerKind::Peer => {
+                let mut c = Command::new(&self.peers_start);
+                c.arg(s.name).arg(port.to_string());
+                c
+            }
+        }
+    }
+}
+
+/// How the readiness time was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyBy {
+    /// forklift's `ready pids=` line (all workers serve).
+    ReadyLine,
+    /// The first successful HTTP response.
+    FirstResponse,
+}
+
+/// RSS figures in KiB.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rss {
+    pub master_idle: u64,
+    pub master_peak: u64,
+    /// The largest idle RSS among the workers (None without workers).
+    pub worker_idle: Option<u64>,
+    /// The largest peak RSS among the workers during the load.
+    pub worker_peak: Option<u64>,
+    /// Peak per process (master included) during the load.
+    pub peak_by_pid: BTreeMap<i32, u64>,
+}
+
+/// A successful measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub load: LoadReport,
+    pub ready_ms: f64,
+    pub ready_by: ReadyBy,
+    pub master_pid: i32,
+    pub worker_pids: Vec<i32>,
+    pub rss_kib: Rss,
+    /// Server CPU (user + sys, master and workers) spent during the load, in seconds.
+    pub cpu_s: f64,
+    /// `cpu_s` per completed request, in microseconds.
+    pub cpu_us_per_req: Option<f64>,
+    pub stop: Option<Stopped>,
+}
+
+/// One server under one workload in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub round: usize,
+    pub workload: Workload,
+    pub server: String,
+    pub port: u16,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Box<Sample>),
+    Failed(String),
+}
+
+/// Runs every round: within a round each workload, within it each server, so drift over
+/// time hits all servers alike.
+pub fn run_all(plan: &Plan) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for round in 1..=plan.rounds {
+        for &w in &plan.workloads {
+            for s in plan.servers.iter().filter(|s| s.serves(w)) {
+                if procs::interrupted() {
+                    return runs;
+                }
+                eprint!(
+                    "[round {round}/{}] {:<9} {:<27} ",
+                    plan.rounds,
+                    w.name(),
+                    s.name
+                );
+                let (port, outcome) = match free_port() {
+                    Ok(port) => (port, measure(plan, s, w, port, round)),
+                    Err(e) => (0, Outcome::Failed(format!("no free port: {e}"))),
+                };
+                match &outcome {
+                    Outcome::Ok(x) => eprintln!(
+                        "{:>9.0} req/s  p50 {}  p99 {}  errors {}  cpu {} µs/req",
+                        x.load.rps,
+                        fmt_opt_ms(x.load.p50_ms),
+                        fmt_opt_ms(x.load.p99_ms),
+                        x.load.errors.total(),
+                        x.cpu_us_per_req
+                            .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+                    ),
+                    Outcome::Failed(_) if procs::interrupted() => return runs,
+                    Outcome::Failed(e) => eprintln!("FAILED: {e}"),
+                }
+                runs.push(Run {
+                    round,
+                    workload: w,
+                    server: s.name.to_string(),
+                    port,
+                    outcome,
+                });
+            }
+        }
+    }
+    runs
+}
+
+fn fmt_opt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2} ms"))
+}
+
+/// A free port on 127.0.0.1, outside the ephemeral range the load generators draw their
+/// client ports from.
+fn free_port() -> std::io::Result<u16> {
+    let seed = (std::process::id() as u64)
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64)
+                .unwrap_or(0),
+        );
+    const LO: u64 = 20_000;
+    const SPAN: u64 = 10_000;
+    for i in 0..SPAN {
+        let port = (LO + (seed + i * 7919) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    TcpListener::bind("127.0.0.1:0")?
+        .local_addr()
+        .map(|a| a.port())
+}
+
+fn measure(plan: &Plan, s: &ServerSpec, w: Workload, port: u16, round: usize) -> Outcome {
+    match try_measure(plan, s, w, port, round) {
+        Ok(sample) => Outcome::Ok(Box::new(sample)),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+fn try_measure(
+    plan: &Plan,
+    s: &ServerSpec,
+    w: Workload,
+    port: u16,
+    round: usize,
+) -> Result<Sample, String> {
+    std::fs::create_dir_all(&plan.log_dir).map_err(|e| format!("log dir: {e}"))?;
+    let log_path = plan
+        .log_dir
+        .join(format!("round{round}-{}-{}.log", w.name(), s.name));
+    let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let err_log = log.try_clone().map_err(|e| e.to_string())?;
+
+    let mut cmd = plan.server_command(s, port);
+    cmd.stdin(Stdio::null()).stderr(err_log);
+    let forklift = matches!(s.kind, ServerKind::Forklift(_));
+    if forklift {
+        cmd.stdout(Stdio::piped());
+    } else {
+        cmd.stdout(log.try_clone().map_err(|e| e.to_string())?);
+    }
+
+    let started = Instant::now();
+    let mut server = Group::spawn(&mut cmd).map_err(|e| format!("cannot start: {e}"))?;
+    let ready_rx = forklift.then(|| watch_stdout(&mut server, log));
+
+    let result = serve_and_load(plan, w, port, started, &mut server, ready_rx, &log_path);
+    let stopped = server.stop(STOP_GRACE);
+    if let Stopped::Killed { .. } = stopped {
+        eprint!("(had to be killed) ");
+    }
+    result.map(|mut sample| {
+        sample.stop = Some(stopped);
+        sample
+    })
+}
+
+/// Copies a forklift server's stdout to its log and reports when `ready pids=` appears.
+fn watch_stdout(server: &mut Group, mut log: File) -> mpsc::Receiver<(Instant, Vec<i32>)> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = server.child_mut().stdout.take();
+    std::thread::spawn(move || {
+        let Some(stdout) = stdout else { return };
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let now = Instant::now();
+            let _ = writeln!(log, "{line}");
+            if let Some(pids) = line.strip_prefix("ready pids=") {
+                let pids = pids.split(',').filter_map(|p| p.trim().parse().ok());
+                let _ = tx.send((now, pids.collect()));
+            }
+        }
+    });
+    rx
+}
+
+fn serve_and_load(
+    plan: &Plan,
+    w: Workload,
+    port: u16,
+    started: Instant,
+    server: &mut Group,
+    ready_rx: Option<mpsc::Receiver<(Instant, Vec<i32>)>>,
+    log_path: &Path,
+) -> Result<Sample, String> {
+    let (ready_ms, ready_by) = wait_ready(server, port, started, ready_rx, log_path)?;
+    let master = server.pid();
+
+    // Idle figures, right before the load.
+    let idle: BTreeMap<i32, u64> = procs::tree(master)
+        .into_iter()
+        .filter_map(|p| procs::rss_kib(p).map(|r| (p, r)))
+        .collect();
+    let worker_pids: Vec<i32> = idle.keys().copied().filter(|&p| p != master).collect();
+    let cpu_before = procs::tree_cpu_secs(master);
+
+    let sampler = RssSampler::start(master);
+    let load = run_load(plan, w, port);
+    let peak = sampler.finish();
+    let cpu_s = procs::tree_cpu_secs(master) - cpu_before;
+    let load = load?;
+    if load.requests == 0 {
+        let e = load.errors.breakdown();
+        return Err(format!(
+            "no request completed{}",
+            if e.is_empty() {
+                String::new()
+            } else {
+                format!(" ({e})")
+            }
+        ));
+    }
+
+    let peak_of_workers = peak
+        .iter()
+        .filter(|(&p, _)| p != master)
+        .map(|(_, &v)| v)
+        .max();
+    let rss_kib = Rss {
+        master_idle: idle.get(&master).copied().unwrap_or(0),
+        master_peak: peak.get(&master).copied().unwrap_or(0),
+        worker_idle: idle
+            .iter()
+            .filter(|(&p, _)| p != master)
+            .map(|(_, &v)| v)
+            .max(),
+        worker_peak: peak_of_workers,
+        peak_by_pid: peak,
+    };
+    let cpu_us_per_req = (load.requests > 0).then(|| cpu_s * 1e6 / load.requests as f64);
+    Ok(Sample {
+        load,
+        ready_ms,
+        ready_by,
+        master_pid: master,
+        worker_pids,
+        rss_kib,
+        cpu_s,
+        cpu_us_per_req,
+        stop: None,
+    })
+}
+
+/// Waits until the server serves: forklift's ready line plus an HTTP answer, or for peers
+/// the first HTTP answer. Polls until [`READY_DEADLINE`].
+fn wait_ready(
+    server: &mut Group,
+    port: u16,
+    started: Instant,
+    ready_rx: Option<mpsc::Receiver<(Instant, Vec<i32>)>>,
+    log_path: &Path,
+) -> Result<(f64, ReadyBy), String> {
+    let deadline = started + READY_DEADLINE;
+    let mut ready_line: Option<Instant> = None;
+    let mut first_ok: Option<Instant> = None;
+    let ms = |t: Instant| (t - started).as_secs_f64() * 1000.0;
+    loop {
+        if let Some(status) = server.try_wait() {
+            return Err(format!(
+                "server exited ({status}) before serving: {}",
+                log_tail(log_path)
+            ));
+        }
+        if let (Some(rx), None) = (&ready_rx, ready_line) {
+            if let Ok((t, _pids)) = rx.try_recv() {
+                ready_line = Some(t);
+            }
+        }
+        if first_ok.is_none() && http_ok(port) {
+            first_ok = Some(Instant::now());
+        }
+        match (&ready_rx, ready_line, first_ok) {
+            (Some(_), Some(r), Some(_)) => return Ok((ms(r), ReadyBy::ReadyLine)),
+            (Some(_), None, Some(f)) if f.elapsed() > READY_LINE_GRACE => {
+                return Ok((ms(f), ReadyBy::FirstResponse))
+            }
+            (None, _, Some(f)) => return Ok((ms(f), ReadyBy::FirstResponse)),
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not serving within {}s: {}",
+                READY_DEADLINE.as_secs(),
+                log_tail(log_path)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Does `GET /` on the port answer 200?
+pub fn http_ok(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok()
+        && (&head[..] == b"HTTP/1.1 200" || &head[..] == b"HTTP/1.0 200")
+}
+
+/// The last lines of a server's log, on one line, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    if tail.is_empty() {
+        format!("(no output; log {})", path.display())
+    } else {
+        format!("{tail} (log {})", path.display())
+    }
+}
+
+/// Runs the load generator for `w`, bounded in time, and parses its report.
+fn run_load(plan: &Plan, w: Workload, port: u16) -> Result<LoadReport, String> {
+    let (prog, args) = plan.load_command(w, port);
+    let name = prog.file_name().map_or_else(
+        || "load generator".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut cmd = Command::new(&prog);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut g = Group::spawn(&mut cmd).map_err(|e| format!("cannot start {name}: {e}"))?;
+    let out = read_in_background(g.child_mut().stdout.take());
+    let err = read_in_background(g.child_mut().stderr.take());
+    let deadline = plan.load_deadline(w);
+    let status = g.wait_or_kill(deadline);
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    let err_line = err
+        .lines()
+        .chain(out.lines())
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string();
+    match status {
+        None => Err(format!(
+            "{name} did not finish within {}s and was killed",
+            deadline.as_secs()
+        )),
+        Some(s) if !s.success() => Err(format!("{name} failed ({s}): {err_line}")),
+        Some(_) => match w {
+            Workload::Conn => parse::parse_oha(&out),
+            Workload::Keepalive | Workload::Sleep => parse::parse_wrk(&out),
+        },
+    }
+}
+
+fn read_in_background<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_string(&mut s);
+        }
+        s
+    })
+}
+
+/// Samples the VmRSS of a process tree every [`SAMPLE_EVERY`] and keeps each pid's peak.
+struct RssSampler {
+    stop: mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<BTreeMap<i32, u64>>,
+}
+
+impl RssSampler {
+    fn start(root: i32) -> RssSampler {
+        let (stop, rx) = mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let mut peak = BTreeMap::new();
+            loop {
+                for pid in procs::tree(root) {
+                    if let Some(kib) = procs::rss_kib(pid) {
+                        let p = peak.entry(pid).or_insert(0);
+                        *p = kib.max(*p);
+                    }
+                }
+                match rx.recv_timeout(SAMPLE_EVERY) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
+            }
+            peak
+        });
+        RssSampler { stop, handle }
+    }
+
+    fn finish(self) -> BTreeMap<i32, u64> {
+        let _ = self.stop.send(());
+        self.handle.join().unwrap_or_default()
+    }
+}
