@@ -964,3 +964,47 @@ pub fn error_line(s: &Server) -> Option<String> {
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
+
+// ---------------------------------------------------------------------------
+// Other programs under the same guard (binary upgrade, socket activation)
+// ---------------------------------------------------------------------------
+
+impl Server {
+    /// Start `program <args>` (a copy of the forklift binary, say) like [`Server::start`]:
+    /// its own process group, the default log filter, output captured.
+    pub fn start_program(program: &Path, args: &[&str]) -> Server {
+        let mut cmd = Command::new(program);
+        cmd.args(args).env("RUST_LOG", DEFAULT_RUST_LOG);
+        Self::start_command(cmd, args.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Start a prepared command (its own environment, a `pre_exec`...) under the guard: a new
+    /// process group, stdin null, stdout and stderr captured. `label` is what the failure
+    /// report prints as the arguments.
+    pub fn start_command(mut cmd: Command, label: Vec<String>) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1")
+            .process_group(0);
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = Arc::new(Captured::default());
+        let stderr = Arc::new(Captured::default());
+        spawn_reader(child.stdout.take().unwrap(), stdout.clone());
+        spawn_reader(child.stderr.take().unwrap(), stderr.clone());
+        let pid = child.id();
+        Server {
+            child: Some(child),
+            pid,
+            pgid: pid as i32,
+            args: label,
+            stdout,
+            stderr,
+            started,
+            status: None,
+        }
+    }
+}
