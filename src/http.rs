@@ -126,7 +126,7 @@ where
     #[cfg(not(feature = "tls"))]
     let tls: Option<NoTls> = None;
     let served = Rc::new(Cell::new(0u64));
-    let service = Counted {
+    let service = crate::guard::Guarded {
         inner: factory(),
         served: served.clone(),
     };
@@ -251,27 +251,6 @@ fn random_below(n: u64) -> u64 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x % n
-}
-
-/// Counts the requests a worker serves (for recycling and status).
-#[derive(Clone)]
-struct Counted<S> {
-    inner: S,
-    served: Rc<Cell<u64>>,
-}
-
-impl<S, R> Service<R> for Counted<S>
-where
-    S: Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, req: R) -> Self::Future {
-        self.served.set(self.served.get() + 1);
-        self.inner.call(req)
-    }
 }
 
 /// Resolves once the master's end of the channel is closed.

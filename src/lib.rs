@@ -86,6 +86,7 @@ mod addr;
 mod builder;
 mod control;
 mod error;
+mod guard;
 mod hooks;
 mod http;
 mod listener;

@@ -258,7 +258,8 @@ enum Fault {
     ThreadBeforeFork,
     /// Workers panic while booting if --fault-file exists (a reload that cannot boot).
     BootPanicIfFile,
-    /// GET /block?ms=N blocks the worker's event loop for N ms (a stuck handler).
+    /// GET /block?ms=N blocks the worker's event loop for N ms (a stuck handler); GET
+    /// /panic panics in the handler; GET /abort aborts the worker process.
     BlockRoute,
 }
 
@@ -532,6 +533,8 @@ pub(crate) async fn demo(
             std::thread::sleep(Duration::from_millis(ms));
             text(StatusCode::OK, Bytes::from(format!("blocked {ms} ms\n")))
         }
+        (&Method::GET, "/panic") if block_route => panic!("injected handler panic (GET /panic)"),
+        (&Method::GET, "/abort") if block_route => std::process::abort(),
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, Bytes::from_static(GREETING)),
         (&Method::GET | &Method::HEAD, "/sleep") => {
             let ms = query_param(req.uri().query(), "ms")

@@ -134,3 +134,39 @@ fn crash_after_ready_hits_recover_threshold_fork() {
 fn crash_after_ready_hits_recover_threshold_exec() {
     crash_after_ready(&["--spawn", "exec"]);
 }
+
+/// A handler that panics (unwinding) answers 500; the worker keeps serving.
+#[test]
+fn handler_panic_answers_500_and_the_worker_survives() {
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--fault",
+        "block-route",
+    ]);
+    let pid = s.pids_from_ready()[0];
+    for _ in 0..3 {
+        let r = http_get(s.addr(), "/panic").expect("GET /panic");
+        assert_eq!(r.status, 500);
+        assert_eq!(
+            r.header("x-forklift-worker"),
+            None,
+            "the handler never built its response"
+        );
+    }
+    let r = http_get(s.addr(), "/").expect("GET / after the panics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-forklift-worker"),
+        Some(pid.to_string().as_str())
+    );
+    assert!(process_alive(pid));
+    assert!(
+        s.wait_stderr_contains("answered 500", Duration::from_secs(5))
+            .is_some(),
+        "the panic is logged"
+    );
+}
