@@ -111,3 +111,28 @@ pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use signals::request_stop;
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
 pub use worker::{is_worker, Worker};
+
+/// Entry points for forklift's fuzz targets (`fuzz/`): the parsers of input that crosses a
+/// process boundary. Not part of the API; may change at any time.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// `LISTEN_PID`/`LISTEN_FDS` as a worker or master reads them.
+    pub fn listen_fds(
+        pid: Option<&str>,
+        fds: Option<&str>,
+        me: u32,
+    ) -> Result<Option<usize>, String> {
+        crate::protocol::listen_fds(pid, fds, me)
+    }
+
+    /// The worker-to-master status channel: returns how many messages a buffer held.
+    pub fn status_messages(bytes: &[u8]) -> usize {
+        let mut buf = bytes.to_vec();
+        crate::protocol::Message::drain(&mut buf).len()
+    }
+
+    /// A `LISTEN_FDNAMES` entry of a binary upgrade.
+    pub fn fd_name(name: &str) -> Option<(usize, Option<usize>)> {
+        crate::listener::parse_fd_name(name)
+    }
+}

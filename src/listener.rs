@@ -315,7 +315,7 @@ pub(crate) fn inherited() -> Result<Option<Vec<BoundAddr>>> {
     Ok(Some(bound))
 }
 
-fn parse_fd_name(name: &str) -> Option<(usize, Option<usize>)> {
+pub(crate) fn parse_fd_name(name: &str) -> Option<(usize, Option<usize>)> {
     let rest = name.strip_prefix("forklift.")?;
     let (index, slot) = rest.split_once('.')?;
     let index = index.parse().ok()?;
