@@ -22,6 +22,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::accept::{is_exhaustion, Acceptor, TcpAcceptor, UnixAcceptor};
 use crate::error::BoxError;
 use crate::listener::Listener;
 use crate::protocol::Message;
@@ -107,10 +108,7 @@ where
     let mut unix = Vec::new();
     for l in worker.take_listeners() {
         match l {
-            Listener::Tcp(l) => {
-                l.set_nonblocking(true)?;
-                tcp.push(tokio::net::TcpListener::from_std(l)?);
-            }
+            Listener::Tcp(l) => tcp.push(TcpAcceptor::new(l)?),
             Listener::Unix(l) => {
                 l.set_nonblocking(true)?;
                 unix.push(tokio::net::UnixListener::from_std(l)?);
@@ -266,36 +264,9 @@ async fn wait_eof(stream: &mut tokio::net::unix::OwnedReadHalf) {
     }
 }
 
-trait Acceptor {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    async fn accept(&self) -> io::Result<Self::Stream>;
-}
-
-struct TcpAcceptor(tokio::net::TcpListener);
-
-impl Acceptor for TcpAcceptor {
-    type Stream = tokio::net::TcpStream;
-    async fn accept(&self) -> io::Result<Self::Stream> {
-        let (stream, _) = self.0.accept().await?;
-        // Responses are small and written whole; do not let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-}
-
-struct UnixAcceptor(tokio::net::UnixListener);
-
-impl Acceptor for UnixAcceptor {
-    type Stream = tokio::net::UnixStream;
-    async fn accept(&self) -> io::Result<Self::Stream> {
-        let (stream, _) = self.0.accept().await?;
-        Ok(stream)
-    }
-}
-
 fn spawn_accept_loops<S, B>(
     service: S,
-    tcp: Vec<tokio::net::TcpListener>,
+    tcp: Vec<TcpAcceptor>,
     unix: Vec<tokio::net::UnixListener>,
     conns: &Rc<Conns<Tls>>,
 ) -> Vec<tokio::task::JoinHandle<()>>
@@ -308,7 +279,7 @@ where
 {
     let mut loops = Vec::new();
     for l in tcp {
-        let task = accept_loop(TcpAcceptor(l), service.clone(), conns.clone());
+        let task = accept_loop(l, service.clone(), conns.clone());
         loops.push(tokio::task::spawn_local(task));
     }
     for l in unix {
@@ -548,11 +519,4 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FirstReadIo<I> {
     ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-fn is_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }

@@ -81,6 +81,7 @@ compile_error!(
     "forklift runs on Unix (Linux first, macOS too): it is built on fork, fds and signals"
 );
 
+mod accept;
 mod access_log;
 mod addr;
 mod builder;
