@@ -289,3 +289,37 @@ fn a_respawned_worker_serves_the_renewed_certificate() {
         "the respawned worker still serves the old certificate"
     );
 }
+
+#[test]
+fn a_reload_serves_the_renewed_certificate() {
+    let certs = Certs::new("reload");
+    let first = certs.issue();
+    let (cert, key) = (certs.cert(), certs.key());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let s = Server::start_ready(&certs.args(cert, key, "2"));
+    let addr = s.addr();
+    let answer = https_get(addr, std::slice::from_ref(&first), &[b"http/1.1"]).unwrap();
+    assert_eq!(answer.peer_cert, first);
+
+    let renewed = certs.issue();
+    s.send_signal(libc::SIGHUP);
+    s.expect_line(
+        "`reloaded generation=2`",
+        |l| l.starts_with("reloaded generation=2"),
+        Duration::from_secs(10),
+    );
+    // The old generation may still drain; the new one serves the renewed certificate.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = https_get(addr, &[first.clone(), renewed.clone()], &[b"http/1.1"]).unwrap();
+        if a.peer_cert == renewed {
+            assert_eq!(a.status, 200);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the reload, workers still serve the old certificate"
+        );
+        std::thread::sleep(POLL);
+    }
+}
