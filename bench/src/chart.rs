@@ -92,6 +92,7 @@ fn color(server: &str) -> RGBColor {
     match server {
         "forklift" => RGBColor(0xd9, 0x5f, 0x02),
         "forklift-reuseport" => RGBColor(0xf4, 0x8c, 0x3c),
+        "forklift-pinned" => RGBColor(0xfd, 0xb8, 0x63),
         "forklift-single" => RGBColor(0xa8, 0x40, 0x00),
         "nginx" => RGBColor(0x1b, 0x9e, 0x77),
         "nginx-reuseport" => RGBColor(0x66, 0xc2, 0xa5),

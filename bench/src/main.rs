@@ -37,7 +37,7 @@ struct Args {
     rounds: Option<u16>,
 
     /// Servers to run, comma-separated [default: all]: forklift, forklift-reuseport,
-    /// forklift-single, nginx, nginx-reuseport, fasthttp-prefork, fasthttp-prefork-reuseport,
+    /// forklift-pinned, forklift-single, nginx, nginx-reuseport, fasthttp-prefork, fasthttp-prefork-reuseport,
     /// fasthttp-single
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     servers: Vec<String>,

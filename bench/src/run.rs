@@ -80,7 +80,7 @@ impl ServerSpec {
 
 /// Every server the harness knows, in table order. The first is the reference of the ratio
 /// column.
-pub const SERVERS: [ServerSpec; 8] = [
+pub const SERVERS: [ServerSpec; 9] = [
     ServerSpec {
         name: "forklift",
         kind: ServerKind::Forklift(&["--workers", "2"]),
@@ -88,6 +88,10 @@ pub const SERVERS: [ServerSpec; 8] = [
     ServerSpec {
         name: "forklift-reuseport",
         kind: ServerKind::Forklift(&["--workers", "2", "--reuse-port"]),
+    },
+    ServerSpec {
+        name: "forklift-pinned",
+        kind: ServerKind::Forklift(&["--workers", "2", "--reuse-port", "--pin-workers"]),
     },
     ServerSpec {
         name: "forklift-single",
