@@ -36,10 +36,7 @@ pub enum Error {
     },
 
     /// The address is taken by another socket.
-    #[error(
-        "{addr} is already in use: another process is listening there \
-         (see which with `ss -ltnp`), or pick another port"
-    )]
+    #[error("{addr} is already in use: {}", in_use_hint(addr))]
     AddrInUse {
         /// The address that was taken.
         addr: String,
@@ -208,6 +205,15 @@ impl fmt::Display for ExitStatus {
                 None => write!(f, "killed by signal {sig}"),
             },
         }
+    }
+}
+
+fn in_use_hint(addr: &str) -> &'static str {
+    if addr.starts_with("unix:") || addr.starts_with("control socket") {
+        "another process answers on that socket (another forklift master?); stop it or \
+         choose another path"
+    } else {
+        "another process is listening there (see which with `ss -ltnp`), or pick another port"
     }
 }
 
