@@ -109,7 +109,7 @@ pub use error::{BoxError, Error, ExitStatus, Result};
 pub use hooks::{Event, WorkerInfo};
 pub use listener::{Listener, DEFAULT_BACKLOG};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
-pub use signals::request_stop;
+pub use signals::{request_reload, request_scale, request_stop};
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
 pub use worker::{is_worker, Worker};
 

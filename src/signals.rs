@@ -75,6 +75,60 @@ pub fn request_stop(graceful: bool) {
     }
 }
 
+/// Asks the master running in this process for a rolling reload, as SIGHUP would.
+/// Like [`request_stop`], callable from hooks or any thread of the master process.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+/// static RELOADED: AtomicBool = AtomicBool::new(false);
+/// forklift::Prefork::new()
+///     .workers(1)
+///     .listen("127.0.0.1:0")?
+///     .on_event(|event| match event {
+///         forklift::Event::MasterReady(_) => forklift::request_reload(),
+///         forklift::Event::GenerationReady { generation: 2, .. } => {
+///             RELOADED.store(true, SeqCst);
+///             forklift::request_stop(true);
+///         }
+///         _ => {}
+///     })
+///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+/// assert!(RELOADED.load(SeqCst));
+/// # Ok::<(), forklift::Error>(())
+/// ```
+pub fn request_reload() {
+    if WAKE_FD.load(Ordering::SeqCst) >= 0 {
+        record(libc::SIGHUP);
+    }
+}
+
+/// Asks the master running in this process for one worker more (`true`, as SIGTTIN) or one
+/// fewer (`false`, as SIGTTOU): the library's way to change the worker count live.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+/// static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// forklift::Prefork::new()
+///     .workers(1)
+///     .listen("127.0.0.1:0")?
+///     .on_event(|event| match event {
+///         forklift::Event::MasterReady(_) => forklift::request_scale(true),
+///         forklift::Event::WorkersChanged { workers } => {
+///             COUNT.store(*workers, SeqCst);
+///             forklift::request_stop(true);
+///         }
+///         _ => {}
+///     })
+///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+/// assert_eq!(COUNT.load(SeqCst), 2);
+/// # Ok::<(), forklift::Error>(())
+/// ```
+pub fn request_scale(more: bool) {
+    if WAKE_FD.load(Ordering::SeqCst) >= 0 {
+        record(if more { libc::SIGTTIN } else { libc::SIGTTOU });
+    }
+}
+
 /// The master's end of the self-pipe, with the handlers installed.
 #[derive(Debug)]
 pub(crate) struct SignalPipe {
