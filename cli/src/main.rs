@@ -65,26 +65,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Address to listen on; repeat for several (passed as fds 3, 4, ... in this order)
-    #[arg(
-        short,
-        long = "listen",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
-    listen: Vec<String>,
-
-    /// Number of copies of COMMAND [default: the CPUs this process may use]
-    #[arg(short, long, value_name = "N")]
-    workers: Option<usize>,
-
-    /// Give each worker its own SO_REUSEPORT socket instead of sharing one
-    #[arg(long)]
-    reuse_port: bool,
-
-    /// Seconds a worker has to exit after TERM before it is killed
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
-    graceful_timeout: Duration,
+    #[command(flatten)]
+    pool: PoolArgs,
 
     /// Kill and replace a worker that sent WATCHDOG=1 once and then nothing for this long;
     /// 0 turns the check off
@@ -100,21 +82,9 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
     ready_after: Duration,
 
-    /// Seconds a worker may take to become ready before forklift gives up
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
-    boot_timeout: Duration,
-
-    /// Stop when more than this many workers crash within the recover window
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    recover_threshold: usize,
-
     /// Prefix each line the workers print with [worker ID pid PID]
     #[arg(long)]
     prefix_output: bool,
-
-    /// Answer `forklift status|reload|stop --control PATH` on a Unix socket (mode 0600)
-    #[arg(long, value_name = "PATH")]
-    control: Option<std::path::PathBuf>,
 
     /// The program to run in each worker, and its arguments
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -129,7 +99,7 @@ struct ControlArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct ServeArgs {
+struct PoolArgs {
     /// Address to listen on; repeat for several. Forms: 127.0.0.1:8080, [::1]:8080, :8080
     /// (all interfaces), tcp4://:8080, tcp6://[::]:8080, unix:/path/to.sock. Port 0 picks a
     /// free port.
@@ -149,10 +119,6 @@ struct ServeArgs {
     #[arg(long)]
     reuse_port: bool,
 
-    /// How workers are started: fork (fast, default) or exec (re-execute this binary)
-    #[arg(long, value_enum, default_value_t = SpawnMode::Fork)]
-    spawn: SpawnMode,
-
     /// Seconds a graceful stop waits for in-flight requests before killing workers
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     graceful_timeout: Duration,
@@ -168,6 +134,47 @@ struct ServeArgs {
     /// Seconds a worker may take to report ready before it counts as failing to boot
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     boot_timeout: Duration,
+
+    /// Answer `forklift status|reload|stop --control PATH` on a Unix socket (mode 0600)
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
+
+    /// Listen backlog (capped by net.core.somaxconn)
+    #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_BACKLOG)]
+    backlog: u32,
+}
+
+impl PoolArgs {
+    /// The pool settings `serve` and `run` share.
+    fn apply(&self, mut server: Prefork) -> forklift::Result<Prefork> {
+        server = server
+            .reuse_port(self.reuse_port)
+            .graceful_timeout(self.graceful_timeout)
+            .recover_threshold(self.recover_threshold)
+            .recover_window(self.recover_window)
+            .boot_timeout(self.boot_timeout)
+            .backlog(self.backlog);
+        if let Some(n) = self.workers {
+            server = server.workers(n);
+        }
+        if let Some(path) = &self.control {
+            server = server.control_socket(path);
+        }
+        for addr in &self.listen {
+            server = server.listen(addr)?;
+        }
+        Ok(server)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    pool: PoolArgs,
+
+    /// How workers are started: fork (fast, default) or exec (re-execute this binary)
+    #[arg(long, value_enum, default_value_t = SpawnMode::Fork)]
+    spawn: SpawnMode,
 
     /// Seconds a worker may go without a heartbeat before it is killed and replaced (a
     /// handler stuck in a loop); 0 turns the check off
@@ -195,14 +202,6 @@ struct ServeArgs {
     /// Run workers with this group [default: the user's primary group]
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
-
-    /// Answer `forklift status|reload|stop --control PATH` on a Unix socket (mode 0600)
-    #[arg(long, value_name = "PATH")]
-    control: Option<std::path::PathBuf>,
-
-    /// Listen backlog (capped by net.core.somaxconn)
-    #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_BACKLOG)]
-    backlog: u32,
 
     /// Seconds a client may take to send its request headers
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
@@ -324,31 +323,24 @@ fn main() -> ExitCode {
 fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     if args.single_process {
         return single::serve(
-            &args.listen,
-            args.workers.unwrap_or_else(forklift::default_workers),
-            args.backlog,
-            args.graceful_timeout,
+            &args.pool.listen,
+            args.pool.workers.unwrap_or_else(forklift::default_workers),
+            args.pool.backlog,
+            args.pool.graceful_timeout,
             args.header_read_timeout,
         );
     }
-    let mut server = Prefork::new()
-        .reuse_port(args.reuse_port)
+    let mut server = args
+        .pool
+        .apply(Prefork::new())?
         .spawn(match args.spawn {
             SpawnMode::Fork => Spawn::Fork,
             SpawnMode::Exec => Spawn::Exec,
         })
-        .graceful_timeout(args.graceful_timeout)
-        .recover_threshold(args.recover_threshold)
-        .recover_window(args.recover_window)
-        .boot_timeout(args.boot_timeout)
-        .backlog(args.backlog)
         .header_read_timeout(args.header_read_timeout)
         .access_log(args.access_log)
         .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
     server = server.pin_workers(args.pin_workers);
-    if let Some(path) = &args.control {
-        server = server.control_socket(path);
-    }
     if let Some(user) = &args.user {
         server = server.user(user);
     }
@@ -358,9 +350,6 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     if let Some(n) = args.max_requests {
         server = server.max_requests(n, args.max_requests_jitter);
     }
-    if let Some(n) = args.workers {
-        server = server.workers(n);
-    }
     let scheme = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             server = server.tls_files(cert, key);
@@ -368,9 +357,6 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         }
         _ => "http",
     };
-    for addr in &args.listen {
-        server = server.listen(addr)?;
-    }
     if let Some(Fault::ThreadBeforeFork) = args.fault {
         std::thread::spawn(|| loop {
             std::thread::park();
@@ -465,8 +451,9 @@ fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
         .collect::<Vec<_>>()
         .join(" ");
     let command = args.command.clone();
-    let mut server = Prefork::new()
-        .reuse_port(args.reuse_port)
+    let server = args
+        .pool
+        .apply(Prefork::new())?
         .spawn(Spawn::command(move |_slot| {
             let mut cmd = std::process::Command::new(&command[0]);
             cmd.args(&command[1..]);
@@ -478,19 +465,7 @@ fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
             forklift::Readiness::After(args.ready_after)
         })
         .relay_output(args.prefix_output)
-        .graceful_timeout(args.graceful_timeout)
-        .recover_threshold(args.recover_threshold)
-        .boot_timeout(args.boot_timeout)
         .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
-    if let Some(n) = args.workers {
-        server = server.workers(n);
-    }
-    if let Some(path) = &args.control {
-        server = server.control_socket(path);
-    }
-    for addr in &args.listen {
-        server = server.listen(addr)?;
-    }
     lifecycle_lines(server, "http")
         .run(|_| Err("forklift run starts COMMAND in each worker; this is never called".into()))
         .map_err(|e| format!("{shown}: {e}").into())
