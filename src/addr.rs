@@ -74,6 +74,11 @@ pub enum ListenAddr {
 
 impl ListenAddr {
     /// A TCP address with the default network rule.
+    ///
+    /// ```
+    /// let addr = forklift::ListenAddr::tcp("127.0.0.1:8080".parse().unwrap());
+    /// assert_eq!(addr.to_string(), "127.0.0.1:8080");
+    /// ```
     pub fn tcp(addr: SocketAddr) -> Self {
         ListenAddr::Tcp {
             network: Network::Tcp,

@@ -5,9 +5,21 @@ use std::io;
 use std::time::Duration;
 
 /// A boxed error, the currency of hooks and worker code.
+///
+/// ```
+/// let hook_error: forklift::BoxError = "not today".into();
+/// assert_eq!(hook_error.to_string(), "not today");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// `Result<T, forklift::Error>`.
+///
+/// ```
+/// fn start() -> forklift::Result<forklift::Prefork> {
+///     forklift::Prefork::new().listen("127.0.0.1:0")
+/// }
+/// assert!(start().is_ok());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can stop forklift from starting or keep it from running.
@@ -160,6 +172,17 @@ impl Error {
     }
 
     /// True if workers were stopped because they kept crashing, or could not boot.
+    ///
+    /// ```
+    /// let err = forklift::Prefork::new()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0")?
+    ///     .run(|_worker| Err("no database".into()))
+    ///     .unwrap_err();
+    /// assert!(err.is_worker_failure(), "{err}");
+    /// assert!(err.to_string().contains("no database"));
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     pub fn is_worker_failure(&self) -> bool {
         matches!(self, Error::WorkerBoot { .. } | Error::OverRecovery { .. })
     }

@@ -55,6 +55,14 @@ impl Listener {
     ///
     /// # Errors
     /// If `fd` is not a socket, or not of a supported family.
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    /// let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let listener = forklift::Listener::from_fd(OwnedFd::from(std_listener))?;
+    /// assert!(matches!(listener, forklift::Listener::Tcp(_)));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
         let socket = Socket::from(fd);
         let local = socket.local_addr()?;
@@ -71,6 +79,12 @@ impl Listener {
     }
 
     /// The address, formatted as forklift prints it: `127.0.0.1:8080` or `unix:/path`.
+    ///
+    /// ```
+    /// let listener = forklift::Listener::bind(&"127.0.0.1:0".parse()?, 16)?;
+    /// assert!(listener.local_addr_string().starts_with("127.0.0.1:"));
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     pub fn local_addr_string(&self) -> String {
         match self {
             Listener::Tcp(l) => l
@@ -88,6 +102,13 @@ impl Listener {
     }
 
     /// The TCP address, if this is a TCP listener.
+    ///
+    /// ```
+    /// let listener = forklift::Listener::bind(&"[::1]:0".parse()?, 16);
+    /// # let Ok(listener) = listener else { return Ok(()) }; // a machine without IPv6
+    /// assert!(listener.tcp_addr().unwrap().is_ipv6());
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match self {
             Listener::Tcp(l) => l.local_addr().ok(),
@@ -130,6 +151,10 @@ pub(crate) struct BindOptions {
 /// The backlog forklift asks for unless told otherwise. The std and tokio default of 128 costs
 /// a one-second SYN retry at p99 under a burst of 500 connects (measured); the kernel caps any
 /// value at `net.core.somaxconn`.
+///
+/// ```
+/// assert_eq!(forklift::DEFAULT_BACKLOG, 4096);
+/// ```
 pub const DEFAULT_BACKLOG: u32 = 4096;
 
 /// The kernel's cap on listen backlogs, if it can be read.

@@ -33,6 +33,15 @@ pub(crate) const WORKER_ENV: [&str; 8] = [
 
 /// Exit code of a worker that could not boot: the master stops instead of respawning it
 /// (gunicorn's `WORKER_BOOT_ERROR`).
+///
+/// ```
+/// let server = forklift::Prefork::new().on_worker_exit(|w, status| {
+///     if status == forklift::ExitStatus::Exited(forklift::BOOT_ERROR_EXIT_CODE) {
+///         eprintln!("worker {} could not boot", w.id);
+///     }
+/// });
+/// # let _ = server;
+/// ```
 pub const BOOT_ERROR_EXIT_CODE: i32 = 3;
 
 /// A message from a worker to the master, one line each on the status channel.

@@ -51,6 +51,13 @@ pub enum Readiness {
 }
 
 /// Builds the command that starts one worker; see [`Spawn::Command`].
+///
+/// ```
+/// let producer: forklift::CommandProducer =
+///     std::sync::Arc::new(|_slot| std::process::Command::new("my-worker"));
+/// let spawn = forklift::Spawn::Command(producer);
+/// # let _ = spawn;
+/// ```
 pub type CommandProducer = Arc<dyn Fn(&WorkerSlot) -> Command + Send + Sync>;
 
 /// Which worker a [`Spawn::Command`] producer builds a command for.
