@@ -39,6 +39,9 @@ impl Command {
 pub(crate) struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Whether this master removes the socket file when it goes: not while a new master
+    /// it handed the socket to serves on it, nor before this one has taken over.
+    owns_path: bool,
 }
 
 impl ControlSocket {
@@ -61,7 +64,36 @@ impl ControlSocket {
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
+            owns_path: true,
         })
+    }
+
+    /// The control socket a previous master handed over (binary upgrade). Its file becomes
+    /// this master's to remove once it has taken over ([`adopt`](Self::adopt)).
+    pub fn inherited(listener: UnixListener, path: &Path) -> Result<ControlSocket> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(format!("control socket {}", path.display()), e))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+            owns_path: false,
+        })
+    }
+
+    /// The socket as an fd to hand to the next master.
+    pub fn handover_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Keep the file: the next master serves on it now.
+    pub fn hand_over(&mut self) {
+        self.owns_path = false;
+    }
+
+    /// This master took over: the file is its own.
+    pub fn adopt(&mut self) {
+        self.owns_path = true;
     }
 
     pub fn fd(&self) -> RawFd {
@@ -89,7 +121,9 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.owns_path {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -272,7 +272,18 @@ pub(crate) fn handover_list(bound: &[BoundAddr]) -> Vec<(&Socket, String)> {
 ///
 /// Sockets named by a previous forklift master keep their layout (one per worker slot in
 /// reuseport mode); any other inherited socket is shared by all workers.
-pub(crate) fn inherited() -> Result<Option<Vec<BoundAddr>>> {
+/// The `LISTEN_FDNAMES` name of a control socket handed to the next master.
+pub(crate) const CONTROL_FD_NAME: &str = "forklift.control";
+
+/// What a master was started with: listening sockets, and the previous master's control
+/// socket (binary upgrade).
+#[derive(Debug)]
+pub(crate) struct Inherited {
+    pub bound: Vec<BoundAddr>,
+    pub control: Option<UnixListener>,
+}
+
+pub(crate) fn inherited() -> Result<Option<Inherited>> {
     let var = |name: &str| std::env::var(name).ok();
     let n = crate::protocol::listen_fds(
         var(crate::protocol::ENV_LISTEN_PID).as_deref(),
@@ -285,6 +296,7 @@ pub(crate) fn inherited() -> Result<Option<Vec<BoundAddr>>> {
         .map(|v| v.split(':').map(str::to_string).collect())
         .unwrap_or_default();
     let mut bound: Vec<BoundAddr> = Vec::new();
+    let mut control = None;
     // (forklift address index, position in `bound`) of reuseport addresses seen so far.
     let mut per_slot: Vec<(usize, usize)> = Vec::new();
     for i in 0..n {
@@ -307,6 +319,10 @@ pub(crate) fn inherited() -> Result<Option<Vec<BoundAddr>>> {
                 "inherited fd {fd} is neither a TCP nor a named Unix socket"
             )));
         };
+        if names.get(i).map(String::as_str) == Some(CONTROL_FD_NAME) {
+            control = Some(UnixListener::from(OwnedFd::from(socket)));
+            continue;
+        }
         let parsed = names.get(i).and_then(|name| parse_fd_name(name));
         if let Some((index, Some(_))) = parsed {
             if let Some(&(_, pos)) = per_slot.iter().find(|(x, _)| *x == index) {
@@ -337,7 +353,7 @@ pub(crate) fn inherited() -> Result<Option<Vec<BoundAddr>>> {
             adoptable_path,
         });
     }
-    Ok(Some(bound))
+    Ok(Some(Inherited { bound, control }))
 }
 
 pub(crate) fn parse_fd_name(name: &str) -> Option<(usize, Option<usize>)> {

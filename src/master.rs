@@ -53,7 +53,12 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
             );
         }
     }
-    let bound = match listener::inherited()? {
+    let inherited = listener::inherited()?;
+    let (inherited, inherited_control) = match inherited {
+        Some(i) => (Some(i.bound), i.control),
+        None => (None, None),
+    };
+    let bound = match inherited {
         Some(mut bound) => {
             info!(
                 "serving on {} inherited sockets (LISTEN_FDS); configured addresses are not bound",
@@ -78,9 +83,12 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     }
     let notifier =
         crate::notify::Notifier::from_env().map_err(|e| Error::io("NOTIFY_SOCKET", e))?;
-    let control = match &config.control {
-        Some(path) => Some(crate::control::ControlSocket::bind(path)?),
-        None => None,
+    let control = match (&config.control, inherited_control) {
+        (Some(path), Some(listener)) => {
+            Some(crate::control::ControlSocket::inherited(listener, path)?)
+        }
+        (Some(path), None) => Some(crate::control::ControlSocket::bind(path)?),
+        (None, _) => None,
     };
     let credentials = resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
     let cpus = if config.pin_workers {
@@ -301,6 +309,9 @@ impl Master {
                     for b in &mut self.bound {
                         b.hand_over();
                     }
+                    if let Some(c) = &mut self.control {
+                        c.hand_over();
+                    }
                 }
                 info!("received {}: graceful stop", signame(sig));
                 self.stop(true, Ok(()));
@@ -420,10 +431,13 @@ impl Master {
             error!("received SIGUSR2: cannot upgrade, the path of this binary is unknown");
             return;
         };
-        let sockets: Vec<(i32, String)> = listener::handover_list(&self.bound)
+        let mut sockets: Vec<(i32, String)> = listener::handover_list(&self.bound)
             .into_iter()
             .map(|(s, name)| (s.as_raw_fd(), name))
             .collect();
+        if let Some(c) = &self.control {
+            sockets.push((c.handover_fd(), listener::CONTROL_FD_NAME.to_string()));
+        }
         match spawn::exec::spawn_master(&line, &sockets, self.pid) {
             Ok(pid) => {
                 info!(
@@ -462,6 +476,9 @@ impl Master {
         };
         for b in &mut self.bound {
             b.adopt();
+        }
+        if let Some(c) = &mut self.control {
+            c.adopt();
         }
         // SAFETY: getppid(2) cannot fail.
         if unsafe { libc::getppid() } as u32 == old {
