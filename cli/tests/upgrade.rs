@@ -508,3 +508,60 @@ fn usr2_upgrade_failure_keeps_old_master() {
     drop(s);
     drop(dir);
 }
+
+/// The control socket moves to the new master with the listening sockets: `status` answers
+/// from the new master, and its file stays until the new master stops.
+#[test]
+fn usr2_upgrade_hands_over_the_control_socket() {
+    let dir = TempDir::new("upgrade-ctl");
+    let bin = install(&dir.0, None);
+    let ctl = dir.0.join("ctl.sock");
+    let ctl_str = ctl.to_str().unwrap();
+    let mut s = Server::start_program(
+        &bin,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--control",
+            ctl_str,
+        ],
+    );
+    s.wait_ready();
+    let old_master = s.pid;
+    install(&dir.0, None);
+    s.send_signal(libc::SIGUSR2);
+    let upgrading = s.expect_line(
+        "`upgrading new_master_pid=...`",
+        |l| l.starts_with("upgrading "),
+        Duration::from_secs(5),
+    );
+    let new_master: u32 = parse_hook(&upgrading).1["new_master_pid"].parse().unwrap();
+    let status = s.wait_exit(Instant::now() + Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the old master hands over and exits 0"
+    );
+    assert!(
+        ctl.exists(),
+        "the old master removed the control socket it handed over"
+    );
+    let out = std::process::Command::new(forklift_bin())
+        .args(["status", "--control", ctl_str])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with(&format!("master pid {new_master},")),
+        "status from {old_master} or {new_master}? {text}"
+    );
+    kill_pid(new_master, libc::SIGTERM);
+    assert!(
+        poll_until(Instant::now() + Duration::from_secs(10), || !ctl.exists()),
+        "the new master removes the control socket when it stops"
+    );
+}
