@@ -432,11 +432,32 @@ where
             let _ = stop.changed().await;
         }
     };
-    tokio::select! {
-        ended = conn.as_mut() => return log_end(ended),
-        _ = stopping => {}
+    tokio::pin!(stopping);
+    let seen = || first.seen.load(std::sync::atomic::Ordering::Relaxed);
+    // Until the client sends its first byte, hyper-util is still sniffing HTTP/1 or HTTP/2
+    // and hyper's header timer has not started: a silent connection would hold its fd for
+    // ever. It gets the header-read timeout to start talking.
+    let mut stop_requested = false;
+    if !seen() {
+        tokio::select! {
+            ended = conn.as_mut() => return log_end(ended),
+            _ = &mut stopping => stop_requested = true,
+            _ = first.notify.notified() => {}
+            _ = tokio::time::sleep(conns.handshake_timeout) => {
+                if !seen() {
+                    debug!("no request within {:?}: closing", conns.handshake_timeout);
+                    return;
+                }
+            }
+        }
     }
-    if !first.seen.load(std::sync::atomic::Ordering::Relaxed) {
+    if !stop_requested {
+        tokio::select! {
+            ended = conn.as_mut() => return log_end(ended),
+            _ = &mut stopping => {}
+        }
+    }
+    if !seen() {
         tokio::select! {
             ended = conn.as_mut() => return log_end(ended),
             _ = tokio::time::sleep(conns.first_request_grace) => {}

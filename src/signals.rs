@@ -191,6 +191,27 @@ impl Drop for SignalPipe {
     }
 }
 
+/// Blocks every signal; returns the mask to restore. Around `fork`: a signal that reaches
+/// the child before it has put the default dispositions back would otherwise run the
+/// master's handler there and be lost (a TERM to a worker just spawned). Blocked, it waits
+/// for the child's [`reset_to_default`], which unblocks.
+pub(crate) fn block_all() -> libc::sigset_t {
+    // SAFETY: sigfillset/sigprocmask on initialised local sets.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+/// Restores the mask [`block_all`] returned (in the parent, after fork).
+pub(crate) fn restore_mask(old: &libc::sigset_t) {
+    // SAFETY: a mask returned by sigprocmask(2).
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
 /// Puts every signal the master handles back to its default disposition, and unblocks all
 /// signals. Async-signal-safe: runs in a child between fork and exec.
 pub(crate) fn reset_to_default() {

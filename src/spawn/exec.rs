@@ -172,15 +172,18 @@ fn fork_exec(
         stdio,
     };
 
+    let mask = signals::block_all();
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls on memory
     // prepared above and ends in execve or _exit.
     let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
     if pid == 0 {
         // SAFETY: in the child, with a plan whose pointers stay valid (this frame is alive).
         unsafe { exec_child(&ctx) }
+    }
+    let fork_error = io::Error::last_os_error();
+    signals::restore_mask(&mask);
+    if pid < 0 {
+        return Err(fork_error);
     }
     drop(err_write);
     // execve closes the pipe (close-on-exec): EOF means success, four bytes are an errno.

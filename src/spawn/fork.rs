@@ -11,11 +11,17 @@ use crate::worker::{self, Worker, WorkerMain};
 ///
 /// Sound only while the calling process has a single thread, which the master checks first.
 pub(crate) fn spawn(spec: &SpawnSpec<'_>, main: &WorkerMain) -> io::Result<u32> {
+    let mask = signals::block_all();
     // SAFETY: the master is single-threaded (checked before the first spawn), so the child
     // may run arbitrary code, allocation included.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => child(spec, main),
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        child(spec, main)
+    }
+    let err = io::Error::last_os_error();
+    signals::restore_mask(&mask);
+    match pid {
+        -1 => Err(err),
         pid => Ok(pid as u32),
     }
 }
