@@ -296,6 +296,8 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// What every connection of a worker shares, and the count a graceful stop waits on.
 struct Conns<T> {
     builder: ConnBuilder,
+    // Read only by the TLS handshake, compiled with the `tls` feature.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls: Option<T>,
     handshake_timeout: Duration,
     first_request_grace: Duration,
@@ -403,10 +405,14 @@ where
     drive(stream, service, &conns).await;
 }
 
-/// Runs hyper on a connection until it ends or the worker stops. On a stop, a connection
-/// that has not read a byte yet gets a short grace to deliver its first request (it may be
-/// in flight: the client connected while this worker still accepted); then hyper finishes
-/// the request in progress and closes.
+/// Runs hyper on a connection until it ends or the worker stops.
+///
+/// Until its first request starts, a connection gets the header-read timeout: hyper-util's
+/// HTTP/1-or-HTTP/2 sniffing has no timeout of its own and hyper's header timer starts after
+/// it, so a silent connection, or one trickling the HTTP/2 preface, would hold its fd for
+/// ever. On a stop, a connection whose first request has not started gets a short grace to
+/// deliver it (it may be in flight: the client connected while this worker still accepted);
+/// then hyper finishes the request in progress and closes.
 async fn drive<I, S, B>(io: I, service: S, conns: &Conns<Tls>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -416,11 +422,10 @@ where
     B: Body + 'static,
     B::Error: Into<BoxError>,
 {
-    // Arc: hyper-util wants a Send stream, though it never leaves this thread.
-    let first = std::sync::Arc::new(FirstRead::default());
-    let io = FirstReadIo {
-        inner: io,
-        first: Some(first.clone()),
+    let first = Rc::new(FirstRequest::default());
+    let service = Started {
+        inner: service,
+        first: first.clone(),
     };
     let conn = conns
         .builder
@@ -433,21 +438,15 @@ where
         }
     };
     tokio::pin!(stopping);
-    let seen = || first.seen.load(std::sync::atomic::Ordering::Relaxed);
-    // Until the client sends its first byte, hyper-util is still sniffing HTTP/1 or HTTP/2
-    // and hyper's header timer has not started: a silent connection would hold its fd for
-    // ever. It gets the header-read timeout to start talking.
     let mut stop_requested = false;
-    if !seen() {
-        tokio::select! {
-            ended = conn.as_mut() => return log_end(ended),
-            _ = &mut stopping => stop_requested = true,
-            _ = first.notify.notified() => {}
-            _ = tokio::time::sleep(conns.handshake_timeout) => {
-                if !seen() {
-                    debug!("no request within {:?}: closing", conns.handshake_timeout);
-                    return;
-                }
+    tokio::select! {
+        ended = conn.as_mut() => return log_end(ended),
+        _ = &mut stopping => stop_requested = true,
+        _ = first.notify.notified() => {}
+        _ = tokio::time::sleep(conns.handshake_timeout) => {
+            if !first.started.get() {
+                debug!("no request within {:?}: closing", conns.handshake_timeout);
+                return;
             }
         }
     }
@@ -457,7 +456,7 @@ where
             _ = &mut stopping => {}
         }
     }
-    if !seen() {
+    if !first.started.get() {
         tokio::select! {
             ended = conn.as_mut() => return log_end(ended),
             _ = tokio::time::sleep(conns.first_request_grace) => {}
@@ -474,70 +473,33 @@ fn log_end(ended: Result<(), BoxError>) {
     }
 }
 
-/// Whether a connection has read its first bytes.
+/// Whether a connection's first request has started.
 #[derive(Default)]
-struct FirstRead {
-    seen: std::sync::atomic::AtomicBool,
+struct FirstRequest {
+    started: Cell<bool>,
     notify: tokio::sync::Notify,
 }
 
-/// A connection's stream, noting its first read.
-struct FirstReadIo<I> {
-    inner: I,
-    /// Dropped after the first read: nothing to do on later ones.
-    first: Option<std::sync::Arc<FirstRead>>,
+/// A connection's service, noting its first request.
+#[derive(Clone)]
+struct Started<S> {
+    inner: S,
+    first: Rc<FirstRequest>,
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for FirstReadIo<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            if let Some(first) = self.first.take() {
-                first.seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                first.notify.notify_one();
-            }
+impl<S, R> Service<R> for Started<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        if !self.first.started.get() {
+            self.first.started.set(true);
+            self.first.notify.notify_one();
         }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstReadIo<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.inner.call(req)
     }
 }

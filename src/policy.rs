@@ -45,16 +45,16 @@ impl Backoff {
 }
 
 impl Default for Backoff {
-    /// 100 ms doubling to 10 s; reset by one second of serving. A worker that crashes within
-    /// a second of becoming ready is in a crash loop and waits; one killed from outside
-    /// after serving a while (the OOM killer, an operator) is replaced at once, even when
-    /// that happens every second (measured by bench/chaos, scenario 1). The crash window
-    /// still stops a server whose workers keep dying.
+    /// 100 ms doubling to 10 s; reset by half a second of serving. A worker that crashes
+    /// within half a second of becoming ready is in a crash loop and waits; one killed from
+    /// outside after serving a while (the OOM killer, an operator) is replaced at once, even
+    /// when that happens every second (bench/chaos, scenario 1). The crash window still
+    /// stops a server whose workers keep dying.
     fn default() -> Self {
         Backoff::new(
             Duration::from_millis(100),
             Duration::from_secs(10),
-            Duration::from_secs(1),
+            Duration::from_millis(500),
         )
     }
 }
