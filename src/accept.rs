@@ -16,21 +16,35 @@ pub(crate) trait Acceptor {
 }
 
 /// A TCP listener.
-pub(crate) struct TcpAcceptor(tokio::net::TcpListener);
+pub(crate) struct TcpAcceptor {
+    listener: tokio::net::TcpListener,
+    /// Whether accepted connections need TCP_NODELAY set one by one: Linux copies it from a
+    /// listener that has it (forklift's own do; one from systemd may not).
+    set_nodelay: bool,
+}
 
 impl TcpAcceptor {
     pub fn new(listener: std::net::TcpListener) -> io::Result<TcpAcceptor> {
         listener.set_nonblocking(true)?;
-        Ok(TcpAcceptor(tokio::net::TcpListener::from_std(listener)?))
+        let inherited = cfg!(any(target_os = "linux", target_os = "android"))
+            && socket2::SockRef::from(&listener)
+                .tcp_nodelay()
+                .unwrap_or(false);
+        Ok(TcpAcceptor {
+            listener: tokio::net::TcpListener::from_std(listener)?,
+            set_nodelay: !inherited,
+        })
     }
 }
 
 impl Acceptor for TcpAcceptor {
     type Stream = tokio::net::TcpStream;
     async fn accept(&self) -> io::Result<Self::Stream> {
-        let (stream, _) = self.0.accept().await?;
-        // Responses are small and written whole; do not let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
+        let (stream, _) = self.listener.accept().await?;
+        if self.set_nodelay {
+            // Responses are small and written whole; do not let Nagle hold them back.
+            let _ = stream.set_nodelay(true);
+        }
         Ok(stream)
     }
 }

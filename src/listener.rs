@@ -451,6 +451,9 @@ fn bind_tcp(spec: &ListenAddr, addr: SocketAddr, opts: BindOptions) -> Result<So
     }
     // Lets a restarted server bind while old connections linger in TIME_WAIT.
     socket.set_reuse_address(true).map_err(fail)?;
+    // Accepted connections inherit TCP_NODELAY from the listener on Linux: one setsockopt
+    // here instead of one per connection.
+    socket.set_tcp_nodelay(true).map_err(fail)?;
     if opts.reuse_port {
         set_reuse_port(&socket).map_err(fail)?;
     }
@@ -527,6 +530,19 @@ fn bind_error(addr: &str, source: io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay() {
+        let addr: ListenAddr = "127.0.0.1:0".parse().unwrap();
+        let Listener::Tcp(listener) = Listener::bind(&addr, 16).unwrap() else {
+            unreachable!()
+        };
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        if cfg!(any(target_os = "linux", target_os = "android")) {
+            assert!(accepted.nodelay().unwrap());
+        }
+    }
 
     #[test]
     fn fd_names_round_trip() {
