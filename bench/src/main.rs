@@ -10,6 +10,8 @@ mod report;
 mod run;
 mod stats;
 
+mod machine;
+use machine::{cpu_model, loadavg, read_trim};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -405,32 +407,6 @@ fn load_command_text(plan: &Plan, w: Workload) -> String {
         })
         .collect();
     format!("{prog} {}", args.join(" "))
-}
-
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn loadavg() -> String {
-    read_trim("/proc/loadavg")
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
