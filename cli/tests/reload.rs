@@ -561,32 +561,26 @@ fn close_client(
 /// Background load; stops (and is joined) on drop, whatever happens to the test.
 struct Load {
     stats: Arc<LoadStats>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
+    clients: Clients,
 }
 
 impl Load {
     fn start(addr: SocketAddr, keepalive: usize, close: usize, limit: Duration) -> Load {
         let stats = Arc::new(LoadStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let until = started + limit;
-        let mut threads = Vec::new();
+        let mut clients = Clients::new();
         for i in 0..keepalive + close {
-            let (stats, stop) = (stats.clone(), stop.clone());
-            threads.push(thread::spawn(move || {
+            let stats = stats.clone();
+            clients.spawn(move |stop| {
                 if i < keepalive {
-                    keepalive_client(addr, &stats, &stop, started, until)
+                    keepalive_client(addr, &stats, stop, started, until)
                 } else {
-                    close_client(addr, &stats, &stop, started, until)
+                    close_client(addr, &stats, stop, started, until)
                 }
-            }));
+            });
         }
-        Load {
-            stats,
-            stop,
-            threads,
-        }
+        Load { stats, clients }
     }
 
     fn ok(&self) -> usize {
@@ -594,16 +588,7 @@ impl Load {
     }
 
     fn finish(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.finish();
+        self.clients.finish();
     }
 }
 

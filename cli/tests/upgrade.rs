@@ -119,8 +119,7 @@ struct LoadStats {
 
 struct Load {
     stats: Arc<LoadStats>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
+    clients: Clients,
 }
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,19 +129,13 @@ impl Load {
     /// the test never stops it).
     fn start(addr: SocketAddr, threads: usize, limit: Duration) -> Load {
         let stats = Arc::new(LoadStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let until = Instant::now() + limit;
-        let threads = (0..threads)
-            .map(|_| {
-                let (stats, stop) = (stats.clone(), stop.clone());
-                thread::spawn(move || client(addr, &stats, &stop, until))
-            })
-            .collect();
-        Load {
-            stats,
-            stop,
-            threads,
+        let mut clients = Clients::new();
+        for _ in 0..threads {
+            let stats = stats.clone();
+            clients.spawn(move |stop| client(addr, &stats, stop, until));
         }
+        Load { stats, clients }
     }
 
     fn ok(&self) -> usize {
@@ -154,16 +147,7 @@ impl Load {
     }
 
     fn finish(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.finish();
+        self.clients.finish();
     }
 }
 

@@ -1008,3 +1008,45 @@ impl Server {
         }
     }
 }
+
+/// Background client threads that run until [`Clients::finish`] (or their own deadline);
+/// stopped and joined on drop, pass or fail.
+pub struct Clients {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Starts a client; it should return once the flag it is given becomes true.
+    pub fn spawn(&mut self, client: impl FnOnce(&AtomicBool) + Send + 'static) {
+        let stop = self.stop.clone();
+        self.threads.push(thread::spawn(move || client(&stop)));
+    }
+
+    /// Stops the clients and waits for them.
+    pub fn finish(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
