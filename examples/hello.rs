@@ -14,11 +14,11 @@
 use std::convert::Infallible;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 
-async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(_req: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = format!("hello from worker pid {}\n", std::process::id());
     Ok(Response::new(Full::new(Bytes::from(body))))
 }

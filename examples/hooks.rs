@@ -29,7 +29,7 @@ use std::io::Write;
 
 use forklift::{Event, Prefork};
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 
@@ -39,7 +39,7 @@ fn say(line: String) {
     let _ = std::io::stdout().write_all(format!("{line}\n").as_bytes());
 }
 
-async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(_req: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = format!("hello from worker pid {}\n", std::process::id());
     Ok(Response::new(Full::new(Bytes::from(body))))
 }

@@ -15,11 +15,11 @@
 use std::convert::Infallible;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 
-async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(req: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = format!(
         "hello over {:?} from worker pid {}\n",
         req.version(),

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::Service;
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -16,16 +16,16 @@ use hyper::{Method, Request, Response, StatusCode};
 #[derive(Debug, Clone)]
 pub(crate) struct AccessLog<S>(pub S);
 
-impl<S, B> Service<Request<Incoming>> for AccessLog<S>
+impl<S, B> Service<Request<crate::Body>> for AccessLog<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<crate::Body>, Response = Response<B>>,
     B: Body,
 {
     type Response = Response<LoggedBody<B>>;
     type Error = S::Error;
     type Future = LoggedFuture<S::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<crate::Body>) -> Self::Future {
         let entry = Entry {
             method: req.method().clone(),
             path: req.uri().path().to_string(),

@@ -66,7 +66,7 @@ impl Config {
 /// use hyper::{body::Bytes, Request, Response};
 /// use hyper::service::service_fn;
 ///
-/// async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// async fn hello(_: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
 ///     Ok(Response::new(Full::new(Bytes::from("hello"))))
 /// }
 ///
@@ -419,6 +419,21 @@ impl Prefork {
         self
     }
 
+    /// Whether simple HTTP/1 requests (no body, no upgrade) are parsed and answered by
+    /// forklift's own HTTP/1 code instead of hyper's (default: on). It answers as hyper
+    /// would, with less work per request; requests with a body, upgrades, HTTP/2 and any
+    /// head it does not take go to hyper on the same connection. Turn it off to serve
+    /// everything with hyper.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().http1_fast_path(false); // hyper only
+    /// # let _ = server;
+    /// ```
+    pub fn http1_fast_path(mut self, on: bool) -> Self {
+        self.http.fast_path = on;
+        self
+    }
+
     /// Serves HTTPS with the PEM certificate chain and private key in these files (note the
     /// order: certificate first, unlike fasthttp's `ListenAndServeTLS`). Both are read
     /// before any worker starts, so a missing file, a malformed PEM or a key that does not
@@ -638,8 +653,8 @@ impl Prefork {
     /// ```
     /// # use std::convert::Infallible;
     /// # use http_body_util::Full;
-    /// # use hyper::{body::{Bytes, Incoming}, service::service_fn, Request, Response};
-    /// async fn hello(_: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    /// # use hyper::{body::Bytes, service::service_fn, Request, Response};
+    /// async fn hello(_: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
     ///     Ok(Response::new(Full::new(Bytes::from("hello"))))
     /// }
     /// // Serving on a taken port fails before any worker starts.
@@ -656,10 +671,8 @@ impl Prefork {
     pub fn serve<F, S, B>(self, factory: F) -> Result<()>
     where
         F: Fn() -> S + Send + Sync + 'static,
-        S: hyper::service::Service<
-                hyper::Request<hyper::body::Incoming>,
-                Response = hyper::Response<B>,
-            > + Clone
+        S: hyper::service::Service<hyper::Request<crate::Body>, Response = hyper::Response<B>>
+            + Clone
             + 'static,
         S::Future: 'static,
         S::Error: Into<BoxError>,
@@ -684,19 +697,19 @@ impl Prefork {
     /// # #[cfg(feature = "tower")] {
     /// use std::convert::Infallible;
     /// use http_body_util::Full;
-    /// use hyper::{body::{Bytes, Incoming}, Request, Response};
+    /// use hyper::{body::Bytes, Request, Response};
     ///
     /// #[derive(Clone)]
     /// struct Hello;
     ///
-    /// impl tower_service::Service<Request<Incoming>> for Hello {
+    /// impl tower_service::Service<Request<forklift::Body>> for Hello {
     ///     type Response = Response<Full<Bytes>>;
     ///     type Error = Infallible;
     ///     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
     ///     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
     ///         std::task::Poll::Ready(Ok(()))
     ///     }
-    ///     fn call(&mut self, _: Request<Incoming>) -> Self::Future {
+    ///     fn call(&mut self, _: Request<forklift::Body>) -> Self::Future {
     ///         std::future::ready(Ok(Response::new(Full::new(Bytes::from("hello")))))
     ///     }
     /// }
@@ -713,10 +726,8 @@ impl Prefork {
     pub fn serve_tower<F, S, B>(self, factory: F) -> Result<()>
     where
         F: Fn() -> S + Send + Sync + 'static,
-        S: tower_service::Service<
-                hyper::Request<hyper::body::Incoming>,
-                Response = hyper::Response<B>,
-            > + Clone
+        S: tower_service::Service<hyper::Request<crate::Body>, Response = hyper::Response<B>>
+            + Clone
             + 'static,
         S::Future: 'static,
         S::Error: Into<BoxError>,

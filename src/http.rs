@@ -12,7 +12,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::accept::{is_exhaustion, Acceptor, TcpAcceptor, UnixAcceptor};
+use crate::body::Body;
 use crate::error::BoxError;
+use crate::fast;
 use crate::listener::Listener;
 use crate::protocol::Message;
 use crate::worker::Worker;
@@ -36,6 +38,8 @@ pub(crate) struct HttpConfig {
     pub access_log: bool,
     /// Replace the worker after this many requests plus up to this many more.
     pub max_requests: Option<(u64, u64)>,
+    /// Serve simple HTTP/1 requests with forklift's fast path (see `fast.rs`).
+    pub fast_path: bool,
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsSource>,
 }
@@ -47,6 +51,7 @@ impl Default for HttpConfig {
             graceful_timeout: Duration::from_secs(30),
             access_log: false,
             max_requests: None,
+            fast_path: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -77,10 +82,10 @@ pub(crate) fn serve<F, S, B>(
 ) -> Result<(), BoxError>
 where
     F: Fn() -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
-    B: Body + 'static,
+    B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -98,10 +103,10 @@ async fn serve_async<F, S, B>(
 ) -> Result<(), BoxError>
 where
     F: Fn() -> S,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
-    B: Body + 'static,
+    B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
     let mut tcp = Vec::new();
@@ -151,6 +156,10 @@ where
         tls,
         handshake_timeout: cfg.header_read_timeout,
         first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
+        fast: cfg.fast_path.then_some(fast::Timeouts {
+            header_read: cfg.header_read_timeout,
+            first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
+        }),
         stop: stop_rx,
         live: Cell::new(0),
         idle: tokio::sync::Notify::new(),
@@ -271,10 +280,10 @@ fn spawn_accept_loops<S, B>(
     conns: &Rc<Conns<Tls>>,
 ) -> Vec<tokio::task::JoinHandle<()>>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
-    B: Body + 'static,
+    B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
     let mut loops = Vec::new();
@@ -301,6 +310,8 @@ struct Conns<T> {
     tls: Option<T>,
     handshake_timeout: Duration,
     first_request_grace: Duration,
+    /// The fast path's timeouts, when it is on.
+    fast: Option<fast::Timeouts>,
     /// Becomes true when the worker stops accepting.
     stop: watch::Receiver<bool>,
     live: Cell<usize>,
@@ -346,10 +357,10 @@ type Tls = NoTls;
 async fn accept_loop<A, S, B>(acceptor: A, service: S, conns: Rc<Conns<Tls>>)
 where
     A: Acceptor,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
-    B: Body + 'static,
+    B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
     let mut stop = conns.stop.clone();
@@ -385,10 +396,10 @@ where
 async fn serve_connection<I, S, B>(stream: I, service: S, conns: Rc<Conns<Tls>>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
-    B: Body + 'static,
+    B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
     let _live = conns.enter();
@@ -396,13 +407,40 @@ where
     if let Some(tls) = &conns.tls {
         let handshake = tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;
         match handshake {
-            Ok(Ok(stream)) => drive(stream, service, &conns).await,
+            Ok(Ok(stream)) => serve_stream(stream, service, &conns).await,
             Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
             Err(_) => debug!("TLS handshake timed out"),
         }
         return;
     }
-    drive(stream, service, &conns).await;
+    serve_stream(stream, service, &conns).await;
+}
+
+/// Serves a connection with the fast path while it can, then with hyper.
+async fn serve_stream<I, S, B>(mut io: I, service: S, conns: &Conns<Tls>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+{
+    let first = Rc::new(FirstRequest::default());
+    let service = Started {
+        inner: service,
+        first: first.clone(),
+    };
+    let read = match conns.fast {
+        Some(timeouts) => {
+            match fast::serve(&mut io, &service, timeouts, conns.stop.clone()).await {
+                fast::Outcome::Closed => return,
+                fast::Outcome::Handoff(read) => read,
+            }
+        }
+        None => bytes::Bytes::new(),
+    };
+    drive(Prefixed { read, io }, service, first, conns).await;
 }
 
 /// Runs hyper on a connection until it ends or the worker stops.
@@ -413,23 +451,18 @@ where
 /// ever. On a stop, a connection whose first request has not started gets a short grace to
 /// deliver it (it may be in flight: the client connected while this worker still accepted);
 /// then hyper finishes the request in progress and closes.
-async fn drive<I, S, B>(io: I, service: S, conns: &Conns<Tls>)
+async fn drive<I, S, B>(io: I, service: Started<S>, first: Rc<FirstRequest>, conns: &Conns<Tls>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
-    B: Body + 'static,
+    B: HttpBody + 'static,
     B::Error: Into<BoxError>,
 {
-    let first = Rc::new(FirstRequest::default());
-    let service = Started {
-        inner: service,
-        first: first.clone(),
-    };
     let conn = conns
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+        .serve_connection_with_upgrades(TokioIo::new(io), ToBody(service));
     tokio::pin!(conn);
     let mut stop = conns.stop.clone();
     let stopping = async move {
@@ -501,5 +534,79 @@ where
             self.first.notify.notify_one();
         }
         self.inner.call(req)
+    }
+}
+
+/// A hyper service from a service of [`Body`] requests.
+#[derive(Clone)]
+struct ToBody<S>(S);
+
+impl<S> Service<Request<Incoming>> for ToBody<S>
+where
+    S: Service<Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.0.call(req.map(Body::from))
+    }
+}
+
+/// A connection with bytes already read from it (by the fast path) in front.
+struct Prefixed<I> {
+    read: bytes::Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

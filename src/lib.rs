@@ -9,7 +9,7 @@
 //! use http_body_util::Full;
 //! use hyper::{body::Bytes, service::service_fn, Request, Response};
 //!
-//! async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+//! async fn hello(_: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
 //!     Ok(Response::new(Full::new(Bytes::from("greeting!!!"))))
 //! }
 //!
@@ -84,9 +84,12 @@ compile_error!(
 mod accept;
 mod access_log;
 mod addr;
+mod body;
 mod builder;
 mod control;
+mod date;
 mod error;
+mod fast;
 mod guard;
 mod hooks;
 mod http;
@@ -103,6 +106,7 @@ mod tls;
 mod worker;
 
 pub use addr::{ListenAddr, Network};
+pub use body::Body;
 pub use builder::{default_workers, Prefork};
 pub use control::control;
 pub use error::{BoxError, Error, ExitStatus, Result};

@@ -49,8 +49,8 @@ extern "C" fn record(sig: libc::c_int) {
 /// ```
 /// # use std::convert::Infallible;
 /// # use http_body_util::Full;
-/// # use hyper::{body::{Bytes, Incoming}, service::service_fn, Request, Response};
-/// # async fn hello(_: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// # use hyper::{body::Bytes, service::service_fn, Request, Response};
+/// # async fn hello(_: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
 /// #     Ok(Response::new(Full::new(Bytes::from("hello"))))
 /// # }
 /// // Start two workers, and stop as soon as both serve.

@@ -16,7 +16,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tracing_subscriber::filter::Targets;
@@ -225,6 +224,11 @@ struct ServeArgs {
     #[arg(long)]
     access_log: bool,
 
+    /// Serve every request with hyper, without forklift's HTTP/1 fast path for requests
+    /// without a body
+    #[arg(long)]
+    no_fast_path: bool,
+
     /// Serve from this one process on a multi-thread runtime (--workers threads) instead of
     /// pre-forking: the benchmark's baseline
     #[arg(long)]
@@ -339,6 +343,7 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         })
         .header_read_timeout(args.header_read_timeout)
         .access_log(args.access_log)
+        .http1_fast_path(!args.no_fast_path)
         .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
     server = server.pin_workers(args.pin_workers);
     if let Some(user) = &args.user {
@@ -493,7 +498,7 @@ const GREETING: &[u8] = b"greeting!!!";
 const MAX_SLEEP_MS: u64 = 60_000;
 
 pub(crate) async fn demo(
-    req: Request<Incoming>,
+    req: Request<forklift::Body>,
     worker: HeaderValue,
     block_route: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {

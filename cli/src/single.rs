@@ -93,7 +93,7 @@ async fn accept_loop(
                     (builder.clone(), graceful.watcher(), worker.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        crate::demo(req, worker.clone(), false)
+                        crate::demo(req.map(forklift::Body::from), worker.clone(), false)
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn).await {

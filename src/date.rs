@@ -1,0 +1,47 @@
+//! The `Date` header value, formatted once a second per thread (as hyper caches it).
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// An IMF-fixdate is always this long: `Sun, 06 Nov 1994 08:49:37 GMT`.
+const LEN: usize = 29;
+
+thread_local! {
+    static CACHED: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [0; LEN])) };
+}
+
+/// Appends the current date, as an HTTP `Date` header value, to `dst`.
+pub(crate) fn extend(dst: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == LEN {
+                cached.1.copy_from_slice(text.as_bytes());
+                cached.0 = secs;
+            } else {
+                dst.extend_from_slice(text.as_bytes());
+                return;
+            }
+        }
+        dst.extend_from_slice(&cached.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn date_is_an_imf_fixdate_of_now() {
+        let mut out = Vec::new();
+        super::extend(&mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        let parsed = httpdate::parse_http_date(text).unwrap();
+        let skew = std::time::SystemTime::now()
+            .duration_since(parsed)
+            .unwrap_or_default();
+        assert!(skew.as_secs() <= 2, "{text}");
+        assert!(text.ends_with(" GMT") && text.len() == 29, "{text}");
+    }
+}
