@@ -405,12 +405,17 @@ where
     let _live = conns.enter();
     #[cfg(feature = "tls")]
     if let Some(tls) = &conns.tls {
-        let handshake = tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;
-        match handshake {
-            Ok(Ok(stream)) => serve_stream(stream, service, &conns).await,
-            Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
-            Err(_) => debug!("TLS handshake timed out"),
-        }
+        // Boxed, so that the TLS state does not enlarge every plain connection's task.
+        Box::pin(async {
+            let handshake =
+                tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;
+            match handshake {
+                Ok(Ok(stream)) => serve_stream(stream, service, &conns).await,
+                Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
+                Err(_) => debug!("TLS handshake timed out"),
+            }
+        })
+        .await;
         return;
     }
     serve_stream(stream, service, &conns).await;
@@ -440,7 +445,8 @@ where
         }
         None => bytes::Bytes::new(),
     };
-    drive(Prefixed { read, io }, service, first, conns).await;
+    // Boxed: hyper's connection state is large, and most connections never need it.
+    Box::pin(drive(Prefixed { read, io }, service, first, conns)).await;
 }
 
 /// Runs hyper on a connection until it ends or the worker stops.
