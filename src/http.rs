@@ -616,3 +616,51 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+/// Serves one connection with forklift's HTTP stack (the HTTP/1 fast path, then hyper) on
+/// any tokio runtime, multi-threaded included, until the client leaves or `stop` turns true
+/// (idle connections close at once, a request in progress is answered first). The
+/// single-process baseline of `forklift serve --single-process` uses it, so the benchmark
+/// compares prefork with one process on equal terms. Not a stable API.
+#[doc(hidden)]
+pub async fn __serve_connection<I, S, B>(
+    mut io: I,
+    service: S,
+    header_read_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let timeouts = fast::Timeouts {
+        header_read: header_read_timeout,
+        first_request_grace: FIRST_REQUEST_GRACE,
+    };
+    let read = match fast::serve(&mut io, &service, timeouts, stop.clone()).await {
+        fast::Outcome::Closed => return,
+        fast::Outcome::Handoff(read) => read,
+    };
+    let mut builder = auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .writev(false)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(Prefixed { read, io }), ToBody(service));
+    tokio::pin!(conn);
+    let mut stop = stop;
+    tokio::select! {
+        ended = conn.as_mut() => return log_end(ended),
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    log_end(conn.await);
+}

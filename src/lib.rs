@@ -111,6 +111,8 @@ pub use builder::{default_workers, Prefork};
 pub use control::control;
 pub use error::{BoxError, Error, ExitStatus, Result};
 pub use hooks::{Event, WorkerInfo};
+#[doc(hidden)]
+pub use http::__serve_connection;
 pub use listener::{Listener, DEFAULT_BACKLOG};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use signals::{request_reload, request_scale, request_stop};

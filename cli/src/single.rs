@@ -1,13 +1,13 @@
 //! `forklift serve --single-process`: the demo handler on one multi-thread tokio runtime, in
 //! one process. The baseline the seeds call "non-prefork", kept so the benchmark can compare
-//! prefork against it with everything else equal (handler, hyper settings, backlog).
+//! prefork against it with everything else equal: the handler, the HTTP stack (forklift's
+//! HTTP/1 fast path, then hyper with the workers' settings), the backlog.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::signal::unix::{signal, SignalKind};
 
 use forklift::{BoxError, ListenAddr, Listener};
@@ -41,21 +41,17 @@ pub fn serve(
             tcp.push(l);
         }
         crate::say!("ready pids={}", std::process::id());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        let builder = Arc::new(builder);
-        let graceful = Arc::new(GracefulShutdown::new());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let live = Arc::new(Live::default());
         let worker = http::HeaderValue::from(std::process::id());
         let accepts: Vec<_> = tcp
             .into_iter()
             .map(|l| {
                 tokio::spawn(accept_loop(
                     l,
-                    builder.clone(),
-                    graceful.clone(),
+                    header_read_timeout,
+                    stop_rx.clone(),
+                    live.clone(),
                     worker.clone(),
                 ))
             })
@@ -72,32 +68,49 @@ pub fn serve(
             a.abort();
             let _ = a.await;
         }
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            let _ = tokio::time::timeout(graceful_timeout, graceful.shutdown()).await;
-        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(graceful_timeout, live.drained()).await;
         Ok(())
     })
 }
 
+/// Open connections, and a wake-up for when the last one closes.
+#[derive(Default)]
+struct Live {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Live {
+    async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
+    header_read_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+    live: Arc<Live>,
     worker: http::HeaderValue,
 ) {
+    let service = hyper::service::service_fn(move |req| crate::demo(req, worker.clone(), false));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                let (builder, watcher, worker) =
-                    (builder.clone(), graceful.watcher(), worker.clone());
+                let (service, stop, live) = (service.clone(), stop.clone(), live.clone());
+                live.count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        crate::demo(req.map(forklift::Body::from), worker.clone(), false)
-                    });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!("connection ended with an error: {e}");
+                    forklift::__serve_connection(stream, service, header_read_timeout, stop).await;
+                    if live.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        live.idle.notify_waiters();
                     }
                 });
             }
