@@ -106,7 +106,11 @@ where
     let mut stopped = pin!(stopped);
     // One timer for the connection's life, re-armed only when it fires before the deadline
     // of the current wait: cheaper than a timer per request.
-    let mut timer = pin!(tokio::time::sleep_until(now + timeouts.header_read));
+    let first_deadline = match grace_until {
+        Some(grace) => grace.min(now + timeouts.header_read),
+        None => now + timeouts.header_read,
+    };
+    let mut timer = pin!(tokio::time::sleep_until(first_deadline));
     let mut served = 0u64;
     loop {
         // Read until a complete head is buffered.
@@ -515,14 +519,14 @@ fn encode_head(
                     return Err("a Content-Length next to another length or Transfer-Encoding");
                 }
                 match length {
-                    Some(Some(n)) => {
-                        if !continuing {
-                            kind = Some(Framing::Length(n));
-                            dst.extend_from_slice(b"content-length: ");
-                            dst.extend_from_slice(value.as_bytes());
-                            joined = Some(name.clone());
-                        }
+                    // Trust the header as hyper does; later values of it are dropped.
+                    Some(Some(n)) if !continuing => {
+                        kind = Some(Framing::Length(n));
+                        dst.extend_from_slice(b"content-length: ");
+                        dst.extend_from_slice(value.as_bytes());
+                        joined = Some(name.clone());
                     }
+                    Some(Some(_)) => {}
                     Some(None) => {
                         let n =
                             parse_digits(value.as_bytes()).ok_or("an invalid Content-Length")?;
@@ -539,14 +543,12 @@ fn encode_head(
                             }
                         }
                     }
-                    None if method == Method::HEAD => {
-                        // A HEAD response may state the length its GET would have.
-                        if !continuing {
-                            kind = Some(Framing::Length(0));
-                            dst.extend_from_slice(b"content-length: ");
-                            dst.extend_from_slice(value.as_bytes());
-                            joined = Some(name.clone());
-                        }
+                    // A HEAD response may state the length its GET would have.
+                    None if method == Method::HEAD && !continuing => {
+                        kind = Some(Framing::Length(0));
+                        dst.extend_from_slice(b"content-length: ");
+                        dst.extend_from_slice(value.as_bytes());
+                        joined = Some(name.clone());
                     }
                     None => {}
                 }
@@ -768,6 +770,8 @@ struct Head {
     te_trailers: bool,
 }
 
+// Returned by value once per request: boxing the request would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Complete(Head),
     Partial,
@@ -865,4 +869,358 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         keep_alive,
         te_trailers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(bytes: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        (parse(&mut buf), buf)
+    }
+
+    #[test]
+    fn a_get_is_parsed_and_taken_out_of_the_buffer() {
+        let (parsed, rest) =
+            head_of(b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next");
+        let Parsed::Complete(head) = parsed else {
+            panic!("not complete");
+        };
+        assert_eq!(head.req.method(), Method::GET);
+        assert_eq!(head.req.uri(), "/a?b=c");
+        assert_eq!(head.req.version(), Version::HTTP_11);
+        assert_eq!(head.req.headers()["host"], "x");
+        assert_eq!(head.req.headers().get_all("x-a").iter().count(), 2);
+        assert!(head.keep_alive && !head.te_trailers);
+        assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_tokens() {
+        let ka = |req: &[u8]| match head_of(req).0 {
+            Parsed::Complete(h) => h.keep_alive,
+            _ => panic!("not complete: {}", String::from_utf8_lossy(req)),
+        };
+        assert!(ka(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"
+        ));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn what_the_fast_path_does_not_take_goes_to_hyper() {
+        for req in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET\x00 / HTTP/1.1\r\n\r\n",
+        ] {
+            let (parsed, rest) = head_of(req);
+            assert!(
+                matches!(parsed, Parsed::Handoff),
+                "{}",
+                String::from_utf8_lossy(req)
+            );
+            assert_eq!(&rest[..], req, "the buffer is left whole for hyper");
+        }
+    }
+
+    #[test]
+    fn too_many_fields_go_to_hyper() {
+        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            req.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        assert!(matches!(head_of(&req).0, Parsed::Handoff));
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        for req in [&b"G"[..], b"GET / HT", b"GET / HTTP/1.1\r\nHost: x\r\n"] {
+            assert!(matches!(head_of(req).0, Parsed::Partial));
+        }
+        // Not HTTP/1 as soon as the version says so: hyper reads the rest.
+        assert!(matches!(head_of(b"PRI * HTTP/2").0, Parsed::Handoff));
+    }
+
+    fn encode(
+        resp: Response<()>,
+        length: Option<Option<u64>>,
+        method: Method,
+        version: Version,
+        keep_alive: bool,
+    ) -> (String, Result<Framing, &'static str>, bool) {
+        let (mut parts, ()) = resp.into_parts();
+        let mut out = Vec::new();
+        let framed = encode_head(&mut parts, length, &method, version, keep_alive, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        // Drop the date line: it changes.
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("|");
+        let last = framed.as_ref().map(|f| f.last).unwrap_or(true);
+        (text, framed.map(|f| f.kind), last)
+    }
+
+    fn resp(status: u16, headers: &[(&'static str, &'static str)]) -> Response<()> {
+        let mut r = Response::new(());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (n, v) in headers {
+            r.headers_mut().append(*n, HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    #[test]
+    fn lengths_are_framed_as_hyper_frames_them() {
+        let get = || Method::GET;
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            encode(resp(200, &[("x", "1")]), Some(Some(11)), get(), v11, true),
+            (
+                "HTTP/1.1 200 OK|x: 1|content-length: 11|".into(),
+                Ok(Framing::Length(11)),
+                false
+            )
+        );
+        assert_eq!(
+            encode(resp(200, &[]), Some(None), get(), v11, true),
+            (
+                "HTTP/1.1 200 OK|transfer-encoding: chunked|".into(),
+                Ok(Framing::Chunked),
+                false
+            )
+        );
+        assert_eq!(
+            encode(resp(200, &[]), Some(None), get(), Version::HTTP_10, true),
+            (
+                "HTTP/1.0 200 OK|connection: keep-alive|".into(),
+                Ok(Framing::Close),
+                true
+            )
+        );
+        assert_eq!(
+            encode(resp(200, &[]), None, get(), v11, true),
+            (
+                "HTTP/1.1 200 OK|content-length: 0|".into(),
+                Ok(Framing::Length(0)),
+                false
+            )
+        );
+        assert_eq!(
+            encode(resp(200, &[]), Some(Some(5)), Method::HEAD, v11, true),
+            (
+                "HTTP/1.1 200 OK|content-length: 5|".into(),
+                Ok(Framing::Length(0)),
+                false
+            )
+        );
+        assert_eq!(
+            encode(resp(200, &[]), None, Method::HEAD, v11, true),
+            ("HTTP/1.1 200 OK|".into(), Ok(Framing::Length(0)), false)
+        );
+        assert_eq!(
+            encode(resp(204, &[]), Some(Some(5)), get(), v11, true),
+            (
+                "HTTP/1.1 204 No Content|".into(),
+                Ok(Framing::Length(0)),
+                false
+            )
+        );
+        assert_eq!(
+            encode(resp(304, &[]), None, get(), v11, true),
+            (
+                "HTTP/1.1 304 Not Modified|".into(),
+                Ok(Framing::Length(0)),
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn user_framing_headers_are_honoured_or_refused() {
+        let get = || Method::GET;
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            encode(
+                resp(200, &[("transfer-encoding", "gzip")]),
+                Some(None),
+                get(),
+                v11,
+                true
+            ),
+            (
+                "HTTP/1.1 200 OK|transfer-encoding: gzip, chunked|".into(),
+                Ok(Framing::Chunked),
+                false
+            )
+        );
+        assert_eq!(
+            encode(
+                resp(200, &[("content-length", "7")]),
+                Some(None),
+                get(),
+                v11,
+                true
+            ),
+            (
+                "HTTP/1.1 200 OK|content-length: 7|".into(),
+                Ok(Framing::Length(7)),
+                false
+            )
+        );
+        assert!(encode(
+            resp(200, &[("content-length", "x")]),
+            Some(None),
+            get(),
+            v11,
+            true
+        )
+        .1
+        .is_err());
+        assert!(encode(
+            resp(200, &[("content-length", "1"), ("content-length", "2")]),
+            Some(None),
+            get(),
+            v11,
+            true
+        )
+        .1
+        .is_err());
+        assert_eq!(
+            encode(
+                resp(200, &[("connection", "close")]),
+                Some(Some(0)),
+                get(),
+                v11,
+                true
+            ),
+            (
+                "HTTP/1.1 200 OK|connection: close|content-length: 0|".into(),
+                Ok(Framing::Length(0)),
+                true
+            )
+        );
+        assert_eq!(
+            encode(resp(404, &[]), Some(Some(2)), get(), v11, false),
+            (
+                "HTTP/1.1 404 Not Found|connection: close|content-length: 2|".into(),
+                Ok(Framing::Length(2)),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_hexadecimal() {
+        for (n, hex) in [(0, "0"), (9, "9"), (10, "A"), (255, "FF"), (4096, "1000")] {
+            let mut out = Vec::new();
+            push_hex(&mut out, n);
+            assert_eq!(out, hex.as_bytes());
+        }
+    }
+
+    async fn answer(
+        req: Request<Body>,
+    ) -> Result<Response<http_body_util::Full<Bytes>>, std::convert::Infallible> {
+        let text = format!("{} {}", req.method(), req.uri());
+        Ok(Response::new(http_body_util::Full::new(Bytes::from(text))))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pipelined_requests_are_answered_in_order_then_a_body_goes_to_hyper() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let input = b"GET /1 HTTP/1.1\r\n\r\nHEAD /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\nPOST /4 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
+        client.write_all(input).await.unwrap();
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(5),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let service = hyper::service::service_fn(answer);
+        let outcome = serve(&mut server, &service, timeouts, stop).await;
+        let Outcome::Handoff(rest) = outcome else {
+            panic!("expected a handoff");
+        };
+        assert_eq!(
+            &rest[..],
+            b"POST /4 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+        );
+        drop(server);
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        let bodies: Vec<&str> = out
+            .split("\r\n\r\n")
+            .skip(1)
+            .map(|b| b.split("HTTP/1.1").next().unwrap())
+            .collect();
+        assert_eq!(bodies, ["GET /1", "", "GET /3"], "{out}");
+        // HEAD states the length its GET would have ("HEAD /2").
+        assert_eq!(out.matches("content-length: 6").count(), 2, "{out}");
+        assert_eq!(out.matches("content-length: 7").count(), 1, "{out}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(3),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        let service = hyper::service::service_fn(answer);
+        assert!(matches!(
+            serve(&mut server, &service, timeouts, stop).await,
+            Outcome::Closed
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_stop_closes_an_idle_connection_and_gives_a_new_one_its_grace() {
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(30),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let service = hyper::service::service_fn(answer);
+        // Served once, then idle: closes as the stop comes.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (stop_tx, stop) = watch::channel(false);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let stopper = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop_tx.send(true).unwrap();
+        };
+        let start = Instant::now();
+        let (outcome, ()) = tokio::join!(serve(&mut server, &service, timeouts, stop), stopper);
+        assert!(matches!(outcome, Outcome::Closed));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        // Never sent a request, stop already under way: the grace, then closed.
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(true);
+        let start = Instant::now();
+        assert!(matches!(
+            serve(&mut server, &service, timeouts, stop).await,
+            Outcome::Closed
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
 }

@@ -407,8 +407,7 @@ where
     if let Some(tls) = &conns.tls {
         // Boxed, so that the TLS state does not enlarge every plain connection's task.
         Box::pin(async {
-            let handshake =
-                tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;
+            let handshake = tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;
             match handshake {
                 Ok(Ok(stream)) => serve_stream(stream, service, &conns).await,
                 Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
@@ -653,8 +652,8 @@ pub async fn __serve_connection<I, S, B>(
         .writev(false)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(Prefixed { read, io }), ToBody(service));
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(Prefixed { read, io }), ToBody(service));
     tokio::pin!(conn);
     let mut stop = stop;
     tokio::select! {
