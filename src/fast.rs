@@ -118,10 +118,10 @@ where
         let head = loop {
             match parse(&mut conn.rbuf) {
                 Parsed::Complete(head) => break head,
-                Parsed::Rejected(bytes) => return conn.handoff(bytes).await,
-                Parsed::Handoff => return conn.handoff(Bytes::new()).await,
+                Parsed::Rejected(bytes) => return conn.handoff(bytes, served).await,
+                Parsed::Handoff => return conn.handoff(Bytes::new(), served).await,
                 Parsed::Partial if conn.rbuf.len() >= MAX_HEAD => {
-                    return conn.handoff(Bytes::new()).await
+                    return conn.handoff(Bytes::new(), served).await
                 }
                 Parsed::Partial => {}
             }
@@ -260,18 +260,27 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
 
     /// Sends what is gathered and gives hyper `head` (a head taken out of the buffer, or
     /// nothing) followed by the unread rest of the buffer.
-    async fn handoff(&mut self, head: Bytes) -> Outcome {
+    /// `served` requests came before: such a connection speaks HTTP/1 and cannot turn to
+    /// HTTP/2, so an HTTP/2 preface closes it (as hyper's HTTP/1 side does), where hyper's
+    /// version sniffing would take it.
+    async fn handoff(&mut self, head: Bytes, served: u64) -> Outcome {
+        if served > 0 && head.is_empty() && self.rbuf.starts_with(b"PRI * HTTP/2.0") {
+            debug!("an HTTP/2 preface after HTTP/1 requests: closing");
+            return self.close().await;
+        }
         if self.write_out().await.is_err() {
             return Outcome::Closed;
         }
         let rest = self.rbuf.split().freeze();
-        if head.is_empty() {
-            return Outcome::Handoff(rest);
-        }
-        let mut all = BytesMut::with_capacity(head.len() + rest.len());
-        all.extend_from_slice(&head);
-        all.extend_from_slice(&rest);
-        Outcome::Handoff(all.freeze())
+        let read = if head.is_empty() {
+            rest
+        } else {
+            let mut all = BytesMut::with_capacity(head.len() + rest.len());
+            all.extend_from_slice(&head);
+            all.extend_from_slice(&rest);
+            all.freeze()
+        };
+        Outcome::Handoff(read)
     }
 
     /// Writes (or gathers) a response; `Ok(true)` if the connection stays open.
