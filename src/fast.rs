@@ -53,6 +53,9 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// Body chunks at least this long are written from their own buffer, not copied.
 const WRITE_DIRECT: usize = 16 * 1024;
 
+/// What an HTTP/2 client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Timeouts of a fast-path connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
@@ -93,6 +96,7 @@ where
         rbuf: BytesMut::new(),
         wbuf: Vec::new(),
         next_read: READ_INIT,
+        flushes: 0,
     };
     let stop_flag = stop.clone();
     let mut stopping = *stop.borrow_and_update();
@@ -224,6 +228,8 @@ struct Conn<'a, I> {
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     next_read: usize,
+    /// How many times gathered bytes were written out.
+    flushes: u64,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
@@ -241,6 +247,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
 
     async fn write_out(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
+            self.flushes += 1;
             self.io.write_all(&self.wbuf).await?;
             self.wbuf.clear();
             if self.wbuf.capacity() > 4 * WRITE_HIGH {
@@ -264,7 +271,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
     /// HTTP/2, so an HTTP/2 preface closes it (as hyper's HTTP/1 side does), where hyper's
     /// version sniffing would take it.
     async fn handoff(&mut self, head: Bytes, served: u64) -> Outcome {
-        if served > 0 && head.is_empty() && self.rbuf.starts_with(b"PRI * HTTP/2.0") {
+        if served > 0 && head.is_empty() && self.rbuf.starts_with(H2_PREFACE) {
             debug!("an HTTP/2 preface after HTTP/1 requests: closing");
             return self.close().await;
         }
@@ -302,7 +309,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         } else {
             Some(body.size_hint().exact())
         };
-        let start = self.wbuf.len();
+        let (start, flushes) = (self.wbuf.len(), self.flushes);
         let head = encode_head(
             &mut parts,
             length,
@@ -329,8 +336,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 } else {
                     None
                 };
-                if !self.write_body(body, kind, trailers).await? {
-                    return Ok(false);
+                match self.write_body(body, kind, trailers).await? {
+                    BodyEnd::Complete => {}
+                    BodyEnd::Short => return Ok(false),
+                    BodyEnd::Failed => {
+                        // As hyper does: what of this response is not sent yet never is.
+                        let sent = self.flushes != flushes;
+                        self.wbuf.truncate(if sent { 0 } else { start });
+                        return Ok(false);
+                    }
                 }
                 if matches!(kind, Framing::Close) {
                     return Ok(false);
@@ -343,13 +357,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         Ok(keep)
     }
 
-    /// Writes a body with its framing; `Ok(false)` if it broke off (the connection closes).
+    /// Writes a body with its framing. A body longer than its length is cut at the length,
+    /// and no more of it is polled (as hyper does).
     async fn write_body<B>(
         &mut self,
         mut body: Pin<&mut B>,
         kind: Framing,
         trailer_names: Option<Vec<HeaderName>>,
-    ) -> io::Result<bool>
+    ) -> io::Result<BodyEnd>
     where
         B: HttpBody,
         B::Error: Into<BoxError>,
@@ -359,6 +374,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             _ => u64::MAX,
         };
         loop {
+            if left == 0 {
+                return Ok(BodyEnd::Complete);
+            }
             let frame = match poll_once(pin!(poll_fn(|cx| body.as_mut().poll_frame(cx)))).await {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
@@ -371,19 +389,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => {
                     debug!("the response body failed: {}", e.into());
-                    return Ok(false);
+                    return Ok(BodyEnd::Failed);
                 }
             };
             let frame = match frame.into_data() {
                 Ok(mut data) => {
-                    let len = data.remaining();
+                    let mut len = data.remaining();
                     if len == 0 {
                         continue;
                     }
                     if let Framing::Length(_) = kind {
                         if len as u64 > left {
-                            debug!("the response body is longer than its Content-Length");
-                            return Ok(false);
+                            debug!("the response body is longer than its length: cut");
+                            len = left as usize;
                         }
                         left -= len as u64;
                     }
@@ -394,13 +412,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                     if len >= WRITE_DIRECT {
                         self.write_out().await?;
                         let bytes = data.copy_to_bytes(len);
+                        self.flushes += 1;
                         self.io.write_all(&bytes).await?;
                     } else {
-                        while data.has_remaining() {
+                        let mut todo = len;
+                        while todo > 0 {
                             let chunk = data.chunk();
-                            self.wbuf.extend_from_slice(chunk);
-                            let n = chunk.len();
+                            let n = chunk.len().min(todo);
+                            self.wbuf.extend_from_slice(&chunk[..n]);
                             data.advance(n);
+                            todo -= n;
                         }
                     }
                     if let Framing::Chunked = kind {
@@ -418,22 +439,31 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                     self.wbuf.extend_from_slice(b"0\r\n");
                     write_trailers(&trailers, names, &mut self.wbuf);
                     self.wbuf.extend_from_slice(b"\r\n");
-                    return Ok(true);
+                    return Ok(BodyEnd::Complete);
                 }
             }
         }
         match kind {
             Framing::Length(_) if left != 0 => {
                 debug!("the response body is shorter than its Content-Length");
-                Ok(false)
+                Ok(BodyEnd::Short)
             }
             Framing::Chunked => {
                 self.wbuf.extend_from_slice(b"0\r\n\r\n");
-                Ok(true)
+                Ok(BodyEnd::Complete)
             }
-            _ => Ok(true),
+            _ => Ok(BodyEnd::Complete),
         }
     }
+}
+
+/// How a response body ended.
+enum BodyEnd {
+    Complete,
+    /// It ended before its Content-Length: the connection closes.
+    Short,
+    /// It failed: the connection closes, and what of it was not sent yet is not.
+    Failed,
 }
 
 /// How a response body is delimited.
@@ -462,29 +492,48 @@ fn encode_head(
     keep_alive: bool,
     dst: &mut Vec<u8>,
 ) -> Result<Framed, &'static str> {
-    let mut status = parts.status;
-    let mut length = length;
-    let mut last = !keep_alive;
-    if status.is_informational() {
-        // A service cannot answer 1xx (nor 101: upgrades go to hyper); hyper answers 500.
+    let status = parts.status;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        // A service cannot send an interim response: hyper answers this 500 in its place,
+        // to any client, and closes.
         tracing::warn!("response with 1xx status code not supported");
-        status = StatusCode::INTERNAL_SERVER_ERROR;
-        parts.headers.clear();
-        length = None;
-        last = true;
+        dst.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\n");
+        if method != Method::HEAD {
+            dst.extend_from_slice(b"content-length: 0\r\n");
+        }
+        dst.extend_from_slice(b"date: ");
+        crate::date::extend(dst);
+        dst.extend_from_slice(b"\r\n\r\n");
+        return Ok(Framed {
+            kind: Framing::Length(0),
+            last: true,
+            trailers: None,
+        });
     }
-    let http10 = req_version == Version::HTTP_10;
-    if http10 {
-        if !has_token(&parts.headers, "keep-alive") && keep_alive {
+    // A 101 that is not an upgrade (upgrades go to hyper) ends the connection, as in hyper.
+    let mut last = !keep_alive || status == StatusCode::SWITCHING_PROTOCOLS;
+    // The status line's version: an HTTP/1.0 client gets HTTP/1.0; otherwise the response's.
+    let http10 = if req_version == Version::HTTP_10 {
+        if !has_token(&parts.headers, "keep-alive") {
+            match parts.version {
+                Version::HTTP_10 => last = true,
+                Version::HTTP_11 if keep_alive => {
+                    parts
+                        .headers
+                        .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                }
+                _ => {}
+            }
+        }
+        true
+    } else {
+        if !keep_alive && !has_token(&parts.headers, "close") {
             parts
                 .headers
-                .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                .append(header::CONNECTION, HeaderValue::from_static("close"));
         }
-    } else if !keep_alive {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
+        parts.version == Version::HTTP_10
+    };
     if status == StatusCode::OK && !http10 {
         dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {

@@ -24,6 +24,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use forklift::{Event, Prefork, Spawn};
 
+mod lab;
 mod single;
 mod static_files;
 
@@ -241,6 +242,10 @@ struct ServeArgs {
     /// The file --fault boot-panic-if-file looks for
     #[arg(long, value_name = "PATH", hide = true)]
     fault_file: Option<std::path::PathBuf>,
+
+    /// Serve the test-only /lab routes (see lab.rs), for forklift's own tests
+    #[arg(long, hide = true)]
+    lab_routes: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -370,6 +375,7 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     let fault = args.fault;
     let server = lifecycle_lines(server, scheme);
     let fault_file = args.fault_file.clone();
+    let lab_routes = args.lab_routes;
     if let Some(dir) = &args.dir {
         let root = static_files::check_root(dir)?;
         server.serve_tower(move || {
@@ -381,7 +387,10 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
             inject(fault, fault_file.as_deref());
             let worker = HeaderValue::from(std::process::id());
             let block_route = matches!(fault, Some(Fault::BlockRoute));
-            service_fn(move |req| demo(req, worker.clone(), block_route))
+            service_fn(move |req| {
+                let worker = worker.clone();
+                lab::route(lab_routes, req, move |req| demo(req, worker, block_route))
+            })
         })?;
     }
     Ok(())
