@@ -820,17 +820,17 @@ fn bytes_list_token(value: &[u8], token: &str) -> bool {
 }
 
 /// A request the fast path serves.
-struct Head {
-    req: Request<Body>,
+pub(crate) struct Head {
+    pub(crate) req: Request<Body>,
     /// The client lets the connection stay open after the response.
-    keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// The client accepts trailers (`TE: trailers`).
     te_trailers: bool,
 }
 
 // Returned by value once per request: boxing the request would cost an allocation each time.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+pub(crate) enum Parsed {
     Complete(Head),
     Partial,
     /// Not for the fast path: hyper takes the connection, with the buffer as it is.
@@ -842,7 +842,7 @@ enum Parsed {
 
 /// Parses the head at the start of `buf`, taking it out of `buf` if the fast path serves it;
 /// see the module doc for what it takes.
-fn parse(buf: &mut BytesMut) -> Parsed {
+pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }

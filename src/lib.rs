@@ -142,4 +142,37 @@ pub mod __fuzz {
     pub fn fd_name(name: &str) -> Option<(usize, Option<usize>)> {
         crate::listener::parse_fd_name(name)
     }
+
+    /// What the HTTP/1 fast path makes of bytes a client sent.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Http1Head {
+        /// A request it serves, taking `len` bytes: method, URI, header fields.
+        Request {
+            len: usize,
+            method: String,
+            uri: String,
+            fields: usize,
+            keep_alive: bool,
+        },
+        /// Not complete yet.
+        Partial,
+        /// For hyper, with the bytes left as they were.
+        Handoff,
+    }
+
+    /// Parses the head at the start of `bytes` as a worker's fast path does.
+    pub fn http1_head(bytes: &[u8]) -> Http1Head {
+        let mut buf = bytes::BytesMut::from(bytes);
+        match crate::fast::parse(&mut buf) {
+            crate::fast::Parsed::Complete(head) => Http1Head::Request {
+                len: bytes.len() - buf.len(),
+                method: head.req.method().to_string(),
+                uri: head.req.uri().to_string(),
+                fields: head.req.headers().len(),
+                keep_alive: head.keep_alive,
+            },
+            crate::fast::Parsed::Partial => Http1Head::Partial,
+            crate::fast::Parsed::Handoff | crate::fast::Parsed::Rejected(_) => Http1Head::Handoff,
+        }
+    }
 }

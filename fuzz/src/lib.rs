@@ -148,15 +148,57 @@ pub fn fd_name(data: &[u8]) {
     );
 }
 
+/// The HTTP/1 fast path's head parser: never panics; a request it takes is a prefix of the
+/// input, at most 16 KiB, that parses the same on its own and with anything after it; what
+/// it leaves to hyper or waits on is the whole input.
+pub fn http1_head(data: &[u8]) {
+    use forklift::__fuzz::Http1Head;
+    match forklift::__fuzz::http1_head(data) {
+        Http1Head::Request {
+            len,
+            method,
+            uri,
+            fields,
+            keep_alive,
+        } => {
+            assert!(
+                len > 0 && len <= data.len() && len <= 16 * 1024,
+                "len {len}"
+            );
+            assert!(!method.is_empty() && method != "CONNECT", "{method:?}");
+            assert!(!uri.is_empty(), "empty URI");
+            assert!(fields <= 64, "{fields} fields");
+            let alone = forklift::__fuzz::http1_head(&data[..len]);
+            let Http1Head::Request {
+                len: len2,
+                keep_alive: ka2,
+                ..
+            } = alone
+            else {
+                panic!("the head alone parses as {alone:?}");
+            };
+            assert_eq!((len2, ka2), (len, keep_alive));
+            let mut more = data[..len].to_vec();
+            more.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            assert!(matches!(
+                forklift::__fuzz::http1_head(&more),
+                Http1Head::Request { len: l, .. } if l == len
+            ));
+        }
+        Http1Head::Partial | Http1Head::Handoff => {}
+    }
+}
+
 /// A fuzz target: takes raw bytes, panics on a finding.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the runners.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("listen_addr", listen_addr),
     ("listen_fds", listen_fds),
     ("status_messages", status_messages),
     ("fd_name", fd_name),
+    ("http1_head", http1_head),
 ];
 
 /// Seed inputs per target (also written to `seeds/TARGET/` for cargo fuzz).
@@ -191,6 +233,17 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "hb 42\nrecycle\n",
             "boot-error line one\\nback\\\\slash\n",
             "hb notanumber\nunknown thing\nrea",
+        ],
+        "http1_head" => &[
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a?b HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            "HEAD / HTTP/1.1\r\nConnection: close\r\nTE: trailers\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\nHost: x\n\n",
+            "\r\nGET http://x/y HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: \u{fe}\r\n\r\n",
         ],
         "fd_name" => &[
             "forklift.0.shared",
