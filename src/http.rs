@@ -40,6 +40,8 @@ pub(crate) struct HttpConfig {
     pub max_requests: Option<(u64, u64)>,
     /// Serve simple HTTP/1 requests with forklift's fast path (see `fast.rs`).
     pub fast_path: bool,
+    /// Accept TCP connections only once they have data (see `accept::defer_accept_on`).
+    pub defer_accept: bool,
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsSource>,
 }
@@ -52,6 +54,7 @@ impl Default for HttpConfig {
             access_log: false,
             max_requests: None,
             fast_path: true,
+            defer_accept: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -113,7 +116,7 @@ where
     let mut unix = Vec::new();
     for l in worker.take_listeners() {
         match l {
-            Listener::Tcp(l) => tcp.push(TcpAcceptor::new(l)?),
+            Listener::Tcp(l) => tcp.push(TcpAcceptor::new(l, cfg.defer_accept)?),
             Listener::Unix(l) => {
                 l.set_nonblocking(true)?;
                 unix.push(tokio::net::UnixListener::from_std(l)?);

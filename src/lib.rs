@@ -113,6 +113,13 @@ pub use error::{BoxError, Error, ExitStatus, Result};
 pub use hooks::{Event, WorkerInfo};
 #[doc(hidden)]
 pub use http::__serve_connection;
+
+/// Sets on `listener` what `Prefork::defer_accept` sets on the workers' listeners (for the
+/// CLI's single-process baseline). Not a stable API.
+#[doc(hidden)]
+pub fn __defer_accept(listener: &std::net::TcpListener) {
+    accept::defer_accept_on(listener)
+}
 pub use listener::{Listener, DEFAULT_BACKLOG};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use signals::{request_reload, request_scale, request_stop};

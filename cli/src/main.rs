@@ -230,6 +230,11 @@ struct ServeArgs {
     #[arg(long)]
     no_fast_path: bool,
 
+    /// Accept each connection as soon as it is made, not once the client has sent its
+    /// request (TCP_DEFER_ACCEPT, on by default on Linux)
+    #[arg(long)]
+    no_defer_accept: bool,
+
     /// Serve from this one process on a multi-thread runtime (--workers threads) instead of
     /// pre-forking: the benchmark's baseline
     #[arg(long)]
@@ -349,6 +354,7 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         .header_read_timeout(args.header_read_timeout)
         .access_log(args.access_log)
         .http1_fast_path(!args.no_fast_path)
+        .defer_accept(!args.no_defer_accept)
         .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
     server = server.pin_workers(args.pin_workers);
     if let Some(user) = &args.user {

@@ -1,7 +1,7 @@
 //! `forklift serve --single-process`: the demo handler on one multi-thread tokio runtime, in
 //! one process. The baseline the seeds call "non-prefork", kept so the benchmark can compare
 //! prefork against it with everything else equal: the handler, the HTTP stack (forklift's
-//! HTTP/1 fast path, then hyper with the workers' settings), the backlog.
+//! HTTP/1 fast path, then hyper with the workers' settings), the backlog, TCP_DEFER_ACCEPT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub fn serve(
     runtime.block_on(async move {
         let mut tcp = Vec::new();
         for l in listeners {
+            forklift::__defer_accept(&l);
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
             crate::say!("listening on http://{}", l.local_addr()?);
