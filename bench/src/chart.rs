@@ -96,6 +96,7 @@ fn color(server: &str) -> RGBColor {
         "forklift-single" => RGBColor(0xa8, 0x40, 0x00),
         "nginx" => RGBColor(0x1b, 0x9e, 0x77),
         "nginx-reuseport" => RGBColor(0x66, 0xc2, 0xa5),
+        "nginx-deferred" => RGBColor(0x0b, 0x6e, 0x4f),
         "fasthttp-prefork" => RGBColor(0x44, 0x77, 0xaa),
         "fasthttp-prefork-reuseport" => RGBColor(0x88, 0xaa, 0xdd),
         _ => RGBColor(0x22, 0x44, 0x88),

@@ -39,8 +39,8 @@ struct Args {
     rounds: Option<u16>,
 
     /// Servers to run, comma-separated [default: all]: forklift, forklift-reuseport,
-    /// forklift-pinned, forklift-single, nginx, nginx-reuseport, fasthttp-prefork, fasthttp-prefork-reuseport,
-    /// fasthttp-single
+    /// forklift-pinned, forklift-single, nginx, nginx-reuseport, nginx-deferred, fasthttp-prefork,
+    /// fasthttp-prefork-reuseport, fasthttp-single
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     servers: Vec<String>,
 
@@ -160,7 +160,7 @@ fn bench(args: Args) -> Result<ExitCode, String> {
                     continue;
                 }
             }
-            ServerKind::Peer => {
+            ServerKind::Peer | ServerKind::NginxWith(_) => {
                 if let Err(why) = &peers_ready {
                     let n = format!("{} skipped: {why}", s.name);
                     eprintln!("forklift-bench: {n}");

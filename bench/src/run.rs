@@ -63,6 +63,9 @@ pub enum ServerKind {
     Forklift(&'static [&'static str]),
     /// A peer from ../shared/peers, started with its start.sh.
     Peer,
+    /// nginx from ../shared/peers' nginx.conf.in, with these extra `listen` options (start.sh
+    /// knows only the plain and reuseport forms).
+    NginxWith(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +83,7 @@ impl ServerSpec {
 
 /// Every server the harness knows, in table order. The first is the reference of the ratio
 /// column.
-pub const SERVERS: [ServerSpec; 9] = [
+pub const SERVERS: [ServerSpec; 10] = [
     ServerSpec {
         name: "forklift",
         kind: ServerKind::Forklift(&["--workers", "2"]),
@@ -104,6 +107,11 @@ pub const SERVERS: [ServerSpec; 9] = [
     ServerSpec {
         name: "nginx-reuseport",
         kind: ServerKind::Peer,
+    },
+    // forklift's listeners use TCP_DEFER_ACCEPT; this is nginx with the same option.
+    ServerSpec {
+        name: "nginx-deferred",
+        kind: ServerKind::NginxWith(" deferred"),
     },
     ServerSpec {
         name: "fasthttp-prefork",
@@ -191,6 +199,26 @@ impl Plan {
             ServerKind::Peer => {
                 let mut c = Command::new(&self.peers_start);
                 c.arg(s.name).arg(port.to_string());
+                c
+            }
+            ServerKind::NginxWith(opts) => {
+                // start.sh's nginx_run, with other listen options.
+                let peers = self.peers_start.parent().unwrap_or(Path::new("."));
+                let conf_in = peers.join("nginx.conf.in");
+                let rundir = self.log_dir.join(format!("{}-{port}", s.name));
+                let script = format!(
+                    "set -e; mkdir -p \"$1/tmp\"; sed -e \"s|@PORT@|$2|g\" -e \"s|@LISTEN_OPTS@|$3|g\" \
+                     -e \"s|@RUNDIR@|$1|g\" \"$4\" > \"$1/nginx.conf\"; \
+                     exec nginx -p \"$1/\" -c \"$1/nginx.conf\" -e \"$1/error.log\""
+                );
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(script)
+                    .arg("nginx-with")
+                    .arg(&rundir)
+                    .arg(port.to_string())
+                    .arg(opts)
+                    .arg(conf_in);
                 c
             }
         }
