@@ -206,11 +206,10 @@ impl Plan {
                 let peers = self.peers_start.parent().unwrap_or(Path::new("."));
                 let conf_in = peers.join("nginx.conf.in");
                 let rundir = self.log_dir.join(format!("{}-{port}", s.name));
-                let script = format!(
-                    "set -e; mkdir -p \"$1/tmp\"; sed -e \"s|@PORT@|$2|g\" -e \"s|@LISTEN_OPTS@|$3|g\" \
+                let script = "set -e; mkdir -p \"$1/tmp\"; \
+                     sed -e \"s|@PORT@|$2|g\" -e \"s|@LISTEN_OPTS@|$3|g\" \
                      -e \"s|@RUNDIR@|$1|g\" \"$4\" > \"$1/nginx.conf\"; \
-                     exec nginx -p \"$1/\" -c \"$1/nginx.conf\" -e \"$1/error.log\""
-                );
+                     exec nginx -p \"$1/\" -c \"$1/nginx.conf\" -e \"$1/error.log\"";
                 let mut c = Command::new("bash");
                 c.arg("-c")
                     .arg(script)
