@@ -76,6 +76,24 @@ where
 
 type ConnBuilder = auto::Builder<LocalExec>;
 
+/// hyper's settings for the connections (or the rest of them) it serves.
+fn conn_builder<E>(exec: E, header_read_timeout: Duration) -> auto::Builder<E> {
+    let mut builder = auto::Builder::new(exec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        // One write(2) of head and body beats writev(2) for the small responses that
+        // dominate (measured: about 8% less CPU per request under keep-alive load).
+        .writev(false)
+        // A client that shuts its side after sending still gets its answers (as from the
+        // fast path).
+        .half_close(true)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
 /// Serves HTTP on the worker's listeners until a stop cause; see the module doc.
 pub(crate) fn serve<F, S, B>(
     worker: &mut Worker,
@@ -143,29 +161,15 @@ where
     watch_fd.set_nonblocking(true)?;
     let (mut master, to_master) = tokio::net::UnixStream::from_std(watch_fd)?.into_split();
 
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        // One write(2) of head and body beats writev(2) for the small responses that
-        // dominate (measured: about 8% less CPU per request under keep-alive load).
-        .writev(false)
-        // A client that shuts its side after sending still gets its answers (as from the
-        // fast path).
-        .half_close(true)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let conns = Rc::new(Conns {
-        builder,
+        builder: conn_builder(LocalExec, cfg.header_read_timeout),
         tls,
-        handshake_timeout: cfg.header_read_timeout,
-        first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
-        fast: cfg.fast_path.then_some(fast::Timeouts {
+        timeouts: fast::Timeouts {
             header_read: cfg.header_read_timeout,
             first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
-        }),
+        },
+        fast_path: cfg.fast_path,
         stop: stop_rx,
         live: Cell::new(0),
         idle: tokio::sync::Notify::new(),
@@ -314,10 +318,10 @@ struct Conns<T> {
     // Read only by the TLS handshake, compiled with the `tls` feature.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls: Option<T>,
-    handshake_timeout: Duration,
-    first_request_grace: Duration,
-    /// The fast path's timeouts, when it is on.
-    fast: Option<fast::Timeouts>,
+    /// The header-read timeout (also the TLS handshake's) and the first-request grace.
+    timeouts: fast::Timeouts,
+    /// Whether connections start on the fast path.
+    fast_path: bool,
     /// Becomes true when the worker stops accepting.
     stop: watch::Receiver<bool>,
     live: Cell<usize>,
@@ -413,7 +417,8 @@ where
     if let Some(tls) = &conns.tls {
         // Boxed, so that the TLS state does not enlarge every plain connection's task.
         Box::pin(async {
-            let handshake = tokio::time::timeout(conns.handshake_timeout, tls.accept(stream)).await;
+            let handshake =
+                tokio::time::timeout(conns.timeouts.header_read, tls.accept(stream)).await;
             match handshake {
                 Ok(Ok(stream)) => serve_stream(stream, service, &conns).await,
                 Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
@@ -441,14 +446,13 @@ where
         inner: service,
         first: first.clone(),
     };
-    let read = match conns.fast {
-        Some(timeouts) => {
-            match fast::serve(&mut io, &service, timeouts, conns.stop.clone()).await {
-                fast::Outcome::Closed => return,
-                fast::Outcome::Handoff(read) => read,
-            }
+    let read = if conns.fast_path {
+        match fast::serve(&mut io, &service, conns.timeouts, conns.stop.clone()).await {
+            fast::Outcome::Closed => return,
+            fast::Outcome::Handoff(read) => read,
         }
-        None => bytes::Bytes::new(),
+    } else {
+        bytes::Bytes::new()
     };
     // Boxed: hyper's connection state is large, and most connections never need it.
     Box::pin(drive(Prefixed { read, io }, service, first, conns)).await;
@@ -487,9 +491,9 @@ where
         ended = conn.as_mut() => return log_end(ended),
         _ = &mut stopping => stop_requested = true,
         _ = first.notify.notified() => {}
-        _ = tokio::time::sleep(conns.handshake_timeout) => {
+        _ = tokio::time::sleep(conns.timeouts.header_read) => {
             if !first.started.get() {
-                debug!("no request within {:?}: closing", conns.handshake_timeout);
+                debug!("no request within {:?}: closing", conns.timeouts.header_read);
                 return;
             }
         }
@@ -503,7 +507,7 @@ where
     if !first.started.get() {
         tokio::select! {
             ended = conn.as_mut() => return log_end(ended),
-            _ = tokio::time::sleep(conns.first_request_grace) => {}
+            _ = tokio::time::sleep(conns.timeouts.first_request_grace) => {}
             _ = first.notify.notified() => {}
         }
     }
@@ -650,15 +654,7 @@ pub async fn __serve_connection<I, S, B>(
         fast::Outcome::Closed => return,
         fast::Outcome::Handoff(read) => read,
     };
-    let mut builder = auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .writev(false)
-        .half_close(true)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), header_read_timeout);
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(Prefixed { read, io }), ToBody(service));
     tokio::pin!(conn);
