@@ -76,6 +76,27 @@ where
 
 type ConnBuilder = auto::Builder<LocalExec>;
 
+/// A service a worker serves: it takes [`Body`] requests and need not be `Send` (each worker
+/// serves on one thread). The bounds of every function below, in one place.
+pub(crate) trait WorkerService<B>:
+    Service<Request<Body>, Response = Response<B>, Future: 'static, Error: Into<BoxError>>
+    + Clone
+    + 'static
+{
+}
+
+impl<S, B> WorkerService<B> for S where
+    S: Service<Request<Body>, Response = Response<B>, Future: 'static, Error: Into<BoxError>>
+        + Clone
+        + 'static
+{
+}
+
+/// The body of a worker's responses.
+pub(crate) trait ResponseBody: HttpBody<Error: Into<BoxError>> + 'static {}
+
+impl<B> ResponseBody for B where B: HttpBody<Error: Into<BoxError>> + 'static {}
+
 /// hyper's settings for the connections (or the rest of them) it serves.
 fn conn_builder<E>(exec: E, header_read_timeout: Duration) -> auto::Builder<E> {
     let mut builder = auto::Builder::new(exec);
@@ -103,11 +124,8 @@ pub(crate) fn serve<F, S, B>(
 ) -> Result<(), BoxError>
 where
     F: Fn() -> S,
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService<B>,
+    B: ResponseBody,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -124,11 +142,8 @@ async fn serve_async<F, S, B>(
 ) -> Result<(), BoxError>
 where
     F: Fn() -> S,
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService<B>,
+    B: ResponseBody,
 {
     let mut tcp = Vec::new();
     let mut unix = Vec::new();
@@ -290,11 +305,8 @@ fn spawn_accept_loops<S, B>(
     conns: &Rc<Conns<Tls>>,
 ) -> Vec<tokio::task::JoinHandle<()>>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService<B>,
+    B: ResponseBody,
 {
     let mut loops = Vec::new();
     for l in tcp {
@@ -367,11 +379,8 @@ type Tls = NoTls;
 async fn accept_loop<A, S, B>(acceptor: A, service: S, conns: Rc<Conns<Tls>>)
 where
     A: Acceptor,
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService<B>,
+    B: ResponseBody,
 {
     let mut stop = conns.stop.clone();
     let mut pause = Duration::from_millis(5);
@@ -406,11 +415,8 @@ where
 async fn serve_connection<I, S, B>(stream: I, service: S, conns: Rc<Conns<Tls>>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService<B>,
+    B: ResponseBody,
 {
     let _live = conns.enter();
     #[cfg(feature = "tls")]
@@ -435,11 +441,8 @@ where
 async fn serve_stream<I, S, B>(mut io: I, service: S, conns: &Conns<Tls>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService<B>,
+    B: ResponseBody,
 {
     let first = Rc::new(FirstRequest::default());
     let service = Started {
@@ -469,11 +472,8 @@ where
 async fn drive<I, S, B>(io: I, service: Started<S>, first: Rc<FirstRequest>, conns: &Conns<Tls>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService<B>,
+    B: ResponseBody,
 {
     let conn = conns
         .builder
