@@ -103,6 +103,7 @@ mod signals;
 mod spawn;
 #[cfg(feature = "tls")]
 mod tls;
+mod trim;
 mod worker;
 
 pub use addr::{ListenAddr, Network};

@@ -794,6 +794,7 @@ impl Master {
                 generation,
                 workers,
             });
+            release_startup_pages();
             if std::mem::take(&mut self.reload_queued) {
                 self.start_reload();
             }
@@ -1101,6 +1102,7 @@ impl Master {
             }
             self.retire_old_master();
             self.emit(Event::MasterReady(ready));
+            release_startup_pages();
         }
     }
 
@@ -1334,6 +1336,19 @@ fn drain_channel(w: &mut Entry) -> Vec<Message> {
         }
     }
     Message::drain(&mut w.inbuf)
+}
+
+/// Gives back the code pages only start-up (or a reload) touched: see [`crate::trim`].
+fn release_startup_pages() {
+    match crate::trim::release_startup_pages() {
+        Ok(t) => debug!(
+            "released start-up pages: {} KiB of {} KiB resident in {} read-only mappings",
+            t.before.saturating_sub(t.after) / 1024,
+            t.before / 1024,
+            t.mappings
+        ),
+        Err(e) => debug!("start-up pages not released: {e}"),
+    }
 }
 
 fn send_signal(pid: u32, sig: libc::c_int) {

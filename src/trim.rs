@@ -1,0 +1,223 @@
+//! Giving back the pages the master used only to start.
+//!
+//! Starting up runs code the master never runs again: argument parsing, configuration checks,
+//! binding, the first spawns. The kernel maps those code pages into the master as it executes
+//! them (64 KiB around each one it touches) and they stay in its resident set for the life of
+//! the server. Once every worker is ready, the master asks the kernel to reclaim them with
+//! `madvise(MADV_PAGEOUT)` (Linux 5.4 and later). The kernel skips every page another process
+//! maps too, so the code the workers run stays where it is; what goes is the master's own
+//! start-up code. Should the master run it again (a reload), the pages come back from the file.
+//!
+//! Only read-only, file-backed mappings holding no private copies of pages are advised, so
+//! nothing is ever written to swap: the pages are clean copies of the file.
+
+/// What one call released.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Trimmed {
+    /// Mappings advised.
+    pub mappings: usize,
+    /// Resident bytes before and after, summed over those mappings.
+    pub before: u64,
+    pub after: u64,
+}
+
+/// Asks the kernel to reclaim the read-only file pages only this process maps.
+///
+/// Errors mean the kernel did not take the advice (older than 5.4, or /proc is missing); the
+/// process is unaffected either way.
+#[cfg(target_os = "linux")]
+pub(crate) fn release_startup_pages() -> std::io::Result<Trimmed> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mappings = candidates(&smaps);
+    let before: u64 = mappings.iter().map(|m| m.rss).sum();
+    let mut trimmed = Trimmed::default();
+    for m in &mappings {
+        // SAFETY: the range is a whole mapping of this process, read from /proc/self/smaps;
+        // MADV_PAGEOUT only reclaims, it never changes what the memory holds: the pages are
+        // clean, read-only file pages and come back from the file when next touched.
+        let rc = unsafe {
+            libc::madvise(
+                m.start as *mut libc::c_void,
+                m.end - m.start,
+                libc::MADV_PAGEOUT,
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            // EINVAL: a kernel without MADV_PAGEOUT; nothing else will work either.
+            if trimmed.mappings == 0 {
+                return Err(err);
+            }
+            continue;
+        }
+        trimmed.mappings += 1;
+    }
+    trimmed.before = before;
+    // The same ranges, measured again (a mapping that now counts no resident page is not a
+    // candidate any more, which is the point).
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    trimmed.after = candidates(&smaps)
+        .iter()
+        .filter(|m| mappings.iter().any(|c| c.start == m.start))
+        .map(|m| m.rss)
+        .sum();
+    Ok(trimmed)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn release_startup_pages() -> std::io::Result<Trimmed> {
+    Ok(Trimmed::default())
+}
+
+/// A mapping that may be advised, and its resident bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct Mapping {
+    start: usize,
+    end: usize,
+    rss: u64,
+}
+
+/// The mappings of an smaps text that are file-backed, not writable, resident, and hold no
+/// anonymous (privately copied) pages: RELRO sections, written by the dynamic linker before it
+/// made them read-only, are left alone.
+fn candidates(smaps: &str) -> Vec<Mapping> {
+    let mut out = Vec::new();
+    let mut current: Option<(Mapping, bool)> = None;
+    let mut anonymous = 0u64;
+    let mut flush = |current: &mut Option<(Mapping, bool)>, anonymous: u64| {
+        if let Some((m, eligible)) = current.take() {
+            if eligible && anonymous == 0 && m.rss > 0 {
+                out.push(m);
+            }
+        }
+    };
+    for line in smaps.lines() {
+        if let Some((range, rest)) = header(line) {
+            flush(&mut current, anonymous);
+            anonymous = 0;
+            let mut fields = rest.split_whitespace();
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            let eligible = perms.as_bytes().get(1) == Some(&b'-') && path.starts_with('/');
+            current = Some((
+                Mapping {
+                    start: range.0,
+                    end: range.1,
+                    rss: 0,
+                },
+                eligible,
+            ));
+        } else if let Some(kb) = field(line, "Rss:") {
+            if let Some((m, _)) = current.as_mut() {
+                m.rss = kb * 1024;
+            }
+        } else if let Some(kb) = field(line, "Anonymous:") {
+            anonymous = kb;
+        }
+    }
+    flush(&mut current, anonymous);
+    out
+}
+
+/// `start-end rest` of a mapping's first line, or None for a field line.
+fn header(line: &str) -> Option<((usize, usize), &str)> {
+    let (range, rest) = line.split_once(' ')?;
+    let (start, end) = range.split_once('-')?;
+    let start = usize::from_str_radix(start, 16).ok()?;
+    let end = usize::from_str_radix(end, 16).ok()?;
+    Some(((start, end), rest))
+}
+
+/// The kB value of a field line such as `Rss:   124 kB`.
+fn field(line: &str, name: &str) -> Option<u64> {
+    line.strip_prefix(name)?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55e0a0000000-55e0a0400000 r-xp 00100000 fd:01 1234 /usr/bin/forklift
+Size:               4096 kB
+Rss:                1788 kB
+Anonymous:             0 kB
+55e0a0400000-55e0a0500000 r--p 00500000 fd:01 1234 /usr/bin/forklift
+Size:               1024 kB
+Rss:                 176 kB
+Anonymous:           176 kB
+55e0a0500000-55e0a0504000 rw-p 00600000 fd:01 1234 /usr/bin/forklift
+Size:                 16 kB
+Rss:                  16 kB
+Anonymous:            16 kB
+7f0000000000-7f0000100000 r-xp 00028000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+Size:               1024 kB
+Rss:                 984 kB
+Anonymous:             0 kB
+7f0000200000-7f0000201000 r--p 00000000 fd:01 98 /usr/lib/locale/C.utf8/LC_CTYPE
+Size:                  4 kB
+Rss:                   0 kB
+Anonymous:             0 kB
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+Rss:                  52 kB
+Anonymous:            52 kB
+7ffc10000000-7ffc10002000 r-xp 00000000 00:00 0                          [vdso]
+Size:                  8 kB
+Rss:                   8 kB
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_clean_read_only_file_mappings_are_candidates() {
+        let found = candidates(SMAPS);
+        assert_eq!(
+            found,
+            vec![
+                Mapping {
+                    start: 0x55e0a0000000,
+                    end: 0x55e0a0400000,
+                    rss: 1788 * 1024
+                },
+                Mapping {
+                    start: 0x7f0000000000,
+                    end: 0x7f0000100000,
+                    rss: 984 * 1024
+                },
+            ],
+            "the RELRO copy, the writable data, the unmapped locale file, the stack and the \
+             vdso must be left alone"
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_empty_smaps_gives_no_candidates() {
+        assert!(candidates("").is_empty());
+        assert!(candidates("garbage\nRss: 12 kB\n").is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn releasing_shrinks_this_process_and_it_keeps_running() {
+        let trimmed = match release_startup_pages() {
+            Ok(t) => t,
+            // A kernel older than 5.4 has no MADV_PAGEOUT: nothing to check.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) => panic!("release_startup_pages: {e}"),
+        };
+        assert!(trimmed.mappings > 0, "{trimmed:?}");
+        assert!(
+            trimmed.after < trimmed.before,
+            "this test binary's own code pages are mapped by no other process, so some must \
+             go: {trimmed:?}"
+        );
+        // The code that was paged out comes back when it runs again.
+        let again = candidates(&std::fs::read_to_string("/proc/self/smaps").unwrap());
+        assert!(!again.is_empty());
+    }
+}
