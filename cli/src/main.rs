@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -512,6 +512,9 @@ const GREETING: &[u8] = b"greeting!!!";
 /// The longest /sleep the demo grants, so a typo cannot pin a connection for hours.
 const MAX_SLEEP_MS: u64 = 60_000;
 
+/// The header naming the worker that answered (checked once, at compile time).
+const X_FORKLIFT_WORKER: HeaderName = HeaderName::from_static("x-forklift-worker");
+
 pub(crate) async fn demo(
     req: Request<forklift::Body>,
     worker: HeaderValue,
@@ -551,7 +554,7 @@ pub(crate) async fn demo(
         }
         _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     };
-    resp.headers_mut().insert("x-forklift-worker", worker);
+    resp.headers_mut().insert(X_FORKLIFT_WORKER, worker);
     Ok(resp)
 }
 
