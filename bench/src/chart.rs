@@ -87,9 +87,10 @@ fn draw(
     Ok(())
 }
 
-/// forklift in oranges, nginx in greens, fasthttp in blues.
+/// forklift in oranges, nginx in greens, fasthttp in blues, the ceiling in grey.
 fn color(server: &str) -> RGBColor {
     match server {
+        report::CEILING => RGBColor(0x99, 0x99, 0x99),
         "forklift" => RGBColor(0xd9, 0x5f, 0x02),
         "forklift-reuseport" => RGBColor(0xf4, 0x8c, 0x3c),
         "forklift-pinned" => RGBColor(0xfd, 0xb8, 0x63),
@@ -316,11 +317,13 @@ mod tests {
             run("forklift", Workload::Keepalive, 1, 90_000.0),
             run("nginx", Workload::Keepalive, 1, 80_000.0),
             run("fasthttp-single", Workload::Keepalive, 1, 60_000.0),
+            run("ceiling", Workload::Keepalive, 1, 140_000.0),
         ];
         svg(&path, &meta(), &runs, &SERVERS, &Workload::ALL).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("<svg"));
         assert!(text.contains("fasthttp-single"));
+        assert!(text.contains("ceiling"));
         assert!(text.contains("sleep: no results"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

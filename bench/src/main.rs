@@ -19,7 +19,7 @@ use clap::Parser;
 
 use run::{Plan, Run, ServerKind, ServerSpec, Workload, SERVERS};
 
-/// Benchmark forklift against its peers (nginx, fasthttp) on 127.0.0.1.
+/// Benchmark forklift against its peers (nginx, fasthttp) and the ceiling on 127.0.0.1.
 ///
 /// Each round runs every workload on every selected server in turn, each time on a fresh
 /// server; the report gives medians and min–max over the rounds.
@@ -40,7 +40,9 @@ struct Args {
 
     /// Servers to run, comma-separated [default: all]: forklift, forklift-reuseport,
     /// forklift-pinned, forklift-single, nginx, nginx-reuseport, nginx-deferred, fasthttp-prefork,
-    /// fasthttp-prefork-reuseport, fasthttp-single
+    /// fasthttp-prefork-reuseport, fasthttp-single, ceiling (canned bytes for every request
+    /// head and no HTTP work: the most this machine allows with one recv and one send per
+    /// request; it needs no peers)
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     servers: Vec<String>,
 
@@ -121,6 +123,13 @@ fn bench(args: Args) -> Result<ExitCode, String> {
     .into_iter()
     .find(|p| procs::is_executable(p))
     .ok_or("target/release/forklift is missing: build it (bench/run does)")?;
+    // Built with this harness (`cargo build -p forklift-bench` builds every bin of it).
+    let ceiling = [
+        exe_dir.join("forklift-ceiling"),
+        repo.join("target/release/forklift-ceiling"),
+    ]
+    .into_iter()
+    .find(|p| procs::is_executable(p));
 
     let mut notices = Vec::new();
 
@@ -153,6 +162,18 @@ fn bench(args: Args) -> Result<ExitCode, String> {
                 {
                     let n = format!(
                         "{} skipped: this forklift has no `serve {flag}` yet",
+                        s.name
+                    );
+                    eprintln!("forklift-bench: {n}");
+                    notices.push(n);
+                    continue;
+                }
+            }
+            ServerKind::Ceiling => {
+                if ceiling.is_none() {
+                    let n = format!(
+                        "{} skipped: forklift-ceiling is missing next to forklift-bench \
+                         (cargo build --release -p forklift-bench builds it)",
                         s.name
                     );
                     eprintln!("forklift-bench: {n}");
@@ -208,7 +229,10 @@ fn bench(args: Args) -> Result<ExitCode, String> {
         return Err("no workload to run".into());
     }
     if workloads.contains(&Workload::Sleep) && servers.iter().any(|s| !s.serves(Workload::Sleep)) {
-        notices.push("peers have no /sleep endpoint: the sleep workload runs forklift only".into());
+        notices.push(
+            "peers and the ceiling have no /sleep endpoint: the sleep workload runs forklift only"
+                .into(),
+        );
     }
 
     let target_dir = exe_dir
@@ -219,6 +243,7 @@ fn bench(args: Args) -> Result<ExitCode, String> {
         servers,
         workloads,
         forklift: forklift.clone(),
+        ceiling: ceiling.unwrap_or_else(|| "forklift-ceiling".into()),
         peers_start,
         oha: oha.clone().unwrap_or_else(|| "oha".into()),
         wrk: wrk.clone().unwrap_or_else(|| "wrk".into()),
@@ -483,6 +508,7 @@ mod tests {
             servers: SERVERS.to_vec(),
             workloads: Workload::ALL.to_vec(),
             forklift: "forklift".into(),
+            ceiling: "forklift-ceiling".into(),
             peers_start: "start.sh".into(),
             oha: "/x/oha".into(),
             wrk: "/usr/bin/wrk".into(),

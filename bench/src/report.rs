@@ -10,6 +10,12 @@ use crate::stats::Spread;
 
 /// The server the ratio column divides by.
 pub const REFERENCE: &str = "forklift";
+/// The reference that does no HTTP work (bench/src/ceiling.rs).
+pub const CEILING: &str = "ceiling";
+/// The line under a table where the ceiling ran.
+const CEILING_NOTE: &str = "`ceiling` answers every request head with canned bytes and parses \
+     nothing (bench/src/ceiling.rs): the most a server with one recv and one send per request \
+     gets here.";
 
 /// Where and how the benchmark ran.
 #[derive(Debug, Clone, Serialize)]
@@ -241,6 +247,8 @@ pub fn markdown(
                 fmt_mib(r.worker_peak_mib),
                 match r.workers {
                     0 => " (one process)".to_string(),
+                    // Its first process serves too: "master" is one of n + 1 servers.
+                    n if r.server == CEILING => format!(" ({} processes, all serve)", n + 1),
                     n => format!(" ({n} workers)"),
                 }
             );
@@ -261,6 +269,12 @@ pub fn markdown(
                 r.cpu_us_per_req
                     .map_or(DASH.to_string(), |s| format!("{:.1}", s.median)),
             );
+        }
+        let ceiling_ran = rows
+            .iter()
+            .any(|r| r.server == CEILING && (r.ok_rounds > 0 || !r.failures.is_empty()));
+        if ceiling_ran {
+            let _ = writeln!(md, "\n{CEILING_NOTE}");
         }
         if first_response_used {
             let _ = writeln!(
@@ -347,6 +361,68 @@ mod tests {
         assert_eq!(fmt_ms(12.345), "12.3 ms");
         assert_eq!(fmt_ms(101.7), "102 ms");
         assert_eq!(fmt_ms(1020.0), "1.02 s");
+    }
+
+    #[test]
+    fn the_ceiling_note_is_under_the_tables_where_it_ran() {
+        use crate::parse::LoadReport;
+        use crate::run::{Rss, Sample, SERVERS};
+        let run = |server: &str, w: Workload, outcome: Outcome| Run {
+            round: 1,
+            workload: w,
+            server: server.into(),
+            port: 20_000,
+            outcome,
+        };
+        let ok = || {
+            Outcome::Ok(Box::new(Sample {
+                load: LoadReport {
+                    requests: 3000,
+                    duration_s: 3.0,
+                    rps: 1000.0,
+                    p50_ms: Some(2.0),
+                    p99_ms: Some(20.0),
+                    errors: Errors::default(),
+                },
+                ready_ms: 3.0,
+                ready_by: ReadyBy::FirstResponse,
+                master_pid: 1,
+                worker_pids: vec![2],
+                rss_kib: Rss::default(),
+                cpu_s: 1.0,
+                cpu_us_per_req: Some(8.0),
+                stop: None,
+            }))
+        };
+        let meta = Meta {
+            date_utc: String::new(),
+            command: String::new(),
+            mode: "quick".into(),
+            rounds: 1,
+            nproc: 2,
+            kernel: String::new(),
+            cpu_model: String::new(),
+            loadavg_before: String::new(),
+            loadavg_after: String::new(),
+            tools: vec![],
+            load_commands: vec![],
+            notices: vec![],
+        };
+        let runs = vec![
+            run("forklift", Workload::Conn, ok()),
+            run("forklift", Workload::Keepalive, ok()),
+            run(CEILING, Workload::Keepalive, ok()),
+            run(CEILING, Workload::Conn, Outcome::Failed("boom".into())),
+            run("forklift", Workload::Sleep, ok()),
+        ];
+        let md = markdown(&meta, &runs, &SERVERS, &Workload::ALL);
+        // Under conn (failed there, but it ran) and keepalive; not under sleep (skipped).
+        assert_eq!(md.matches(CEILING_NOTE).count(), 2);
+        let sleep = md.split("## sleep").nth(1).unwrap();
+        assert!(!sleep.contains(CEILING_NOTE));
+        assert!(sleep.contains("| ceiling | skipped"));
+        let without: Vec<Run> = runs.into_iter().filter(|r| r.server != CEILING).collect();
+        assert!(!markdown(&meta, &without, &SERVERS[..1], &Workload::ALL).contains(CEILING_NOTE));
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub enum ServerKind {
     /// nginx from ../shared/peers' nginx.conf.in, with these extra `listen` options (start.sh
     /// knows only the plain and reuseport forms).
     NginxWith(&'static str),
+    /// forklift-ceiling from this crate: canned bytes for every request head, no HTTP work.
+    Ceiling,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +77,7 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
-    /// Only forklift's demo has `/sleep`.
+    /// Only forklift's demo has `/sleep` (the ceiling would answer it at once).
     pub fn serves(&self, w: Workload) -> bool {
         w != Workload::Sleep || matches!(self.kind, ServerKind::Forklift(_))
     }
@@ -83,7 +85,7 @@ impl ServerSpec {
 
 /// Every server the harness knows, in table order. The first is the reference of the ratio
 /// column.
-pub const SERVERS: [ServerSpec; 10] = [
+pub const SERVERS: [ServerSpec; 11] = [
     ServerSpec {
         name: "forklift",
         kind: ServerKind::Forklift(&["--workers", "2"]),
@@ -125,6 +127,11 @@ pub const SERVERS: [ServerSpec; 10] = [
         name: "fasthttp-single",
         kind: ServerKind::Peer,
     },
+    // The upper bound: recv and send per request, no HTTP work (bench/src/ceiling.rs).
+    ServerSpec {
+        name: "ceiling",
+        kind: ServerKind::Ceiling,
+    },
 ];
 
 /// Everything a run needs to know, resolved up front.
@@ -134,6 +141,8 @@ pub struct Plan {
     pub servers: Vec<ServerSpec>,
     pub workloads: Vec<Workload>,
     pub forklift: PathBuf,
+    /// forklift-ceiling, built with this harness (bench/src/ceiling.rs).
+    pub ceiling: PathBuf,
     pub peers_start: PathBuf,
     pub oha: PathBuf,
     pub wrk: PathBuf,
@@ -199,6 +208,13 @@ impl Plan {
             ServerKind::Peer => {
                 let mut c = Command::new(&self.peers_start);
                 c.arg(s.name).arg(port.to_string());
+                c
+            }
+            ServerKind::Ceiling => {
+                let mut c = Command::new(&self.ceiling);
+                c.arg("--listen")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .args(["--workers", "2"]);
                 c
             }
             ServerKind::NginxWith(opts) => {
