@@ -1338,14 +1338,16 @@ fn drain_channel(w: &mut Entry) -> Vec<Message> {
     Message::drain(&mut w.inbuf)
 }
 
-/// Gives back the code pages only start-up (or a reload) touched: see [`crate::trim`].
+/// Drops from the master's resident set the code pages only start-up (or a reload) touched:
+/// see `src/trim.rs`.
 fn release_startup_pages() {
     match crate::trim::release_startup_pages() {
         Ok(t) => debug!(
-            "released start-up pages: {} KiB of {} KiB resident in {} read-only mappings",
+            "released start-up pages: {} KiB of {} KiB resident in {} read-only mappings ({})",
             t.before.saturating_sub(t.after) / 1024,
             t.before / 1024,
-            t.mappings
+            t.mappings,
+            if t.unmapped { "unmapped" } else { "reclaimed" }
         ),
         Err(e) => debug!("start-up pages not released: {e}"),
     }

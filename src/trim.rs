@@ -2,14 +2,23 @@
 //!
 //! Starting up runs code the master never runs again: argument parsing, configuration checks,
 //! binding, the first spawns. The kernel maps those code pages into the master as it executes
-//! them (64 KiB around each one it touches) and they stay in its resident set for the life of
-//! the server. Once every worker is ready, the master asks the kernel to reclaim them with
-//! `madvise(MADV_PAGEOUT)` (Linux 5.4 and later). The kernel skips every page another process
-//! maps too, so the code the workers run stays where it is; what goes is the master's own
-//! start-up code. Should the master run it again (a reload), the pages come back from the file.
+//! them (64 KiB around each page it touches) and they stay in its resident set for the life of
+//! the server. Once every worker is ready, the master drops them from its page tables, so that
+//! its RSS is what its supervision loop uses, not what its start-up touched:
 //!
-//! Only read-only, file-backed mappings holding no private copies of pages are advised, so
-//! nothing is ever written to swap: the pages are clean copies of the file.
+//! - Single-threaded (the master of `forklift serve`, and of any forked pool: a fork refuses
+//!   threads), it uses `madvise(MADV_DONTNEED)`. On a clean, read-only file mapping that only
+//!   unmaps: the page cache keeps the pages, and the master faults back in, from the cache,
+//!   whatever it runs again. Nothing can change the mappings between reading them and advising
+//!   them, since no other thread runs.
+//! - With other threads (a master that execs its workers may have some), it uses
+//!   `madvise(MADV_PAGEOUT)` (Linux 5.4+) instead, which never changes what memory holds even if
+//!   another thread remapped the range meanwhile: it reclaims the pages only this process
+//!   maps, and skips those the workers map too.
+//!
+//! Only file-backed mappings that are not writable and hold no private copy of a page are
+//! advised: RELRO sections, written by the dynamic linker before it made them read-only, keep
+//! their relocated contents.
 
 /// What one call released.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -19,41 +28,47 @@ pub(crate) struct Trimmed {
     /// Resident bytes before and after, summed over those mappings.
     pub before: u64,
     pub after: u64,
+    /// Whether the pages were unmapped (MADV_DONTNEED) rather than reclaimed (MADV_PAGEOUT).
+    pub unmapped: bool,
 }
 
-/// Asks the kernel to reclaim the read-only file pages only this process maps.
+/// Drops the clean read-only file pages of this process from its resident set (see the
+/// module doc for how).
 ///
-/// Errors mean the kernel did not take the advice (older than 5.4, or /proc is missing); the
-/// process is unaffected either way.
+/// Errors mean the kernel did not take the advice (MADV_PAGEOUT before Linux 5.4), or /proc is
+/// missing; the process is unaffected either way.
 #[cfg(target_os = "linux")]
 pub(crate) fn release_startup_pages() -> std::io::Result<Trimmed> {
+    let unmapped = single_threaded()?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mappings = candidates(&smaps);
-    let before: u64 = mappings.iter().map(|m| m.rss).sum();
-    let mut trimmed = Trimmed::default();
+    let mut trimmed = Trimmed {
+        before: mappings.iter().map(|m| m.rss).sum(),
+        unmapped,
+        ..Trimmed::default()
+    };
+    let advice = if unmapped {
+        libc::MADV_DONTNEED
+    } else {
+        libc::MADV_PAGEOUT
+    };
     for m in &mappings {
-        // SAFETY: the range is a whole mapping of this process, read from /proc/self/smaps;
-        // MADV_PAGEOUT only reclaims, it never changes what the memory holds: the pages are
-        // clean, read-only file pages and come back from the file when next touched.
-        let rc = unsafe {
-            libc::madvise(
-                m.start as *mut libc::c_void,
-                m.end - m.start,
-                libc::MADV_PAGEOUT,
-            )
-        };
+        // SAFETY: the range is a whole mapping of this process as /proc/self/smaps listed it:
+        // file-backed, not writable, no private (anonymous) page in it, so its contents are
+        // exactly the file's. MADV_DONTNEED is used only when no other thread runs, so the
+        // range is still that mapping: it drops the page-table entries and the next access
+        // maps the same file pages again. MADV_PAGEOUT never changes contents at all.
+        let rc = unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, advice) };
         if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            // EINVAL: a kernel without MADV_PAGEOUT; nothing else will work either.
+            // EINVAL on the first: a kernel without MADV_PAGEOUT; the others would fail too.
             if trimmed.mappings == 0 {
-                return Err(err);
+                return Err(std::io::Error::last_os_error());
             }
             continue;
         }
         trimmed.mappings += 1;
     }
-    trimmed.before = before;
-    // The same ranges, measured again (a mapping that now counts no resident page is not a
+    // The same ranges, measured again (a mapping with no resident page left is not a
     // candidate any more, which is the point).
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     trimmed.after = candidates(&smaps)
@@ -62,6 +77,16 @@ pub(crate) fn release_startup_pages() -> std::io::Result<Trimmed> {
         .map(|m| m.rss)
         .sum();
     Ok(trimmed)
+}
+
+/// Whether this process runs one thread (`Threads:` in /proc/self/status).
+#[cfg(target_os = "linux")]
+fn single_threaded() -> std::io::Result<bool> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .is_some_and(|n| n.trim() == "1"))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -211,11 +236,10 @@ Anonymous:             0 kB
             Err(e) => panic!("release_startup_pages: {e}"),
         };
         assert!(trimmed.mappings > 0, "{trimmed:?}");
-        assert!(
-            trimmed.after < trimmed.before,
-            "this test binary's own code pages are mapped by no other process, so some must \
-             go: {trimmed:?}"
-        );
+        // Tests run on threads (the harness's, or nextest's one process per test with the
+        // main thread waiting): either advice applies, and this test binary's own code pages
+        // are mapped by no other process, so some must go.
+        assert!(trimmed.after < trimmed.before, "{trimmed:?}");
         // The code that was paged out comes back when it runs again.
         let again = candidates(&std::fs::read_to_string("/proc/self/smaps").unwrap());
         assert!(!again.is_empty());

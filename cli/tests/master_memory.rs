@@ -1,0 +1,91 @@
+//! Once its workers are ready the master drops the code pages only start-up touched
+//! (src/trim.rs), and it keeps working: it serves, reloads (running start-up code again) and
+//! stops.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// `released start-up pages: X KiB of Y KiB resident in N read-only mappings (how)`.
+fn released(line: &str) -> (u64, u64, String) {
+    let rest = line
+        .split("released start-up pages: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a release line: {line}"));
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let freed: u64 = words[0].parse().unwrap();
+    let resident: u64 = words[3].parse().unwrap();
+    let how = words.last().unwrap().trim_matches(|c| c == '(' || c == ')');
+    (freed, resident, how.to_string())
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn check(spawn: &str) {
+    let s = Server::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--spawn",
+        spawn,
+    ]);
+    s.wait_ready();
+    let line = s
+        .wait_stderr_contains("released start-up pages", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no release line; stderr:\n{}", s.stderr_text()));
+    let (freed, resident, how) = released(&line);
+    println!(
+        "--spawn {spawn}: {line}; master RSS now {} KiB",
+        rss_kib(s.pid)
+    );
+    assert!(freed > 0 && freed <= resident, "{line}");
+    // The CLI's master runs one thread: its pages are unmapped, not reclaimed.
+    assert_eq!(how, "unmapped", "{line}");
+
+    // It still supervises: the workers serve, a reload runs the spawn code again, the new
+    // generation serves, and a TERM stops everything.
+    let addr = s.addr();
+    assert_greeting(&http_get(addr, "/").unwrap());
+    let before = s.pids_from_ready();
+    s.send_signal(libc::SIGHUP);
+    let reloaded = s.wait_for_line(
+        |l| l.starts_with("reloaded generation=2"),
+        Instant::now() + Duration::from_secs(10),
+    );
+    assert!(
+        reloaded.is_some(),
+        "no reload after SIGHUP; stdout:\n{}\nstderr:\n{}",
+        s.stdout_text(),
+        s.stderr_text()
+    );
+    let (_, fields) = parse_hook(&reloaded.unwrap());
+    let new: BTreeSet<u32> = parse_pid_list(&fields["pids"]).into_iter().collect();
+    assert!(
+        new.iter().all(|p| !before.contains(p)),
+        "{new:?} {before:?}"
+    );
+    assert_served_by(&s.listeners()[0], &new, 200);
+    let mut s = s;
+    s.send_signal(libc::SIGTERM);
+    let status = s.wait_exit(Instant::now() + Duration::from_secs(10));
+    assert!(status.success(), "{}", describe_status(&status));
+}
+
+#[test]
+fn the_master_drops_its_start_up_pages_and_keeps_supervising_fork() {
+    check("fork");
+}
+
+#[test]
+fn the_master_drops_its_start_up_pages_and_keeps_supervising_exec() {
+    check("exec");
+}
