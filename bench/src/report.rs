@@ -1,5 +1,6 @@
 //! The summary over rounds: markdown tables and the raw JSON.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -52,6 +53,8 @@ pub struct Row {
     pub ok_rounds: usize,
     pub failures: Vec<(usize, String)>,
     pub rps: Option<Spread>,
+    /// req/s by round, for ratios paired within a round.
+    pub rps_by_round: BTreeMap<usize, f64>,
     pub p50_ms: Option<Spread>,
     pub p99_ms: Option<Spread>,
     pub errors: Errors,
@@ -62,6 +65,21 @@ pub struct Row {
     pub workers: usize,
     pub ready_ms: Option<Spread>,
     pub ready_by: Option<ReadyBy>,
+}
+
+/// `reference / row` req/s, round by round (rounds where both served), summarised: a ratio
+/// taken within one round is spared the drift between rounds that a ratio of medians is not.
+pub fn paired_ratio(
+    reference: &BTreeMap<usize, f64>,
+    row: &BTreeMap<usize, f64>,
+) -> Option<Spread> {
+    Spread::of(
+        reference
+            .iter()
+            .filter_map(|(round, &a)| row.get(round).map(|&b| (a, b)))
+            .filter(|&(_, b)| b > 0.0)
+            .map(|(a, b)| a / b),
+    )
 }
 
 /// The rows of one workload's table, in server order.
@@ -98,6 +116,13 @@ pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
                 ok_rounds: samples.len(),
                 failures,
                 rps: Spread::of(samples.iter().map(|x| x.load.rps)),
+                rps_by_round: mine
+                    .iter()
+                    .filter_map(|r| match &r.outcome {
+                        Outcome::Ok(x) => Some((r.round, x.load.rps)),
+                        Outcome::Failed(_) => None,
+                    })
+                    .collect(),
                 p50_ms: Spread::of(samples.iter().filter_map(|x| x.load.p50_ms)),
                 p99_ms: Spread::of(samples.iter().filter_map(|x| x.load.p99_ms)),
                 errors,
@@ -172,6 +197,8 @@ pub fn markdown(
         md,
         "\nEach round runs every workload on every server in turn (a fresh server each time); \
          figures are medians over the rounds, req/s also with min–max. \
+         forklift / this: forklift's req/s divided by this server's in the same round, the \
+         median (and min–max) over the rounds. \
          RSS in MiB: master peak during the load / largest worker RSS idle (right before the \
          load) / largest worker peak during the load. CPU µs/req: the server's user+sys CPU \
          (master and workers) during the load divided by the requests completed. Errors: \
@@ -183,8 +210,7 @@ pub fn markdown(
         let reference = rows
             .iter()
             .find(|r| r.server == REFERENCE)
-            .and_then(|r| r.rps)
-            .map(|s| s.median);
+            .map(|r| r.rps_by_round.clone());
         let _ = writeln!(md, "\n## {}\n", w.title());
         let _ = writeln!(
             md,
@@ -226,16 +252,10 @@ pub fn markdown(
                     r.failures.len() + r.ok_rounds
                 ));
             }
-            let ratio = reference.map_or_else(
-                || DASH.to_string(),
-                |f| {
-                    if rps.median > 0.0 {
-                        format!("{:.2}", f / rps.median)
-                    } else {
-                        DASH.to_string()
-                    }
-                },
-            );
+            let ratio = reference
+                .as_ref()
+                .and_then(|f| paired_ratio(f, &r.rps_by_round))
+                .map_or_else(|| DASH.to_string(), |x| fmt_ratio(&x));
             let errors = match r.errors.total() {
                 0 => "0".to_string(),
                 n => format!("{n} ({})", r.errors.breakdown()),
@@ -305,6 +325,15 @@ pub fn fmt_rps(s: Spread) -> String {
         )
     } else {
         thousands(s.median)
+    }
+}
+
+/// A ratio to two decimals; the range when there is more than one round.
+pub fn fmt_ratio(s: &Spread) -> String {
+    if s.n > 1 {
+        format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
+    } else {
+        format!("{:.2}", s.median)
     }
 }
 
@@ -423,6 +452,23 @@ mod tests {
         assert!(sleep.contains("| ceiling | skipped"));
         let without: Vec<Run> = runs.into_iter().filter(|r| r.server != CEILING).collect();
         assert!(!markdown(&meta, &without, &SERVERS[..1], &Workload::ALL).contains(CEILING_NOTE));
+    }
+
+    #[test]
+    fn ratios_are_paired_within_rounds() {
+        let by = |v: &[(usize, f64)]| v.iter().copied().collect::<BTreeMap<usize, f64>>();
+        // Drift between rounds: both halve in round 2; the ratio stays 1.25.
+        let forklift = by(&[(1, 100.0), (2, 50.0), (3, 100.0)]);
+        let other = by(&[(1, 80.0), (2, 40.0), (3, 80.0)]);
+        let r = paired_ratio(&forklift, &other).unwrap();
+        assert_eq!((r.median, r.min, r.max, r.n), (1.25, 1.25, 1.25, 3));
+        assert_eq!(fmt_ratio(&r), "1.25 (1.25–1.25)");
+        // A round one of them failed is left out; a zero rate is not divided by.
+        let gaps = by(&[(1, 50.0), (3, 0.0)]);
+        let r = paired_ratio(&forklift, &gaps).unwrap();
+        assert_eq!((r.median, r.n), (2.0, 1));
+        assert_eq!(fmt_ratio(&r), "2.00");
+        assert!(paired_ratio(&forklift, &BTreeMap::new()).is_none());
     }
 
     #[test]
