@@ -52,6 +52,7 @@ pub(crate) fn release_startup_pages() -> std::io::Result<Trimmed> {
     } else {
         libc::MADV_PAGEOUT
     };
+    let mut failed = None;
     for m in &mappings {
         // SAFETY: the range is a whole mapping of this process as /proc/self/smaps listed it:
         // file-backed, not writable, no private (anonymous) page in it, so its contents are
@@ -60,13 +61,15 @@ pub(crate) fn release_startup_pages() -> std::io::Result<Trimmed> {
         // maps the same file pages again. MADV_PAGEOUT never changes contents at all.
         let rc = unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, advice) };
         if rc != 0 {
-            // EINVAL on the first: a kernel without MADV_PAGEOUT; the others would fail too.
-            if trimmed.mappings == 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // EINVAL: a kernel without MADV_PAGEOUT (then every mapping fails), or a mapping
+            // that cannot take the advice (locked, or of device memory): skip it.
+            failed.get_or_insert_with(std::io::Error::last_os_error);
             continue;
         }
         trimmed.mappings += 1;
+    }
+    if let (0, Some(e)) = (trimmed.mappings, failed) {
+        return Err(e);
     }
     // The same ranges, measured again (a mapping with no resident page left is not a
     // candidate any more, which is the point).
