@@ -60,6 +60,7 @@ impl Acceptor for TcpAcceptor {
 
 /// How long the kernel holds a connection that has sent nothing before handing it over anyway
 /// (then the header-read timeout applies): one SYN-ACK retransmission.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const DEFER_ACCEPT_SECS: libc::c_int = 1;
 
 /// Asks the kernel (Linux: TCP_DEFER_ACCEPT, as nginx's `listen ... deferred`) to hand a

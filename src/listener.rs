@@ -205,6 +205,7 @@ impl BoundAddr {
 
 impl BoundAddr {
     /// True in reuseport mode: one socket per worker slot.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     pub fn is_per_slot(&self) -> bool {
         matches!(self.sockets, Sockets::PerSlot(_))
     }

@@ -946,6 +946,8 @@ impl Master {
                 .filter(|fd| !mine.contains(fd)),
         );
         let cpu = (!self.cpus.is_empty()).then(|| self.cpus[slot.id % self.cpus.len()]);
+        // SO_INCOMING_CPU exists on Linux only; elsewhere pinning is the worker's affinity alone.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(cpu) = cpu {
             for b in &self.bound {
                 if b.is_per_slot() {

@@ -20,6 +20,9 @@
 //! advised: RELRO sections, written by the dynamic linker before it made them read-only, keep
 //! their relocated contents.
 
+// The smaps parsing is compiled and tested everywhere; only Linux has /proc/self/smaps.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+
 /// What one call released.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Trimmed {
