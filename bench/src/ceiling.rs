@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
 use std::process::exit;
 
 /// The request-head terminator.
@@ -121,31 +122,7 @@ fn response(date: &str) -> Vec<u8> {
 
 /// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), computed once.
 fn http_date_now() -> String {
-    // SAFETY: time(NULL) and gmtime_r into a zeroed tm owned here.
-    let tm = unsafe {
-        let t = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = mem::zeroed();
-        libc::gmtime_r(&t, &mut tm);
-        tm
-    };
-    http_date(&tm)
-}
-
-fn http_date(tm: &libc::tm) -> String {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-        DAYS[tm.tm_wday.rem_euclid(7) as usize],
-        tm.tm_mday,
-        MONTHS[tm.tm_mon.rem_euclid(12) as usize],
-        tm.tm_year + 1900,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
 /// Counts the request heads that `bytes` completes. `matched` is how many bytes of
@@ -208,44 +185,14 @@ fn setsockopt_int(fd: i32, level: i32, opt: i32, v: libc::c_int) -> io::Result<(
 
 /// A non-blocking SO_REUSEPORT listener on `addr` (backlog 4096).
 fn listener(addr: SocketAddr) -> io::Result<i32> {
-    // SAFETY: sockaddr structs are zeroed and filled in, and passed with their size.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = mem::zeroed();
-        let (family, len) = match addr {
-            SocketAddr::V4(a) => {
-                let sin =
-                    &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_port = a.port().to_be();
-                sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-                (libc::AF_INET, mem::size_of::<libc::sockaddr_in>())
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = &mut *(&mut storage as *mut libc::sockaddr_storage)
-                    .cast::<libc::sockaddr_in6>();
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = a.port().to_be();
-                sin6.sin6_addr.s6_addr = a.ip().octets();
-                sin6.sin6_flowinfo = a.flowinfo();
-                sin6.sin6_scope_id = a.scope_id();
-                (libc::AF_INET6, mem::size_of::<libc::sockaddr_in6>())
-            }
-        };
-        let fd = check(libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        ))?;
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        check(libc::bind(
-            fd,
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
-        ))?;
-        check(libc::listen(fd, 4096))?;
-        Ok(fd)
-    }
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into_raw_fd())
 }
 
 fn epoll_ctl(ep: i32, op: i32, fd: i32, events: u32, token: u64) -> io::Result<()> {
@@ -491,11 +438,6 @@ mod tests {
 
     #[test]
     fn the_response_is_87_bytes_like_forklifts() {
-        // SAFETY: a zeroed tm is a valid value.
-        let mut tm: libc::tm = unsafe { mem::zeroed() };
-        (tm.tm_wday, tm.tm_mday, tm.tm_mon, tm.tm_year) = (0, 6, 10, 94);
-        (tm.tm_hour, tm.tm_min, tm.tm_sec) = (8, 49, 37);
-        assert_eq!(http_date(&tm), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(http_date_now().len(), 29);
         let r = response(&http_date_now());
         assert_eq!(r.len(), 87);
