@@ -105,6 +105,13 @@ pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
                     Outcome::Ok(_) => None,
                 })
                 .collect();
+            let rps_by_round: BTreeMap<usize, f64> = mine
+                .iter()
+                .filter_map(|r| match &r.outcome {
+                    Outcome::Ok(x) => Some((r.round, x.load.rps)),
+                    Outcome::Failed(_) => None,
+                })
+                .collect();
             let mib = |kib: u64| kib as f64 / 1024.0;
             let mut errors = Errors::default();
             for x in &samples {
@@ -115,14 +122,8 @@ pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
                 skipped: (!s.serves(w)).then(|| "no /sleep endpoint".to_string()),
                 ok_rounds: samples.len(),
                 failures,
-                rps: Spread::of(samples.iter().map(|x| x.load.rps)),
-                rps_by_round: mine
-                    .iter()
-                    .filter_map(|r| match &r.outcome {
-                        Outcome::Ok(x) => Some((r.round, x.load.rps)),
-                        Outcome::Failed(_) => None,
-                    })
-                    .collect(),
+                rps: Spread::of(rps_by_round.values().copied()),
+                rps_by_round,
                 p50_ms: Spread::of(samples.iter().filter_map(|x| x.load.p50_ms)),
                 p99_ms: Spread::of(samples.iter().filter_map(|x| x.load.p99_ms)),
                 errors,
