@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::ListenAddr;
-use crate::error::{BoxError, Error, ExitStatus, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::hooks::{Hooks, WorkerInfo};
 use crate::http::{self, HttpConfig};
-use crate::listener::DEFAULT_BACKLOG;
 use crate::master;
 use crate::spawn::Spawn;
+use crate::sys::listener::DEFAULT_BACKLOG;
+use crate::sys::process::ExitStatus;
 use crate::worker::{self, Worker, WorkerMain};
 
 /// Everything the master needs, fixed when `serve`/`run` is called.
@@ -351,7 +352,7 @@ impl Prefork {
 
     /// Answer commands on a Unix socket at `path` (mode 0600): `status` (a table of the
     /// workers: pid, generation, uptime, requests served, restarts), `reload`, `stop`, `incr`
-    /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::control).
+    /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::sys::control).
     ///
     /// ```
     /// let server = forklift::Prefork::new().control_socket("/run/app/forklift.ctl");
@@ -490,7 +491,7 @@ impl Prefork {
         cert: impl Into<std::path::PathBuf>,
         key: impl Into<std::path::PathBuf>,
     ) -> Self {
-        self.http.tls = Some(crate::tls::TlsSource::Files {
+        self.http.tls = Some(crate::http::tls::TlsSource::Files {
             cert: cert.into(),
             key: key.into(),
         });
@@ -511,7 +512,7 @@ impl Prefork {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
-        self.http.tls = Some(crate::tls::TlsSource::Pem {
+        self.http.tls = Some(crate::http::tls::TlsSource::Pem {
             cert: cert.into(),
             key: key.into(),
         });

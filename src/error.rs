@@ -1,6 +1,6 @@
 //! The error type: what went wrong, and what to do about it.
 
-use std::fmt;
+use crate::sys::process::ExitStatus;
 use std::io;
 use std::time::Duration;
 
@@ -188,49 +188,6 @@ impl Error {
     }
 }
 
-/// How a worker process ended.
-///
-/// ```
-/// use forklift::ExitStatus;
-/// assert_eq!(ExitStatus::Signaled(9).to_string(), "killed by SIGKILL");
-/// assert!(ExitStatus::Exited(0).success());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ExitStatus {
-    /// It exited with this code.
-    Exited(i32),
-    /// A signal killed it.
-    Signaled(i32),
-}
-
-impl ExitStatus {
-    /// True for exit code 0.
-    pub fn success(&self) -> bool {
-        matches!(self, ExitStatus::Exited(0))
-    }
-
-    pub(crate) fn from_wait_status(status: libc::c_int) -> Self {
-        if libc::WIFSIGNALED(status) {
-            ExitStatus::Signaled(libc::WTERMSIG(status))
-        } else {
-            ExitStatus::Exited(libc::WEXITSTATUS(status))
-        }
-    }
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
-            ExitStatus::Signaled(sig) => match signal_name(sig) {
-                Some(name) => write!(f, "killed by {name}"),
-                None => write!(f, "killed by signal {sig}"),
-            },
-        }
-    }
-}
-
 fn in_use_hint(addr: &str) -> &'static str {
     if addr.starts_with("unix:") || addr.starts_with("control socket") {
         "another process answers on that socket (another forklift master?); stop it or \
@@ -240,43 +197,9 @@ fn in_use_hint(addr: &str) -> &'static str {
     }
 }
 
-pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
-    Some(match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exit_status_reads_like_a_sentence() {
-        assert_eq!(ExitStatus::Exited(70).to_string(), "exited with code 70");
-        assert_eq!(
-            ExitStatus::Signaled(libc::SIGKILL).to_string(),
-            "killed by SIGKILL"
-        );
-        assert_eq!(ExitStatus::Signaled(64).to_string(), "killed by signal 64");
-        assert!(ExitStatus::Exited(0).success());
-        assert!(!ExitStatus::Signaled(9).success());
-    }
 
     #[test]
     fn addr_in_use_says_what_to_do() {

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::{BoxError, Error, ExitStatus, Result};
+use crate::error::{BoxError, Error, Result};
+use crate::sys::process::ExitStatus;
 
 /// A worker as the master sees it, as hooks receive it.
 ///

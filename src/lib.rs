@@ -81,50 +81,37 @@ compile_error!(
     "forklift runs on Unix (Linux first, macOS too): it is built on fork, fds and signals"
 );
 
-mod accept;
-mod access_log;
 mod addr;
-mod body;
 mod builder;
-mod control;
-mod date;
 mod error;
-mod fast;
-mod guard;
 mod hooks;
 mod http;
-mod listener;
 mod master;
-mod notify;
-mod output;
-mod policy;
 mod protocol;
-mod signals;
 mod spawn;
-#[cfg(feature = "tls")]
-mod tls;
-mod trim;
+mod sys;
 mod worker;
 
 pub use addr::{ListenAddr, Network};
-pub use body::Body;
 pub use builder::{default_workers, Prefork};
-pub use control::control;
-pub use error::{BoxError, Error, ExitStatus, Result};
+pub use error::{BoxError, Error, Result};
 pub use hooks::{Event, WorkerInfo};
 #[doc(hidden)]
 pub use http::__serve_connection;
+pub use http::body::Body;
+pub use sys::control::control;
+pub use sys::process::ExitStatus;
 
 /// Sets on `listener` what `Prefork::defer_accept` sets on the workers' listeners (for the
 /// CLI's single-process baseline). Not a stable API.
 #[doc(hidden)]
 pub fn __defer_accept(listener: &std::net::TcpListener) {
-    accept::defer_accept_on(listener)
+    http::accept::defer_accept_on(listener)
 }
-pub use listener::{Listener, DEFAULT_BACKLOG};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
-pub use signals::{request_reload, request_scale, request_stop};
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
+pub use sys::listener::{Listener, DEFAULT_BACKLOG};
+pub use sys::signals::{request_reload, request_scale, request_stop};
 pub use worker::{is_worker, Worker};
 
 /// Entry points for forklift's fuzz targets (`fuzz/`): the parsers of input that crosses a
@@ -148,7 +135,7 @@ pub mod __fuzz {
 
     /// A `LISTEN_FDNAMES` entry of a binary upgrade.
     pub fn fd_name(name: &str) -> Option<(usize, Option<usize>)> {
-        crate::listener::parse_fd_name(name)
+        crate::sys::listener::parse_fd_name(name)
     }
 
     /// What the HTTP/1 fast path makes of bytes a client sent.
@@ -171,16 +158,18 @@ pub mod __fuzz {
     /// Parses the head at the start of `bytes` as a worker's fast path does.
     pub fn http1_head(bytes: &[u8]) -> Http1Head {
         let mut buf = bytes::BytesMut::from(bytes);
-        match crate::fast::parse(&mut buf) {
-            crate::fast::Parsed::Complete(head) => Http1Head::Request {
+        match crate::http::fast::parse(&mut buf) {
+            crate::http::fast::Parsed::Complete(head) => Http1Head::Request {
                 len: bytes.len() - buf.len(),
                 method: head.req.method().to_string(),
                 uri: head.req.uri().to_string(),
                 fields: head.req.headers().len(),
                 keep_alive: head.keep_alive,
             },
-            crate::fast::Parsed::Partial => Http1Head::Partial,
-            crate::fast::Parsed::Handoff | crate::fast::Parsed::Rejected(_) => Http1Head::Handoff,
+            crate::http::fast::Parsed::Partial => Http1Head::Partial,
+            crate::http::fast::Parsed::Handoff | crate::http::fast::Parsed::Rejected(_) => {
+                Http1Head::Handoff
+            }
         }
     }
 }

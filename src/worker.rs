@@ -8,9 +8,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::BoxError;
-use crate::listener::Listener;
 use crate::protocol::{self, Message, BOOT_ERROR_EXIT_CODE, LISTEN_FDS_START};
 use crate::spawn::WorkerSlot;
+use crate::sys::listener::Listener;
 
 /// The code a worker runs: the raw form's closure, or forklift's HTTP server.
 pub(crate) type WorkerMain = dyn Fn(&mut Worker) -> Result<(), BoxError>;

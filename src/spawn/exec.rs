@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::{ChildSetup, Spawn, SpawnSpec};
 use crate::protocol::{self, LISTEN_FDS_START};
-use crate::signals;
+use crate::sys::signals;
 
 /// What to execute, before the per-worker environment is added.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::SpawnSpec;
-use crate::signals;
+use crate::sys::signals;
 use crate::worker::{self, Worker, WorkerMain};
 
 /// Forks a worker. In the child this never returns: the worker runs `main` and exits.

@@ -28,7 +28,7 @@ impl Relay {
         }
         // SAFETY: pipe(2) just returned these fds, owned by nobody else.
         let (read, write) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        crate::signals::set_cloexec_nonblock(read.as_raw_fd())?;
+        crate::sys::signals::set_cloexec_nonblock(read.as_raw_fd())?;
         // SAFETY: fcntl(2) on the fd we own; the child's copy is made without close-on-exec.
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         Ok((

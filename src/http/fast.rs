@@ -38,8 +38,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::body::Body;
 use crate::error::BoxError;
+use crate::http::body::Body;
 
 /// The largest request head the fast path reads; a longer one goes to hyper (which accepts
 /// up to about 400 KiB and answers 431 beyond).
@@ -502,7 +502,7 @@ fn encode_head(
             dst.extend_from_slice(b"content-length: 0\r\n");
         }
         dst.extend_from_slice(b"date: ");
-        crate::date::extend(dst);
+        crate::http::date::extend(dst);
         dst.extend_from_slice(b"\r\n\r\n");
         return Ok(Framed {
             kind: Framing::Length(0),
@@ -693,7 +693,7 @@ fn encode_head(
     }
     if !wrote_date {
         dst.extend_from_slice(b"date: ");
-        crate::date::extend(dst);
+        crate::http::date::extend(dst);
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");

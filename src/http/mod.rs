@@ -6,6 +6,15 @@
 //! (end-of-file on the status channel, or the parent-death TERM): run `on_master_death`, then
 //! drain gracefully.
 
+pub(crate) mod accept;
+pub(crate) mod access_log;
+pub(crate) mod body;
+pub(crate) mod date;
+pub(crate) mod fast;
+pub(crate) mod guard;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
@@ -22,12 +31,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::accept::{is_exhaustion, Acceptor, TcpAcceptor, UnixAcceptor};
-use crate::body::Body;
 use crate::error::BoxError;
-use crate::fast;
-use crate::listener::Listener;
+use crate::http::accept::{is_exhaustion, Acceptor, TcpAcceptor, UnixAcceptor};
+use crate::http::body::Body;
 use crate::protocol::Message;
+use crate::sys::listener::Listener;
 use crate::worker::Worker;
 
 /// Per-worker HTTP settings.
@@ -43,7 +51,7 @@ pub(crate) struct HttpConfig {
     /// Accept TCP connections only once they have data (see `accept::defer_accept_on`).
     pub defer_accept: bool,
     #[cfg(feature = "tls")]
-    pub tls: Option<crate::tls::TlsSource>,
+    pub tls: Option<crate::http::tls::TlsSource>,
 }
 
 impl Default for HttpConfig {
@@ -165,7 +173,7 @@ where
     #[cfg(not(feature = "tls"))]
     let tls: Option<NoTls> = None;
     let served = Rc::new(Cell::new(0u64));
-    let service = crate::guard::Guarded {
+    let service = crate::http::guard::Guarded {
         inner: factory(),
         served: served.clone(),
     };
@@ -190,7 +198,12 @@ where
         idle: tokio::sync::Notify::new(),
     });
     let loops = if cfg.access_log {
-        spawn_accept_loops(crate::access_log::AccessLog(service), tcp, unix, &conns)
+        spawn_accept_loops(
+            crate::http::access_log::AccessLog(service),
+            tcp,
+            unix,
+            &conns,
+        )
     } else {
         spawn_accept_loops(service, tcp, unix, &conns)
     };

@@ -55,7 +55,7 @@ impl ControlSocket {
                         addr: format!("control socket {}", path.display()),
                     })
                 }
-                Err(_) => crate::listener::remove_stale_socket(path).map_err(fail)?,
+                Err(_) => crate::sys::listener::remove_stale_socket(path).map_err(fail)?,
             }
         }
         let listener = UnixListener::bind(path).map_err(fail)?;

@@ -5,6 +5,8 @@
 //! that are due, enforce boot and stop deadlines. The master never assumes a worker is ready:
 //! the worker says so on its channel.
 
+pub(crate) mod policy;
+
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -14,13 +16,14 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::builder::Config;
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, Result};
 use crate::hooks::{Event, Hooks, WorkerInfo};
-use crate::listener::{self, BindOptions, BoundAddr};
-use crate::policy::{Backoff, CrashWindow};
+use crate::master::policy::{Backoff, CrashWindow};
 use crate::protocol::{Message, BOOT_ERROR_EXIT_CODE};
-use crate::signals::SignalPipe;
 use crate::spawn::{self, exec::CommandLine, ChildSetup, Spawn, SpawnSpec, WorkerSlot};
+use crate::sys::listener::{self, BindOptions, BoundAddr};
+use crate::sys::process::{self, ExitStatus, Wait};
+use crate::sys::signals::SignalPipe;
 use crate::worker::WorkerMain;
 
 /// How long a fast stop (INT, an error) waits before SIGKILL.
@@ -36,7 +39,7 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     let _entered = master_span.enter();
     config.validate()?;
     if config.spawn.is_fork() {
-        let threads = thread_count();
+        let threads = process::thread_count();
         if threads > 1 {
             return Err(Error::ThreadsRunning { threads });
         }
@@ -82,17 +85,18 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
         note_migrate_req();
     }
     let notifier =
-        crate::notify::Notifier::from_env().map_err(|e| Error::io("NOTIFY_SOCKET", e))?;
+        crate::sys::notify::Notifier::from_env().map_err(|e| Error::io("NOTIFY_SOCKET", e))?;
     let control = match (&config.control, inherited_control) {
-        (Some(path), Some(listener)) => {
-            Some(crate::control::ControlSocket::inherited(listener, path)?)
-        }
-        (Some(path), None) => Some(crate::control::ControlSocket::bind(path)?),
+        (Some(path), Some(listener)) => Some(crate::sys::control::ControlSocket::inherited(
+            listener, path,
+        )?),
+        (Some(path), None) => Some(crate::sys::control::ControlSocket::bind(path)?),
         (None, _) => None,
     };
-    let credentials = resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
+    let credentials =
+        process::resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
     let cpus = if config.pin_workers {
-        allowed_cpus()
+        process::allowed_cpus()
     } else {
         Vec::new()
     };
@@ -139,9 +143,9 @@ struct Entry {
     /// When the master sent SIGABRT for a missed heartbeat.
     aborted_at: Option<Instant>,
     /// The worker's NOTIFY_SOCKET (Readiness::Notify).
-    notify: Option<crate::notify::NotifyListener>,
+    notify: Option<crate::sys::notify::NotifyListener>,
     /// The worker's stdout and stderr, when relayed.
-    relays: Vec<crate::output::Relay>,
+    relays: Vec<crate::sys::output::Relay>,
 }
 
 impl Entry {
@@ -154,8 +158,8 @@ impl Entry {
 struct Spawned {
     pid: u32,
     channel: UnixStream,
-    notify: Option<crate::notify::NotifyListener>,
-    relays: Vec<crate::output::Relay>,
+    notify: Option<crate::sys::notify::NotifyListener>,
+    relays: Vec<crate::sys::output::Relay>,
 }
 
 struct SlotState {
@@ -209,7 +213,7 @@ struct Master {
     master_ready: bool,
     pid: u32,
     exec_line: Option<CommandLine>,
-    notifier: Option<crate::notify::Notifier>,
+    notifier: Option<crate::sys::notify::Notifier>,
     /// The binary and arguments this master started with: what SIGUSR2 executes.
     upgrade_line: Option<CommandLine>,
     /// The new master a binary upgrade started, until it takes over or fails.
@@ -220,7 +224,7 @@ struct Master {
     credentials: Option<(u32, u32)>,
     /// The CPUs workers are pinned to, in order (empty: no pinning).
     cpus: Vec<usize>,
-    control: Option<crate::control::ControlSocket>,
+    control: Option<crate::sys::control::ControlSocket>,
     started: Instant,
     spawned: u64,
 }
@@ -332,7 +336,7 @@ impl Master {
     // ---- the control socket: commands become the same intents as signals ----
 
     fn on_control(&mut self) {
-        use crate::control::{reply, Command};
+        use crate::sys::control::{reply, Command};
         let Some(control) = &self.control else {
             return;
         };
@@ -455,11 +459,7 @@ impl Master {
     /// Reaps a new master that exited before it took over.
     fn reap_upgrade(&mut self) {
         let Some(pid) = self.upgrade else { return };
-        let mut raw = 0;
-        // SAFETY: waitpid(2) on our own child, with a valid status pointer.
-        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut raw, libc::WNOHANG) };
-        if rc == pid as libc::pid_t {
-            let status = ExitStatus::from_wait_status(raw);
+        if let Wait::Exited(status) = process::try_wait(pid) {
             error!(
                 "binary upgrade failed: the new master (pid {pid}) {status} before it took over; \
                  this master keeps serving (see the new master's log above)"
@@ -480,10 +480,9 @@ impl Master {
         if let Some(c) = &mut self.control {
             c.adopt();
         }
-        // SAFETY: getppid(2) cannot fail.
-        if unsafe { libc::getppid() } as u32 == old {
+        if process::parent_pid() == old {
             info!("serving: asking the previous master (pid {old}) to drain and exit");
-            send_signal(old, libc::SIGTERM);
+            process::kill(old, libc::SIGTERM);
         }
     }
 
@@ -536,7 +535,7 @@ impl Master {
         for w in &mut self.workers {
             if w.info.generation == failed && !w.stopping {
                 w.stopping = true;
-                send_signal(w.info.pid, libc::SIGTERM);
+                process::kill(w.info.pid, libc::SIGTERM);
             }
         }
         self.generation = reload.previous;
@@ -663,7 +662,7 @@ impl Master {
     fn signal_all(&mut self, sig: libc::c_int) {
         for w in &mut self.workers {
             w.stopping = true;
-            send_signal(w.info.pid, sig);
+            process::kill(w.info.pid, sig);
         }
     }
 
@@ -672,7 +671,7 @@ impl Master {
         if !w.stopping {
             debug!("retiring worker {} (pid {}): {why}", w.info.id, w.info.pid);
             w.stopping = true;
-            send_signal(w.info.pid, libc::SIGTERM);
+            process::kill(w.info.pid, libc::SIGTERM);
         }
     }
 
@@ -692,7 +691,7 @@ impl Master {
                         "worker {} (pid {}) did not stop in time: SIGKILL",
                         w.info.id, w.info.pid
                     );
-                    send_signal(w.info.pid, libc::SIGKILL);
+                    process::kill(w.info.pid, libc::SIGKILL);
                 }
             } else if *killed && now >= *kill_at {
                 // Unreapable (a worker stuck in the kernel): give up on it.
@@ -836,7 +835,7 @@ impl Master {
         for w in &mut self.workers {
             match (w.aborted_at, w.last_heartbeat) {
                 (Some(at), _) if now - at > ABORT_GRACE => {
-                    send_signal(w.info.pid, libc::SIGKILL);
+                    process::kill(w.info.pid, libc::SIGKILL);
                 }
                 (None, Some(beat)) if !w.stopping && now - beat > timeout => {
                     error!(
@@ -847,7 +846,7 @@ impl Master {
                         now - beat
                     );
                     w.aborted_at = Some(now);
-                    send_signal(w.info.pid, libc::SIGABRT);
+                    process::kill(w.info.pid, libc::SIGABRT);
                     stuck.push(w.info);
                 }
                 _ => {}
@@ -961,7 +960,7 @@ impl Master {
         self.spawned += 1;
         let notify = match (self.config.readiness, foreign) {
             (crate::spawn::Readiness::Notify, true) => Some(
-                crate::notify::NotifyListener::new(self.pid, self.spawned)
+                crate::sys::notify::NotifyListener::new(self.pid, self.spawned)
                     .map_err(|e| fail(format!("cannot create its NOTIFY_SOCKET: {e}")))?,
             ),
             _ => None,
@@ -970,7 +969,7 @@ impl Master {
         let mut relay_writers = Vec::new();
         if self.config.relay_output.is_some() && foreign {
             for to_stderr in [false, true] {
-                let (relay, writer) = crate::output::Relay::pipe(to_stderr)
+                let (relay, writer) = crate::sys::output::Relay::pipe(to_stderr)
                     .map_err(|e| fail(format!("cannot create its output pipe: {e}")))?;
                 relays.push(relay);
                 relay_writers.push(writer);
@@ -1030,7 +1029,7 @@ impl Master {
             w.boot_error = Some(format!(
                 "it did not report ready within {limit:?} (raise boot_timeout if it needs longer)"
             ));
-            send_signal(w.info.pid, libc::SIGKILL);
+            process::kill(w.info.pid, libc::SIGKILL);
         }
     }
 
@@ -1044,12 +1043,12 @@ impl Master {
             let notices = w.notify.as_ref().map(|n| n.read()).unwrap_or_default();
             for notice in notices {
                 match notice {
-                    crate::notify::WorkerNotice::Ready if w.ready_at.is_none() => {
+                    crate::sys::notify::WorkerNotice::Ready if w.ready_at.is_none() => {
                         w.ready_at = Some(now);
                         events.push(Event::WorkerReady(w.info));
                     }
-                    crate::notify::WorkerNotice::Watchdog => w.last_heartbeat = Some(now),
-                    crate::notify::WorkerNotice::Ready => {}
+                    crate::sys::notify::WorkerNotice::Watchdog => w.last_heartbeat = Some(now),
+                    crate::sys::notify::WorkerNotice::Ready => {}
                 }
             }
             for msg in drain_channel(w) {
@@ -1113,20 +1112,14 @@ impl Master {
         let mut i = 0;
         while i < self.workers.len() {
             let pid = self.workers[i].info.pid;
-            let mut raw = 0;
-            // SAFETY: waitpid(2) on our own child, with a valid status pointer.
-            let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut raw, libc::WNOHANG) };
-            let status = match rc {
-                0 => {
+            let status = match process::try_wait(pid) {
+                Wait::Running => {
                     i += 1;
                     continue;
                 }
-                rc if rc > 0 => ExitStatus::from_wait_status(raw),
-                _ => {
-                    let err = io::Error::last_os_error();
-                    if err.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
+                Wait::Interrupted => continue,
+                Wait::Exited(status) => status,
+                Wait::Gone(err) => {
                     // ECHILD: someone else reaped it; its status is lost.
                     warn!("worker pid {pid} vanished: {err}");
                     ExitStatus::Exited(-1)
@@ -1306,12 +1299,10 @@ impl Drop for Master {
     fn drop(&mut self) {
         // Never leave a worker behind, whatever path led here.
         for w in &self.workers {
-            send_signal(w.info.pid, libc::SIGKILL);
+            process::kill(w.info.pid, libc::SIGKILL);
         }
         for w in &self.workers {
-            let mut raw = 0;
-            // SAFETY: reaping our own child after SIGKILL.
-            unsafe { libc::waitpid(w.info.pid as libc::pid_t, &mut raw, 0) };
+            process::wait_blocking(w.info.pid);
         }
     }
 }
@@ -1343,7 +1334,7 @@ fn drain_channel(w: &mut Entry) -> Vec<Message> {
 /// Drops from the master's resident set the code pages only start-up (or a reload) touched:
 /// see `src/trim.rs`.
 fn release_startup_pages() {
-    match crate::trim::release_startup_pages() {
+    match crate::sys::trim::release_startup_pages() {
         Ok(t) => debug!(
             "released start-up pages: {} KiB of {} KiB resident in {} read-only mappings ({})",
             t.before.saturating_sub(t.after) / 1024,
@@ -1355,13 +1346,8 @@ fn release_startup_pages() {
     }
 }
 
-fn send_signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a worker pid we have not reaped yet, so it cannot be reused.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
 fn signame(sig: libc::c_int) -> String {
-    crate::error::signal_name(sig)
+    process::signal_name(sig)
         .map(str::to_string)
         .unwrap_or_else(|| format!("signal {sig}"))
 }
@@ -1378,66 +1364,6 @@ fn note_migrate_req() {
     }
 }
 
-/// The (uid, gid) to run workers as, checked before anything starts.
-fn resolve_credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>> {
-    if user.is_none() && group.is_none() {
-        return Ok(None);
-    }
-    let lookup = |e: nix::Error, what: &str| Error::Config(format!("cannot look up {what}: {e}"));
-    let (mut uid, mut gid) = (
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-    );
-    if let Some(name) = user {
-        let u = nix::unistd::User::from_name(name)
-            .map_err(|e| lookup(e, &format!("user {name:?}")))?
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "user {name:?} does not exist (see /etc/passwd); create it or pick another"
-                ))
-            })?;
-        uid = u.uid.as_raw();
-        gid = u.gid.as_raw();
-    }
-    if let Some(name) = group {
-        let g = nix::unistd::Group::from_name(name)
-            .map_err(|e| lookup(e, &format!("group {name:?}")))?
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "group {name:?} does not exist (see /etc/group); create it or pick another"
-                ))
-            })?;
-        gid = g.gid.as_raw();
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    if euid != 0 && (uid != euid || gid != nix::unistd::getegid().as_raw()) {
-        return Err(Error::Config(format!(
-            "running workers as user {} / group {} needs root, and forklift runs as uid {euid}: \
-             start it as root (it binds, then drops privileges) or leave user/group unset",
-            user.unwrap_or("(current)"),
-            group.unwrap_or("(primary)")
-        )));
-    }
-    Ok(Some((uid, gid)))
-}
-
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-            Ok(set) => (0..nix::sched::CpuSet::count())
-                .filter(|&c| set.is_set(c).unwrap_or(false))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        Vec::new()
-    }
-}
-
 /// A duration as people read it: 4s, 3m12s, 2h05m, 3d04h.
 fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -1446,19 +1372,5 @@ fn human(d: Duration) -> String {
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// Threads of this process (Linux: entries of /proc/self/task). Elsewhere 1, unchecked.
-fn thread_count() -> usize {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        std::fs::read_dir("/proc/self/task")
-            .map(|d| d.count())
-            .unwrap_or(1)
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        1
     }
 }

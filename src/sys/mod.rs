@@ -1,0 +1,11 @@
+//! Every fd and system call wrapper: signals, sockets, the control socket, readiness
+//! notification, output relays, page trimming and process control. Nothing here knows about
+//! HTTP or about the master's decisions.
+
+pub(crate) mod control;
+pub(crate) mod listener;
+pub(crate) mod notify;
+pub(crate) mod output;
+pub(crate) mod process;
+pub(crate) mod signals;
+pub(crate) mod trim;
