@@ -217,11 +217,20 @@ mod tests {
 
     #[test]
     fn a_live_child_is_running_then_reaped_with_its_status() {
-        let child = std::process::Command::new("sleep")
+        // Reaped below by try_wait itself, the function under test; killed on every path.
+        #[allow(clippy::zombie_processes)]
+        let pid = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
-            .unwrap();
-        let pid = child.id();
+            .unwrap()
+            .id();
+        struct KillOnDrop(u32);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                kill(self.0, libc::SIGKILL);
+            }
+        }
+        let _guard = KillOnDrop(pid);
         assert!(matches!(try_wait(pid), Wait::Running));
         kill(pid, libc::SIGKILL);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
