@@ -83,12 +83,15 @@ pub enum Error {
     },
 
     /// A worker process could not be started at all.
-    #[error("cannot start worker {id}: {reason}")]
+    #[error("cannot start worker {id}: {context}: {source}")]
     Spawn {
         /// The worker's index.
         id: usize,
-        /// What failed.
-        reason: String,
+        /// Which step failed ("cannot create its status channel", "fork(2) failed", ...).
+        context: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
     },
 
     /// A worker exited, or reported an error, before it was ready to serve.

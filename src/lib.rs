@@ -108,10 +108,10 @@ pub use sys::process::ExitStatus;
 pub fn __defer_accept(listener: &std::net::TcpListener) {
     http::accept::defer_accept_on(listener)
 }
+pub use master::{request_reload, request_scale, request_stop};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
 pub use sys::listener::{Listener, DEFAULT_BACKLOG};
-pub use sys::signals::{request_reload, request_scale, request_stop};
 pub use worker::{is_worker, Worker};
 
 /// Entry points for forklift's fuzz targets (`fuzz/`): the parsers of input that crosses a

@@ -70,6 +70,13 @@ fn check(extra: &[&str], how_expected: &str) {
         new.iter().all(|p| !before.contains(p)),
         "{new:?} {before:?}"
     );
+    // The old generation drains: until it has exited, a connection may still land on an old
+    // worker that has not yet handled its SIGTERM (shared socket), and be served by it.
+    let old_gone = poll_until(Instant::now() + Duration::from_secs(10), || {
+        let exited: BTreeSet<u32> = s.hooks_of("exited").iter().map(|h| h.num("pid")).collect();
+        before.iter().all(|p| exited.contains(p))
+    });
+    assert!(old_gone, "the old generation {before:?} did not exit");
     assert_served_by(&s.listeners()[0], &new, 200);
     let mut s = s;
     s.send_signal(libc::SIGTERM);

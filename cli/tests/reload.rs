@@ -802,7 +802,7 @@ fn hup_during_reload_is_queued() {
     const ATTEMPTS: usize = 5;
     let mut queued_at = None;
     for attempt in 1..=ATTEMPTS {
-        let queued_before = stderr_count(&s, "received SIGHUP during a reload");
+        let queued_before = stderr_count(&s, "requested by SIGHUP during a reload");
         let g1 = generation + 1;
         let g2 = generation + 2;
         s.send_signal(libc::SIGHUP);
@@ -832,7 +832,7 @@ fn hup_during_reload_is_queued() {
         // the master logs a queued HUP before it starts the queued reload; give the
         // stderr reader a moment to catch up with the stdout one
         let queued = poll_until(Instant::now() + Duration::from_secs(1), || {
-            stderr_count(&s, "received SIGHUP during a reload") > queued_before
+            stderr_count(&s, "requested by SIGHUP during a reload") > queued_before
         });
         println!(
             "HUP DURING RELOAD: attempt {attempt}: second HUP {}",

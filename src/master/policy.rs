@@ -1,8 +1,104 @@
-//! Pure supervision policy: respawn backoff and the crash window. No processes here, so every
-//! rule is tested directly.
+//! Pure supervision policy: respawn backoff, the crash window, and the master's decisions
+//! over its worker table (which slots to spawn now, which workers to retire, which one to
+//! recycle). No processes here, so every rule is tested directly.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use super::pool::{Entry, SlotState, State};
+
+/// True if a worker of `generation` serves (or boots for) slot `id`.
+pub(super) fn slot_served(workers: &[Entry], id: usize, generation: u64) -> bool {
+    workers
+        .iter()
+        .any(|w| w.info.id == id && w.info.generation == generation && w.serves())
+}
+
+/// For each of `slots` slots: whether a ready worker of `generation` serves it.
+pub(super) fn ready_slots(workers: &[Entry], generation: u64, slots: usize) -> Vec<bool> {
+    (0..slots)
+        .map(|id| {
+            workers.iter().any(|w| {
+                w.info.id == id
+                    && w.info.generation == generation
+                    && w.serves()
+                    && w.ready_since().is_some()
+            })
+        })
+        .collect()
+}
+
+/// The slots whose start time has come, each with whether a worker must be spawned in it
+/// (false when a worker of `generation` already serves it: the due time is just cleared).
+pub(super) fn due_slots(
+    slots: &[SlotState],
+    workers: &[Entry],
+    generation: u64,
+    now: Instant,
+) -> Vec<(usize, bool)> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.respawn_at.is_some_and(|t| t <= now))
+        .map(|(id, _)| (id, !slot_served(workers, id, generation)))
+        .collect()
+}
+
+/// The workers to retire now (index in `workers`, and why): every older generation once a
+/// reload is done, the workers of slots that no longer exist, and recycled workers whose
+/// replacement is ready. `ready_slots` is [`ready_slots`] for `generation`.
+pub(super) fn retirements(
+    workers: &[Entry],
+    generation: u64,
+    ready_slots: &[bool],
+    reload_done: bool,
+) -> Vec<(usize, &'static str)> {
+    workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !w.is_stopping())
+        .filter_map(|(i, w)| {
+            let why = if reload_done && w.info.generation < generation {
+                "its generation was replaced"
+            } else if w.info.id >= ready_slots.len() {
+                "the worker count was lowered"
+            } else if matches!(w.state, State::Superseded { .. })
+                && w.info.generation == generation
+                && ready_slots[w.info.id]
+            {
+                "its replacement serves"
+            } else {
+                return None;
+            };
+            Some((i, why))
+        })
+        .collect()
+}
+
+/// The worker to replace next for its request limit, if any: one at a time, never during a
+/// reload, only of the current generation and only once it serves.
+pub(super) fn recycle_candidate(
+    workers: &[Entry],
+    generation: u64,
+    reloading: bool,
+) -> Option<usize> {
+    let replacing = workers
+        .iter()
+        .any(|w| matches!(w.state, State::Superseded { .. }));
+    if reloading || replacing {
+        return None;
+    }
+    workers.iter().position(|w| {
+        w.info.generation == generation
+            && matches!(
+                w.state,
+                State::Ready {
+                    wants_recycle: true,
+                    ..
+                }
+            )
+    })
+}
 
 /// Capped exponential backoff for one worker slot.
 ///
@@ -166,5 +262,145 @@ mod tests {
     fn threshold_zero_stops_on_the_first_crash() {
         let mut w = CrashWindow::new(0, Duration::from_secs(1));
         assert_eq!(w.record(Instant::now()), Some(1));
+    }
+
+    // ---- decisions over the worker table ----
+
+    fn ready(id: usize, generation: u64) -> Entry {
+        Entry::for_test(
+            id,
+            generation,
+            State::Ready {
+                since: Instant::now(),
+                wants_recycle: false,
+            },
+        )
+    }
+
+    fn superseded(id: usize, generation: u64) -> Entry {
+        Entry::for_test(
+            id,
+            generation,
+            State::Superseded {
+                since: Instant::now(),
+            },
+        )
+    }
+
+    fn stopping(id: usize, generation: u64) -> Entry {
+        Entry::for_test(id, generation, State::Stopping { ready_since: None })
+    }
+
+    #[test]
+    fn a_slot_is_served_by_a_starting_or_ready_worker_of_its_generation() {
+        let workers = [
+            Entry::for_test(0, 2, State::Starting),
+            ready(1, 1),
+            superseded(2, 2),
+            stopping(3, 2),
+        ];
+        assert!(slot_served(&workers, 0, 2));
+        assert!(!slot_served(&workers, 1, 2), "an older generation");
+        assert!(slot_served(&workers, 1, 1));
+        assert!(!slot_served(&workers, 2, 2), "superseded");
+        assert!(!slot_served(&workers, 3, 2), "stopping");
+        assert_eq!(ready_slots(&workers, 2, 4), [false, false, false, false]);
+        assert_eq!(ready_slots(&workers, 1, 2), [false, true]);
+    }
+
+    #[test]
+    fn due_slots_spawn_only_where_nothing_serves() {
+        let mut slots: Vec<SlotState> = (0..3).map(|_| SlotState::due_now()).collect();
+        let now = Instant::now();
+        slots[2].respawn_at = Some(now + Duration::from_secs(1));
+        let workers = [ready(0, 1)];
+        assert_eq!(
+            due_slots(&slots, &workers, 1, now),
+            [(0, false), (1, true)],
+            "slot 0 is served; slot 2 is not due yet"
+        );
+        assert_eq!(due_slots(&slots, &workers, 2, now), [(0, true), (1, true)]);
+    }
+
+    #[test]
+    fn a_reload_retires_the_old_generation_only_once_every_new_slot_is_ready() {
+        let workers = vec![
+            ready(0, 1),
+            ready(1, 1),
+            ready(0, 2),
+            Entry::for_test(1, 2, State::Starting),
+        ];
+        let slots = ready_slots(&workers, 2, 2);
+        assert_eq!(slots, [true, false]);
+        assert!(retirements(&workers, 2, &slots, false).is_empty());
+        let workers = vec![
+            ready(0, 1),
+            ready(1, 1),
+            ready(0, 2),
+            ready(1, 2),
+            stopping(0, 1),
+        ];
+        let slots = ready_slots(&workers, 2, 2);
+        assert_eq!(
+            retirements(&workers, 2, &slots, true),
+            [
+                (0, "its generation was replaced"),
+                (1, "its generation was replaced")
+            ],
+            "the stopping worker is not asked again"
+        );
+    }
+
+    #[test]
+    fn lowering_the_count_retires_the_removed_slots_workers() {
+        let workers = [
+            ready(0, 1),
+            ready(1, 1),
+            Entry::for_test(2, 1, State::Starting),
+        ];
+        let slots = ready_slots(&workers, 1, 2);
+        assert_eq!(
+            retirements(&workers, 1, &slots, false),
+            [(2, "the worker count was lowered")]
+        );
+    }
+
+    #[test]
+    fn a_recycled_worker_is_retired_once_its_replacement_is_ready() {
+        let booting = [superseded(0, 1), Entry::for_test(0, 1, State::Starting)];
+        let slots = ready_slots(&booting, 1, 1);
+        assert!(retirements(&booting, 1, &slots, false).is_empty());
+        let served = [superseded(0, 1), ready(0, 1)];
+        let slots = ready_slots(&served, 1, 1);
+        assert_eq!(
+            retirements(&served, 1, &slots, false),
+            [(0, "its replacement serves")]
+        );
+    }
+
+    #[test]
+    fn recycling_is_one_at_a_time_and_never_during_a_reload() {
+        let wants = |id, generation| {
+            Entry::for_test(
+                id,
+                generation,
+                State::Ready {
+                    since: Instant::now(),
+                    wants_recycle: true,
+                },
+            )
+        };
+        let workers = [ready(0, 1), wants(1, 1), wants(2, 1)];
+        assert_eq!(recycle_candidate(&workers, 1, false), Some(1));
+        assert_eq!(recycle_candidate(&workers, 1, true), None, "reloading");
+        assert_eq!(
+            recycle_candidate(&workers, 2, false),
+            None,
+            "old generation"
+        );
+        let workers = [superseded(0, 1), wants(1, 1)];
+        assert_eq!(recycle_candidate(&workers, 1, false), None, "one at a time");
+        let workers = [Entry::for_test(0, 1, State::Starting), stopping(1, 1)];
+        assert_eq!(recycle_candidate(&workers, 1, false), None);
     }
 }

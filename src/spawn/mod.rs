@@ -1,11 +1,13 @@
 //! Starting worker processes: by `fork` (the default) or by `fork` + `exec` of a command.
 //!
-//! Which fds a worker inherits is decided here and nowhere else. Every fd forklift opens is
+//! Which fds a worker inherits is decided here and nowhere else: `plan.rs` says what one
+//! worker gets, `fork.rs` and `exec.rs` carry it out. Every fd forklift opens is
 //! close-on-exec; the exec path places the worker's listeners at fd 3 onwards and its status
 //! channel right after them, and the fork path closes every master-only fd in the child.
 
 pub(crate) mod exec;
 pub(crate) mod fork;
+pub(crate) mod plan;
 
 use std::fmt;
 use std::os::fd::{BorrowedFd, RawFd};

@@ -1,8 +1,8 @@
 //! The master's signal handling: a handler that only records the signal and wakes the loop.
 //!
 //! The handler sets the signal's bit in an atomic mask and writes one byte to a non-blocking
-//! self-pipe; the event loop polls the pipe and turns the mask into intents in one place
-//! (`master.rs`). Nothing else happens in signal context: no logging, no allocation.
+//! self-pipe; the event loop polls the pipe and turns the mask into commands in one place
+//! (`master/command.rs`). Nothing else happens in signal context: no logging, no allocation.
 //!
 //! The master installs plain `sigaction` handlers rather than a registry such as tokio's, so a
 //! worker can put every disposition back to the default after fork and install its own.
@@ -28,6 +28,17 @@ static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn record(sig: libc::c_int) {
     PENDING.fetch_or(1u64 << (sig as u64 & 63), Ordering::SeqCst);
+    wake();
+}
+
+/// True while a master in this process has its handlers installed.
+pub(crate) fn installed() -> bool {
+    WAKE_FD.load(Ordering::SeqCst) >= 0
+}
+
+/// Wakes the master's loop: from the signal handler, or from any thread of the master's
+/// process that asked for a command. Async-signal-safe; does nothing without a master.
+pub(crate) fn wake() {
     let fd = WAKE_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         // write() may change errno, which the interrupted code may be about to read.
@@ -37,95 +48,6 @@ extern "C" fn record(sig: libc::c_int) {
         // (EAGAIN) is fine: the loop is woken already.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
         errno::set(saved);
-    }
-}
-
-/// Asks the master running in this process to stop, as TERM (graceful) or INT (fast) would.
-///
-/// For hooks, tests and programs that embed forklift and decide themselves when to stop
-/// (the signal a caller injects instead of the OS one). Callable from any thread of the
-/// master process; does nothing where no master runs (before `serve`, or in a worker).
-///
-/// ```
-/// # use std::convert::Infallible;
-/// # use http_body_util::Full;
-/// # use hyper::{body::Bytes, service::service_fn, Request, Response};
-/// # async fn hello(_: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
-/// #     Ok(Response::new(Full::new(Bytes::from("hello"))))
-/// # }
-/// // Start two workers, and stop as soon as both serve.
-/// forklift::Prefork::new()
-///     .workers(2)
-///     .listen("127.0.0.1:0")?
-///     .on_master_ready(|workers| {
-///         assert_eq!(workers.len(), 2);
-///         forklift::request_stop(true);
-///         Ok(())
-///     })
-///     .serve(|| service_fn(hello))?;
-/// # Ok::<(), forklift::Error>(())
-/// ```
-pub fn request_stop(graceful: bool) {
-    if WAKE_FD.load(Ordering::SeqCst) >= 0 {
-        record(if graceful {
-            libc::SIGTERM
-        } else {
-            libc::SIGINT
-        });
-    }
-}
-
-/// Asks the master running in this process for a rolling reload, as SIGHUP would.
-/// Like [`request_stop`], callable from hooks or any thread of the master process.
-///
-/// ```
-/// # use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-/// static RELOADED: AtomicBool = AtomicBool::new(false);
-/// forklift::Prefork::new()
-///     .workers(1)
-///     .listen("127.0.0.1:0")?
-///     .on_event(|event| match event {
-///         forklift::Event::MasterReady(_) => forklift::request_reload(),
-///         forklift::Event::GenerationReady { generation: 2, .. } => {
-///             RELOADED.store(true, SeqCst);
-///             forklift::request_stop(true);
-///         }
-///         _ => {}
-///     })
-///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
-/// assert!(RELOADED.load(SeqCst));
-/// # Ok::<(), forklift::Error>(())
-/// ```
-pub fn request_reload() {
-    if WAKE_FD.load(Ordering::SeqCst) >= 0 {
-        record(libc::SIGHUP);
-    }
-}
-
-/// Asks the master running in this process for one worker more (`true`, as SIGTTIN) or one
-/// fewer (`false`, as SIGTTOU): the library's way to change the worker count live.
-///
-/// ```
-/// # use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-/// static COUNT: AtomicUsize = AtomicUsize::new(0);
-/// forklift::Prefork::new()
-///     .workers(1)
-///     .listen("127.0.0.1:0")?
-///     .on_event(|event| match event {
-///         forklift::Event::MasterReady(_) => forklift::request_scale(true),
-///         forklift::Event::WorkersChanged { workers } => {
-///             COUNT.store(*workers, SeqCst);
-///             forklift::request_stop(true);
-///         }
-///         _ => {}
-///     })
-///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
-/// assert_eq!(COUNT.load(SeqCst), 2);
-/// # Ok::<(), forklift::Error>(())
-/// ```
-pub fn request_scale(more: bool) {
-    if WAKE_FD.load(Ordering::SeqCst) >= 0 {
-        record(if more { libc::SIGTTIN } else { libc::SIGTTOU });
     }
 }
 

@@ -1,0 +1,398 @@
+//! What can be asked of the master, and the one place it is done.
+//!
+//! A signal, a word on the control socket and a call of the API ([`request_stop`],
+//! [`request_reload`], [`request_scale`]) all become a [`Command`] with its [`Origin`], and go
+//! through [`Master::apply`]. [`TABLE`] says which signal and which control-socket word mean
+//! which command, as nginx's `signals[]` does; the file each command leads to is named there.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::info;
+
+use super::{human, Master, Phase};
+use crate::sys::{control, signals};
+
+/// Something asked of the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Stop: gracefully (drain, then exit) or fast (drop connections). `stop.rs`.
+    Stop { graceful: bool },
+    /// Start a new generation of every worker; retire the old one once it serves. `replace.rs`.
+    Reload,
+    /// One worker more. `replace.rs`.
+    AddWorker,
+    /// One worker fewer (never below one). `replace.rs`.
+    RemoveWorker,
+    /// Execute the binary again as a new master that takes the sockets over. `upgrade.rs`.
+    Upgrade,
+    /// Describe the master and its workers (the control socket's answer).
+    Status,
+}
+
+/// Where a command came from, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A signal sent to the master.
+    Signal(libc::c_int),
+    /// A connection to the control socket.
+    Control,
+    /// A call of `request_stop`/`request_reload`/`request_scale` in the master's process.
+    Api,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Origin::Signal(sig) => f.write_str(&super::signame(sig)),
+            Origin::Control => f.write_str("the control socket"),
+            Origin::Api => f.write_str("the API"),
+        }
+    }
+}
+
+/// Every signal and control-socket word the master answers, and the command it means.
+/// SIGCHLD is not here: reaping happens every tick, whatever woke the loop.
+pub(crate) const TABLE: &[(Option<libc::c_int>, Option<&str>, Command)] = &[
+    (
+        Some(libc::SIGTERM),
+        Some("stop"),
+        Command::Stop { graceful: true },
+    ),
+    (Some(libc::SIGQUIT), None, Command::Stop { graceful: true }),
+    (Some(libc::SIGINT), None, Command::Stop { graceful: false }),
+    (Some(libc::SIGHUP), Some("reload"), Command::Reload),
+    (Some(libc::SIGTTIN), Some("incr"), Command::AddWorker),
+    (Some(libc::SIGTTOU), Some("decr"), Command::RemoveWorker),
+    (Some(libc::SIGUSR2), None, Command::Upgrade),
+    (None, Some("status"), Command::Status),
+];
+
+impl Command {
+    /// The command a signal means, if any.
+    pub(crate) fn from_signal(sig: libc::c_int) -> Option<Command> {
+        TABLE
+            .iter()
+            .find(|(s, _, _)| *s == Some(sig))
+            .map(|(_, _, c)| *c)
+    }
+
+    /// The command a control-socket line means, if any.
+    pub(crate) fn from_word(line: &str) -> Option<Command> {
+        let word = line.trim();
+        TABLE
+            .iter()
+            .find(|(_, w, _)| *w == Some(word))
+            .map(|(_, _, c)| *c)
+    }
+
+    /// The control socket's words, for its error message.
+    fn words() -> Vec<&'static str> {
+        TABLE.iter().filter_map(|(_, w, _)| *w).collect()
+    }
+
+    /// This command's bit in [`REQUESTED`].
+    fn bit(self) -> u64 {
+        1 << match self {
+            Command::Stop { graceful: true } => 0,
+            Command::Stop { graceful: false } => 1,
+            Command::Reload => 2,
+            Command::AddWorker => 3,
+            Command::RemoveWorker => 4,
+            Command::Upgrade => 5,
+            Command::Status => 6,
+        }
+    }
+}
+
+/// Commands asked for through the API and not yet applied, one bit each: like signals, a
+/// request asked twice before the master looks is applied once.
+static REQUESTED: AtomicU64 = AtomicU64::new(0);
+
+/// Records `command` for the master of this process and wakes its loop; nothing without one.
+fn request(command: Command) {
+    if signals::installed() {
+        REQUESTED.fetch_or(command.bit(), Ordering::SeqCst);
+        signals::wake();
+    }
+}
+
+/// The commands requested through the API since the last call, in [`TABLE`]'s order.
+fn take_requested() -> Vec<Command> {
+    let bits = REQUESTED.swap(0, Ordering::SeqCst);
+    let all = [
+        Command::Stop { graceful: true },
+        Command::Stop { graceful: false },
+        Command::Reload,
+        Command::AddWorker,
+        Command::RemoveWorker,
+        Command::Upgrade,
+        Command::Status,
+    ];
+    all.into_iter().filter(|c| bits & c.bit() != 0).collect()
+}
+
+/// Asks the master running in this process to stop, as TERM (graceful) or INT (fast) would.
+///
+/// For hooks, tests and programs that embed forklift and decide themselves when to stop
+/// (the signal a caller injects instead of the OS one). Callable from any thread of the
+/// master process; does nothing where no master runs (before `serve`, or in a worker).
+///
+/// ```
+/// # use std::convert::Infallible;
+/// # use http_body_util::Full;
+/// # use hyper::{body::Bytes, service::service_fn, Request, Response};
+/// # async fn hello(_: Request<forklift::Body>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// #     Ok(Response::new(Full::new(Bytes::from("hello"))))
+/// # }
+/// // Start two workers, and stop as soon as both serve.
+/// forklift::Prefork::new()
+///     .workers(2)
+///     .listen("127.0.0.1:0")?
+///     .on_master_ready(|workers| {
+///         assert_eq!(workers.len(), 2);
+///         forklift::request_stop(true);
+///         Ok(())
+///     })
+///     .serve(|| service_fn(hello))?;
+/// # Ok::<(), forklift::Error>(())
+/// ```
+pub fn request_stop(graceful: bool) {
+    request(Command::Stop { graceful });
+}
+
+/// Asks the master running in this process for a rolling reload, as SIGHUP would.
+/// Like [`request_stop`], callable from hooks or any thread of the master process.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+/// static RELOADED: AtomicBool = AtomicBool::new(false);
+/// forklift::Prefork::new()
+///     .workers(1)
+///     .listen("127.0.0.1:0")?
+///     .on_event(|event| match event {
+///         forklift::Event::MasterReady(_) => forklift::request_reload(),
+///         forklift::Event::GenerationReady { generation: 2, .. } => {
+///             RELOADED.store(true, SeqCst);
+///             forklift::request_stop(true);
+///         }
+///         _ => {}
+///     })
+///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+/// assert!(RELOADED.load(SeqCst));
+/// # Ok::<(), forklift::Error>(())
+/// ```
+pub fn request_reload() {
+    request(Command::Reload);
+}
+
+/// Asks the master running in this process for one worker more (`true`, as SIGTTIN) or one
+/// fewer (`false`, as SIGTTOU): the library's way to change the worker count live.
+///
+/// ```
+/// # use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+/// static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// forklift::Prefork::new()
+///     .workers(1)
+///     .listen("127.0.0.1:0")?
+///     .on_event(|event| match event {
+///         forklift::Event::MasterReady(_) => forklift::request_scale(true),
+///         forklift::Event::WorkersChanged { workers } => {
+///             COUNT.store(*workers, SeqCst);
+///             forklift::request_stop(true);
+///         }
+///         _ => {}
+///     })
+///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+/// assert_eq!(COUNT.load(SeqCst), 2);
+/// # Ok::<(), forklift::Error>(())
+/// ```
+pub fn request_scale(more: bool) {
+    request(if more {
+        Command::AddWorker
+    } else {
+        Command::RemoveWorker
+    });
+}
+
+impl Master {
+    /// Applies everything asked since the last tick: signals first, then API requests, then
+    /// the control socket's connections (each answered).
+    pub(super) fn take_commands(&mut self) {
+        for sig in self.signals.take() {
+            if let Some(command) = Command::from_signal(sig) {
+                self.apply(command, Origin::Signal(sig));
+            }
+        }
+        for command in take_requested() {
+            self.apply(command, Origin::Api);
+        }
+        let Some(socket) = &self.control else { return };
+        for (stream, line) in socket.accept() {
+            let answer = match line.as_deref().and_then(Command::from_word) {
+                Some(command) => self.apply(command, Origin::Control),
+                None => format!(
+                    "error: unknown command; use {}\n",
+                    Command::words().join(", ")
+                ),
+            };
+            control::reply(stream, &answer);
+        }
+    }
+
+    /// Does what `command` asks; returns the control socket's answer.
+    pub(super) fn apply(&mut self, command: Command, origin: Origin) -> String {
+        match command {
+            Command::Stop { graceful } => {
+                self.stop_requested(graceful, origin);
+                "stopping\n".into()
+            }
+            Command::Reload => {
+                self.start_reload(origin);
+                format!("reloading: generation {}\n", self.generation)
+            }
+            Command::AddWorker => {
+                self.scale(self.slots.len() + 1, origin);
+                format!("workers: {}\n", self.slots.len())
+            }
+            Command::RemoveWorker => {
+                self.scale(self.slots.len().saturating_sub(1), origin);
+                format!("workers: {}\n", self.slots.len())
+            }
+            Command::Upgrade => {
+                self.start_upgrade(origin);
+                match self.upgrade {
+                    Some(pid) => format!("upgrading: new master pid {pid}\n"),
+                    None => "error: no upgrade started; see the master's log\n".into(),
+                }
+            }
+            Command::Status => self.status(),
+        }
+    }
+
+    /// Logs a stop request and begins the stop. A graceful stop while a new master (binary
+    /// upgrade) starts leaves the sockets and the control socket's file to it.
+    fn stop_requested(&mut self, graceful: bool, origin: Origin) {
+        if graceful {
+            if let Some(new) = self.upgrade {
+                info!("handing over to the new master (pid {new})");
+                self.hand_over_sockets();
+            }
+            info!("graceful stop requested by {origin}");
+        } else {
+            info!("fast stop requested by {origin}");
+        }
+        self.stop(graceful, Ok(()));
+    }
+
+    /// The `status` answer: the master, then one row per worker.
+    fn status(&self) -> String {
+        use std::fmt::Write as _;
+        let state = match (&self.phase, &self.reload) {
+            (Phase::Stopping { .. }, _) => "stopping",
+            (Phase::Running, Some(_)) => "reloading",
+            (Phase::Running, None) => "running",
+        };
+        let mut out = format!(
+            "master pid {}, {state}, generation {}, {} workers, up {}\n",
+            self.pid,
+            self.generation,
+            self.slots.len(),
+            human(self.started.elapsed())
+        );
+        let _ = writeln!(
+            out,
+            "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8}",
+            "ID", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RESTARTS"
+        );
+        let mut rows: Vec<_> = self.workers.iter().collect();
+        rows.sort_by_key(|w| (w.info.id, w.info.generation));
+        for w in rows {
+            let restarts = self.slots.get(w.info.id).map_or(0, |s| s.restarts);
+            let _ = writeln!(
+                out,
+                "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8}",
+                w.info.id,
+                w.info.pid,
+                w.info.generation,
+                w.state.label(),
+                human(w.spawned_at.elapsed()),
+                w.requests,
+                restarts
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_and_words_mean_the_documented_commands() {
+        let stop = Command::Stop { graceful: true };
+        assert_eq!(Command::from_signal(libc::SIGTERM), Some(stop));
+        assert_eq!(Command::from_signal(libc::SIGQUIT), Some(stop));
+        assert_eq!(
+            Command::from_signal(libc::SIGINT),
+            Some(Command::Stop { graceful: false })
+        );
+        assert_eq!(Command::from_signal(libc::SIGHUP), Some(Command::Reload));
+        assert_eq!(
+            Command::from_signal(libc::SIGTTIN),
+            Some(Command::AddWorker)
+        );
+        assert_eq!(
+            Command::from_signal(libc::SIGTTOU),
+            Some(Command::RemoveWorker)
+        );
+        assert_eq!(Command::from_signal(libc::SIGUSR2), Some(Command::Upgrade));
+        assert_eq!(Command::from_signal(libc::SIGCHLD), None);
+        assert_eq!(Command::from_word("status\n"), Some(Command::Status));
+        assert_eq!(Command::from_word(" reload "), Some(Command::Reload));
+        assert_eq!(Command::from_word("stop"), Some(stop));
+        assert_eq!(Command::from_word("incr"), Some(Command::AddWorker));
+        assert_eq!(Command::from_word("decr"), Some(Command::RemoveWorker));
+        assert_eq!(Command::from_word("upgrade"), None);
+        assert_eq!(Command::from_word(""), None);
+        assert_eq!(
+            Command::words(),
+            ["stop", "reload", "incr", "decr", "status"]
+        );
+    }
+
+    #[test]
+    fn every_signal_in_the_table_has_a_handler() {
+        for (sig, _, _) in TABLE {
+            if let Some(sig) = sig {
+                assert!(signals::MASTER_SIGNALS.contains(sig), "signal {sig}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_command_has_its_own_request_bit() {
+        let all = [
+            Command::Stop { graceful: true },
+            Command::Stop { graceful: false },
+            Command::Reload,
+            Command::AddWorker,
+            Command::RemoveWorker,
+            Command::Upgrade,
+            Command::Status,
+        ];
+        let bits: u64 = all.iter().map(|c| c.bit()).fold(0, |acc, b| {
+            assert_eq!(acc & b, 0);
+            acc | b
+        });
+        assert_eq!(bits.count_ones() as usize, all.len());
+    }
+
+    #[test]
+    fn origins_read_in_a_log_line() {
+        assert_eq!(Origin::Signal(libc::SIGHUP).to_string(), "SIGHUP");
+        assert_eq!(Origin::Control.to_string(), "the control socket");
+        assert_eq!(Origin::Api.to_string(), "the API");
+    }
+}

@@ -1,0 +1,186 @@
+//! Workers that end, and workers that must be ended: reaping, crash handling (respawn with
+//! backoff; the crash window), boot failures (a worker that ends before it is ready stops the
+//! server or gives up a reload instead of looping), and the deadlines that kill a worker (boot
+//! timeout, missed heartbeats).
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::pool::{Entry, State};
+use super::Master;
+use crate::error::Error;
+use crate::hooks::{Event, WorkerInfo};
+use crate::protocol::{Message, BOOT_ERROR_EXIT_CODE};
+use crate::sys::process::{self, ExitStatus, Wait};
+
+/// How long a worker killed for a missed heartbeat has to die of SIGABRT before SIGKILL.
+pub(super) const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+impl Master {
+    /// Reaps every worker (and a failed new master) that has ended.
+    pub(super) fn reap(&mut self) {
+        self.reap_upgrade();
+        let mut i = 0;
+        while i < self.workers.len() {
+            let pid = self.workers[i].info.pid;
+            let status = match process::try_wait(pid) {
+                Wait::Running => {
+                    i += 1;
+                    continue;
+                }
+                Wait::Interrupted => continue,
+                Wait::Exited(status) => status,
+                Wait::Gone(err) => {
+                    // ECHILD: someone else reaped it; its status is lost.
+                    warn!("worker pid {pid} vanished: {err}");
+                    ExitStatus::Exited(-1)
+                }
+            };
+            let mut entry = self.workers.swap_remove(i);
+            // What it wrote last is still in the pipe; a grandchild may hold the pipe open, so
+            // take what is there without waiting for end of file.
+            entry.relays.retain_mut(|r| r.pump());
+            for msg in entry.drain_channel() {
+                if let Message::BootError(text) = msg {
+                    entry.boot_error = Some(text);
+                }
+            }
+            self.on_exit(entry, status);
+        }
+    }
+
+    /// A worker ended: expected (asked to stop), a boot failure, or a crash to respawn.
+    fn on_exit(&mut self, entry: Entry, status: ExitStatus) {
+        let now = Instant::now();
+        let info = entry.info;
+        let expected = entry.is_stopping() || !self.running();
+        if expected {
+            debug!("worker {} (pid {}) {status}", info.id, info.pid);
+        } else {
+            warn!("worker {} (pid {}) {status}", info.id, info.pid);
+        }
+        self.emit(Event::WorkerExited {
+            worker: info,
+            status,
+            expected,
+        });
+        if expected {
+            return;
+        }
+        let Some(ready_since) = entry.ready_since() else {
+            let message = match (entry.boot_error, status) {
+                (Some(text), _) => text,
+                (None, ExitStatus::Exited(BOOT_ERROR_EXIT_CODE)) => {
+                    "it exited with the boot-error code (3); see its log above".to_string()
+                }
+                (None, status) => format!("it {status} before it was ready"),
+            };
+            self.on_boot_failure(info, message);
+            return;
+        };
+        if let Some(crashes) = self.crashes.record(now) {
+            let err = Error::OverRecovery {
+                crashes,
+                window: self.crashes.window(),
+                threshold: self.crashes.threshold(),
+                id: info.id,
+                pid: info.pid,
+                status,
+            };
+            error!("{err}");
+            self.stop(true, Err(err));
+            return;
+        }
+        let superseded = matches!(entry.state, State::Superseded { .. });
+        if superseded || info.generation != self.generation || info.id >= self.slots.len() {
+            // Its replacement is already on its way (a reload, a recycle) or its slot is gone.
+            return;
+        }
+        let slot = &mut self.slots[info.id];
+        let delay = slot.backoff.on_crash(now - ready_since);
+        slot.respawn_at = Some(now + delay);
+        slot.replaces = Some(info);
+        if !delay.is_zero() {
+            info!("worker {} restarts in {delay:?} (backoff)", info.id);
+        }
+    }
+
+    /// A worker that ended before it was ready. During a reload the reload is given up; a
+    /// recycled worker whose replacement cannot boot keeps serving; otherwise the master stops
+    /// with the worker's error rather than loop on a worker that cannot start.
+    fn on_boot_failure(&mut self, info: WorkerInfo, message: String) {
+        if self.reload.is_some() && info.generation == self.generation {
+            self.abort_reload(format!("worker {} (pid {}): {message}", info.id, info.pid));
+            return;
+        }
+        let generation = self.generation;
+        if let Some(old) = self.workers.iter_mut().find(|w| {
+            w.info.id == info.id
+                && matches!(w.state, State::Superseded { .. })
+                && w.info.generation == generation
+        }) {
+            error!(
+                "the replacement of worker {} (pid {}) failed to boot: {message}; it keeps serving",
+                old.info.id, old.info.pid
+            );
+            old.keep_serving();
+            return;
+        }
+        let err = Error::WorkerBoot {
+            id: info.id,
+            pid: info.pid,
+            message,
+        };
+        error!("{err}");
+        self.stop(true, Err(err));
+    }
+
+    /// Kills a worker that did not report ready within the boot timeout; its exit is then
+    /// reported as a boot failure.
+    pub(super) fn check_boot_deadlines(&mut self, now: Instant) {
+        let limit = self.config.boot_timeout;
+        let late = self
+            .workers
+            .iter_mut()
+            .find(|w| w.state == State::Starting && now - w.spawned_at > limit);
+        if let Some(w) = late {
+            w.boot_error = Some(format!(
+                "it did not report ready within {limit:?} (raise boot_timeout if it needs longer)"
+            ));
+            process::kill(w.info.pid, libc::SIGKILL);
+        }
+    }
+
+    /// Kills workers whose heartbeat stopped: SIGABRT first (a core dump shows where it was
+    /// stuck), SIGKILL if that does not end it.
+    pub(super) fn murder(&mut self, now: Instant) {
+        let Some(timeout) = self.config.worker_timeout else {
+            return;
+        };
+        let mut stuck = Vec::new();
+        for w in &mut self.workers {
+            match (w.aborted_at, w.last_heartbeat) {
+                (Some(at), _) if now - at > ABORT_GRACE => {
+                    process::kill(w.info.pid, libc::SIGKILL);
+                }
+                (None, Some(beat)) if !w.is_stopping() && now - beat > timeout => {
+                    error!(
+                        "worker {} (pid {}) sent no heartbeat for {:?} (worker_timeout {timeout:?}): \
+                         SIGABRT",
+                        w.info.id,
+                        w.info.pid,
+                        now - beat
+                    );
+                    w.aborted_at = Some(now);
+                    process::kill(w.info.pid, libc::SIGABRT);
+                    stuck.push(w.info);
+                }
+                _ => {}
+            }
+        }
+        for info in stuck {
+            self.emit(Event::WorkerTimedOut(info));
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Binary upgrade (USR2): the master executes its binary again (the file may have been
+//! replaced) as a new master that inherits the listening sockets and the control socket. Once
+//! the new master's workers serve, it asks this one to drain and exit (SIGTERM); if it fails
+//! first, this master keeps serving.
+
+use std::os::fd::AsRawFd;
+
+use tracing::{error, info, warn};
+
+use super::command::Origin;
+use super::Master;
+use crate::hooks::Event;
+use crate::spawn;
+use crate::sys::listener;
+use crate::sys::process::{self, Wait};
+
+impl Master {
+    /// Starts the new master, unless one is already starting.
+    pub(super) fn start_upgrade(&mut self, origin: Origin) {
+        if !self.running() {
+            return;
+        }
+        if let Some(pid) = self.upgrade {
+            warn!(
+                "upgrade requested by {origin}: an upgrade (new master pid {pid}) is already \
+                 under way"
+            );
+            return;
+        }
+        let Some(line) = self.upgrade_line.clone() else {
+            error!(
+                "upgrade requested by {origin}: cannot upgrade, the path of this binary is unknown"
+            );
+            return;
+        };
+        let mut sockets: Vec<(i32, String)> = listener::handover_list(&self.bound)
+            .into_iter()
+            .map(|(s, name)| (s.as_raw_fd(), name))
+            .collect();
+        if let Some(c) = &self.control {
+            sockets.push((c.handover_fd(), listener::CONTROL_FD_NAME.to_string()));
+        }
+        match spawn::exec::spawn_master(&line, &sockets, self.pid) {
+            Ok(pid) => {
+                info!(
+                    "upgrade requested by {origin}: new master pid {pid} ({}) starting with {} \
+                     sockets",
+                    line.program.display(),
+                    sockets.len()
+                );
+                self.upgrade = Some(pid);
+                self.emit(Event::UpgradeStarted { pid });
+            }
+            Err(e) => error!("binary upgrade failed: {e}; this master keeps serving"),
+        }
+    }
+
+    /// Reaps a new master that exited before it took over.
+    pub(super) fn reap_upgrade(&mut self) {
+        let Some(pid) = self.upgrade else { return };
+        if let Wait::Exited(status) = process::try_wait(pid) {
+            error!(
+                "binary upgrade failed: the new master (pid {pid}) {status} before it took over; \
+                 this master keeps serving (see the new master's log above)"
+            );
+            self.upgrade = None;
+            self.emit(Event::UpgradeFailed { pid, status });
+        }
+    }
+
+    /// Leaves the sockets and the control socket's file to the new master: this one stops
+    /// without removing them.
+    pub(super) fn hand_over_sockets(&mut self) {
+        for b in &mut self.bound {
+            b.hand_over();
+        }
+        if let Some(c) = &mut self.control {
+            c.hand_over();
+        }
+    }
+
+    /// In a master started by a binary upgrade: retire the old master now that this one serves.
+    pub(super) fn retire_old_master(&mut self) {
+        let Some(old) = self.upgrade_from.take() else {
+            return;
+        };
+        for b in &mut self.bound {
+            b.adopt();
+        }
+        if let Some(c) = &mut self.control {
+            c.adopt();
+        }
+        if process::parent_pid() == old {
+            info!("serving: asking the previous master (pid {old}) to drain and exit");
+            process::kill(old, libc::SIGTERM);
+        }
+    }
+}
