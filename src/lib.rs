@@ -55,11 +55,18 @@
 //!
 //! ## Signals (to the master)
 //!
-//! | signal | effect |
-//! |---|---|
-//! | TERM, QUIT | graceful stop: workers stop accepting and finish in-flight requests within the graceful timeout, then are killed; `serve` returns `Ok` |
-//! | INT | fast stop: workers drop their connections and exit; killed after 1 s |
-//! | CHLD | reap and respawn |
+//! Every signal, control-socket word ([`control`]) and API call ([`request_stop`],
+//! [`request_reload`], [`request_scale`]) becomes the same command, applied in one place.
+//!
+//! | signal | control socket | API | effect |
+//! |---|---|---|---|
+//! | TERM, QUIT | `stop` | `request_stop(true)` | graceful stop: workers stop accepting and finish in-flight requests within the graceful timeout, then are killed; `serve` returns `Ok` |
+//! | INT | | `request_stop(false)` | fast stop: workers drop their connections and exit; killed after 1 s |
+//! | HUP | `reload` | `request_reload()` | rolling reload: a new generation starts; the old one drains once all of it serves |
+//! | USR2 | | | binary upgrade: the binary runs again as a new master with the sockets; the old one drains once it serves |
+//! | TTIN, TTOU | `incr`, `decr` | `request_scale(..)` | one worker more, one fewer |
+//! | CHLD | | | reap and respawn |
+//! | | `status` | | the master and one row per worker |
 //!
 //! ## Feature flags
 //!
