@@ -69,6 +69,17 @@ pub(crate) const TABLE: &[(Option<libc::c_int>, Option<&str>, Command)] = &[
 ];
 
 impl Command {
+    /// Every command, in the order requests are applied.
+    const ALL: [Command; 7] = [
+        Command::Stop { graceful: true },
+        Command::Stop { graceful: false },
+        Command::Reload,
+        Command::AddWorker,
+        Command::RemoveWorker,
+        Command::Upgrade,
+        Command::Status,
+    ];
+
     /// The command a signal means, if any.
     pub(crate) fn from_signal(sig: libc::c_int) -> Option<Command> {
         TABLE
@@ -117,19 +128,13 @@ fn request(command: Command) {
     }
 }
 
-/// The commands requested through the API since the last call, in [`TABLE`]'s order.
+/// The commands requested through the API since the last call, in [`Command::ALL`]'s order.
 fn take_requested() -> Vec<Command> {
     let bits = REQUESTED.swap(0, Ordering::SeqCst);
-    let all = [
-        Command::Stop { graceful: true },
-        Command::Stop { graceful: false },
-        Command::Reload,
-        Command::AddWorker,
-        Command::RemoveWorker,
-        Command::Upgrade,
-        Command::Status,
-    ];
-    all.into_iter().filter(|c| bits & c.bit() != 0).collect()
+    Command::ALL
+        .into_iter()
+        .filter(|c| bits & c.bit() != 0)
+        .collect()
 }
 
 /// Asks the master running in this process to stop, as TERM (graceful) or INT (fast) would.
@@ -373,15 +378,7 @@ mod tests {
 
     #[test]
     fn each_command_has_its_own_request_bit() {
-        let all = [
-            Command::Stop { graceful: true },
-            Command::Stop { graceful: false },
-            Command::Reload,
-            Command::AddWorker,
-            Command::RemoveWorker,
-            Command::Upgrade,
-            Command::Status,
-        ];
+        let all = Command::ALL;
         let bits: u64 = all.iter().map(|c| c.bit()).fold(0, |acc, b| {
             assert_eq!(acc & b, 0);
             acc | b
