@@ -36,7 +36,7 @@ pub(crate) struct TcpAcceptor {
 }
 
 impl TcpAcceptor {
-    /// `defer_accept`: see [`defer_accept`].
+    /// `defer_accept`: see [`defer_accept_on`].
     pub fn new(listener: std::net::TcpListener, defer_accept: bool) -> io::Result<TcpAcceptor> {
         listener.set_nonblocking(true)?;
         if defer_accept {
