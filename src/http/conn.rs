@@ -1,0 +1,368 @@
+//! Serving one connection: hyper's settings, the fast path then hyper on the same bytes, the
+//! header-read timeout until the first request, and the graceful shutdown of a connection
+//! when the worker stops, with the count of open connections that a drain waits on.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hyper::body::{Body as HttpBody, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::error::BoxError;
+use crate::http::body::Body;
+use crate::http::fast;
+use crate::http::{ResponseBody, WorkerService};
+
+/// Runs `spawn_local`: HTTP/2 streams of `!Send` services stay on the worker's one thread.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+type ConnBuilder = auto::Builder<LocalExec>;
+
+/// hyper's settings for the connections (or the rest of them) it serves.
+pub(super) fn conn_builder<E>(exec: E, header_read_timeout: Duration) -> auto::Builder<E> {
+    let mut builder = auto::Builder::new(exec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        // One write(2) of head and body beats writev(2) for the small responses that
+        // dominate (measured: about 8% less CPU per request under keep-alive load).
+        .writev(false)
+        // A client that shuts its side after sending still gets its answers (as from the
+        // fast path).
+        .half_close(true)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// How long, at most, a connection accepted just before a graceful stop has to deliver its
+/// first request, which is then served before the connection closes.
+pub(super) const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// What every connection of a worker shares, and the count a graceful stop waits on.
+pub(super) struct Conns<T> {
+    pub(super) builder: ConnBuilder,
+    // Read only by the TLS handshake, compiled with the `tls` feature.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(super) tls: Option<T>,
+    /// The header-read timeout (also the TLS handshake's) and the first-request grace.
+    pub(super) timeouts: fast::Timeouts,
+    /// Whether connections start on the fast path.
+    pub(super) fast_path: bool,
+    /// Becomes true when the worker stops accepting.
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) live: Cell<usize>,
+    pub(super) idle: tokio::sync::Notify,
+}
+
+impl<T> Conns<T> {
+    fn enter(self: &Rc<Self>) -> Live<T> {
+        self.live.set(self.live.get() + 1);
+        Live(self.clone())
+    }
+
+    /// Resolves once every connection has ended.
+    pub(super) async fn drained(&self) {
+        while self.live.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
+}
+
+/// One open connection, counted until it is dropped.
+struct Live<T>(Rc<Conns<T>>);
+
+impl<T> Drop for Live<T> {
+    fn drop(&mut self) {
+        let left = self.0.live.get() - 1;
+        self.0.live.set(left);
+        if left == 0 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// Stands in for the TLS acceptor when forklift is built without TLS.
+#[cfg(not(feature = "tls"))]
+pub(super) struct NoTls;
+
+#[cfg(feature = "tls")]
+pub(super) type Tls = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+pub(super) type Tls = NoTls;
+
+/// Serves one accepted connection, after a TLS handshake if the worker has TLS.
+pub(super) async fn serve_connection<I, S, B>(stream: I, service: S, conns: Rc<Conns<Tls>>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: WorkerService<B>,
+    B: ResponseBody,
+{
+    let _live = conns.enter();
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &conns.tls {
+        // Boxed, so that the TLS state does not enlarge every plain connection's task.
+        Box::pin(async {
+            let handshake =
+                tokio::time::timeout(conns.timeouts.header_read, tls.accept(stream)).await;
+            match handshake {
+                Ok(Ok(stream)) => serve_stream(stream, service, &conns).await,
+                Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
+                Err(_) => debug!("TLS handshake timed out"),
+            }
+        })
+        .await;
+        return;
+    }
+    serve_stream(stream, service, &conns).await;
+}
+
+/// Serves a connection with the fast path while it can, then with hyper.
+async fn serve_stream<I, S, B>(mut io: I, service: S, conns: &Conns<Tls>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: WorkerService<B>,
+    B: ResponseBody,
+{
+    let first = Rc::new(FirstRequest::default());
+    let service = Started {
+        inner: service,
+        first: first.clone(),
+    };
+    let read = if conns.fast_path {
+        match fast::serve(&mut io, &service, conns.timeouts, conns.stop.clone()).await {
+            fast::Outcome::Closed => return,
+            fast::Outcome::Handoff(read) => read,
+        }
+    } else {
+        bytes::Bytes::new()
+    };
+    // Boxed: hyper's connection state is large, and most connections never need it.
+    Box::pin(drive(Prefixed { read, io }, service, first, conns)).await;
+}
+
+/// Runs hyper on a connection until it ends or the worker stops.
+///
+/// Until its first request starts, a connection gets the header-read timeout: hyper-util's
+/// HTTP/1-or-HTTP/2 sniffing has no timeout of its own and hyper's header timer starts after
+/// it, so a silent connection, or one trickling the HTTP/2 preface, would hold its fd for
+/// ever. On a stop, a connection whose first request has not started gets a short grace to
+/// deliver it (it may be in flight: the client connected while this worker still accepted);
+/// then hyper finishes the request in progress and closes.
+async fn drive<I, S, B>(io: I, service: Started<S>, first: Rc<FirstRequest>, conns: &Conns<Tls>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: WorkerService<B>,
+    B: ResponseBody,
+{
+    let conn = conns
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), ToBody(service));
+    tokio::pin!(conn);
+    let mut stop = conns.stop.clone();
+    let stopping = async move {
+        if !*stop.borrow_and_update() {
+            let _ = stop.changed().await;
+        }
+    };
+    tokio::pin!(stopping);
+    let mut stop_requested = false;
+    tokio::select! {
+        ended = conn.as_mut() => return log_end(ended),
+        _ = &mut stopping => stop_requested = true,
+        _ = first.notify.notified() => {}
+        _ = tokio::time::sleep(conns.timeouts.header_read) => {
+            if !first.started.get() {
+                debug!("no request within {:?}: closing", conns.timeouts.header_read);
+                return;
+            }
+        }
+    }
+    if !stop_requested {
+        tokio::select! {
+            ended = conn.as_mut() => return log_end(ended),
+            _ = &mut stopping => {}
+        }
+    }
+    if !first.started.get() {
+        tokio::select! {
+            ended = conn.as_mut() => return log_end(ended),
+            _ = tokio::time::sleep(conns.timeouts.first_request_grace) => {}
+            _ = first.notify.notified() => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    log_end(conn.await);
+}
+
+fn log_end(ended: Result<(), BoxError>) {
+    if let Err(e) = ended {
+        debug!("connection ended with an error: {e}");
+    }
+}
+
+/// Whether a connection's first request has started.
+#[derive(Default)]
+struct FirstRequest {
+    started: Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+/// A connection's service, noting its first request.
+#[derive(Clone)]
+struct Started<S> {
+    inner: S,
+    first: Rc<FirstRequest>,
+}
+
+impl<S, R> Service<R> for Started<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        if !self.first.started.get() {
+            self.first.started.set(true);
+            self.first.notify.notify_one();
+        }
+        self.inner.call(req)
+    }
+}
+
+/// A hyper service from a service of [`Body`] requests.
+#[derive(Clone)]
+struct ToBody<S>(S);
+
+impl<S> Service<Request<Incoming>> for ToBody<S>
+where
+    S: Service<Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.0.call(req.map(Body::from))
+    }
+}
+
+/// A connection with bytes already read from it (by the fast path) in front.
+struct Prefixed<I> {
+    read: bytes::Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection with forklift's HTTP stack (the HTTP/1 fast path, then hyper) on
+/// any tokio runtime, multi-threaded included, until the client leaves or `stop` turns true
+/// (idle connections close at once, a request in progress is answered first). The
+/// single-process baseline of `forklift serve --single-process` uses it, so the benchmark
+/// compares prefork with one process on equal terms. Not a stable API.
+#[doc(hidden)]
+pub async fn __serve_connection<I, S, B>(
+    mut io: I,
+    service: S,
+    header_read_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let timeouts = fast::Timeouts {
+        header_read: header_read_timeout,
+        first_request_grace: FIRST_REQUEST_GRACE,
+    };
+    let read = match fast::serve(&mut io, &service, timeouts, stop.clone()).await {
+        fast::Outcome::Closed => return,
+        fast::Outcome::Handoff(read) => read,
+    };
+    let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), header_read_timeout);
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(Prefixed { read, io }), ToBody(service));
+    tokio::pin!(conn);
+    let mut stop = stop;
+    tokio::select! {
+        ended = conn.as_mut() => return log_end(ended),
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    log_end(conn.await);
+}

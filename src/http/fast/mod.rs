@@ -1,0 +1,315 @@
+//! forklift's HTTP/1 fast path: serves the requests that make up most traffic (HTTP/1.x
+//! requests without a body: GET, HEAD, DELETE, OPTIONS ...) with less work per request than
+//! hyper, and hands the connection to hyper for everything else.
+//!
+//! What it serves itself: a request head that httparse parses completely within
+//! [`MAX_HEAD`] bytes and [`MAX_HEADERS`](parse::MAX_HEADERS) fields, with a method other than
+//! CONNECT, a valid URI, and none of `Content-Length`, `Transfer-Encoding`, `Expect` or
+//! `Upgrade`. Keep-alive and pipelining follow RFC 9112 as hyper does (HTTP/1.1 keeps the
+//! connection unless a `Connection: close`; HTTP/1.0 closes unless `Connection: keep-alive`),
+//! and responses are framed as hyper frames them: `Content-Length` when the body's size is
+//! known, chunked encoding otherwise (close-delimited for HTTP/1.0), no body for HEAD, 204 and
+//! 304, trailers only when the client sent `TE: trailers` and the response declared them.
+//!
+//! Everything else (a request with a body, an upgrade, the HTTP/2 preface, a malformed or
+//! oversized head, a client that sends bytes httparse rejects) goes to hyper with the bytes
+//! already read, so hyper's answer (a 400, a 431, a streamed body, an HTTP/2 connection) is
+//! exactly what it would have been without the fast path. `tests/fast_path.rs` sends the same
+//! bytes to both and compares the answers.
+//!
+//! Why: under keep-alive load hyper's per-request work (its header-read timer, its 8 KiB read
+//! and write buffers, the dispatcher's state machine) was most of forklift's user CPU; see
+//! `bench/results/` for the figures before and after.
+//!
+//! `parse.rs` reads a request head, `encode.rs` writes a response head as hyper would,
+//! `conn.rs` holds a connection's buffers and writes responses with their bodies, and
+//! [`serve`] here runs the loop: read a head, call the service, answer, until hyper takes over
+//! or the connection ends.
+
+mod conn;
+mod encode;
+mod parse;
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use hyper::body::Body as HttpBody;
+use hyper::service::Service;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::debug;
+
+use self::conn::Conn;
+pub(crate) use self::parse::{parse, Parsed};
+use self::parse::{Head, MAX_HEAD};
+use crate::error::BoxError;
+use crate::http::body::Body;
+
+/// The first read reserves this much; the buffer doubles while reads fill it.
+const READ_INIT: usize = 2048;
+
+/// Timeouts of a fast-path connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// From the moment the server waits for a request head until the head is complete.
+    pub header_read: Duration,
+    /// How long a connection that has not sent its first request gets once the worker stops.
+    pub first_request_grace: Duration,
+}
+
+/// How a fast-path connection ended.
+pub(crate) enum Outcome {
+    /// Closed: by either side, an error, a timeout or the worker's stop.
+    Closed,
+    /// Hyper serves the rest of the connection, starting with these bytes already read.
+    Handoff(Bytes),
+}
+
+/// Serves requests on `io` until it closes or needs hyper; see the module doc.
+///
+/// `stop` turns true when the worker stops: an idle connection closes at once, one that has
+/// not sent its first request gets `first_request_grace`, a request in progress is answered
+/// with `Connection: close`.
+pub(crate) async fn serve<I, S, B>(
+    io: &mut I,
+    service: &S,
+    timeouts: Timeouts,
+    mut stop: watch::Receiver<bool>,
+) -> Outcome
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    let mut conn = Conn {
+        io,
+        rbuf: BytesMut::new(),
+        wbuf: Vec::new(),
+        next_read: READ_INIT,
+        flushes: 0,
+    };
+    let stop_flag = stop.clone();
+    let mut stopping = *stop.borrow_and_update();
+    let now = Instant::now();
+    let mut grace_until = stopping.then(|| now + timeouts.first_request_grace);
+    let stopped = async move {
+        if !*stop.borrow_and_update() {
+            let _ = stop.changed().await;
+        }
+    };
+    let mut stopped = pin!(stopped);
+    // One timer for the connection's life, re-armed only when it fires before the deadline
+    // of the current wait: cheaper than a timer per request.
+    let first_deadline = match grace_until {
+        Some(grace) => grace.min(now + timeouts.header_read),
+        None => now + timeouts.header_read,
+    };
+    let mut timer = pin!(tokio::time::sleep_until(first_deadline));
+    let mut served = 0u64;
+    loop {
+        // Read until a complete head is buffered.
+        let waiting_since = Instant::now();
+        let head = loop {
+            match parse(&mut conn.rbuf) {
+                Parsed::Complete(head) => break head,
+                Parsed::Rejected(bytes) => return conn.handoff(bytes, served).await,
+                Parsed::Handoff => return conn.handoff(Bytes::new(), served).await,
+                Parsed::Partial if conn.rbuf.len() >= MAX_HEAD => {
+                    return conn.handoff(Bytes::new(), served).await
+                }
+                Parsed::Partial => {}
+            }
+            if stopping && conn.rbuf.is_empty() && served > 0 {
+                return conn.close().await;
+            }
+            // Nothing more will arrive until the client has our answers.
+            if !conn.wbuf.is_empty() && conn.write_out().await.is_err() {
+                return Outcome::Closed;
+            }
+            conn.reserve();
+            let read = tokio::select! {
+                biased;
+                read = conn.io.read_buf(&mut conn.rbuf) => read,
+                _ = &mut stopped, if !stopping => {
+                    stopping = true;
+                    grace_until = Some(Instant::now() + timeouts.first_request_grace);
+                    timer.as_mut().reset(Instant::now());
+                    continue;
+                }
+                _ = &mut timer => {
+                    let mut deadline = waiting_since + timeouts.header_read;
+                    if let Some(grace) = grace_until {
+                        deadline = deadline.min(grace);
+                    }
+                    if Instant::now() >= deadline {
+                        debug!("no complete request head in time: closing");
+                        return Outcome::Closed;
+                    }
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
+            };
+            match read {
+                Ok(0) => {
+                    if !conn.rbuf.is_empty() {
+                        debug!("connection closed inside a request head");
+                    }
+                    return conn.close().await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    debug!("read failed: {e}");
+                    return Outcome::Closed;
+                }
+            }
+        };
+        let Head {
+            req,
+            keep_alive,
+            te_trailers: trailers_allowed,
+        } = head;
+        served += 1;
+        let method = req.method().clone();
+        let version = req.version();
+        // Run the handler; answers gathered so far go out before waiting on it.
+        let mut call = pin!(service.call(req));
+        let resp = match poll_once(call.as_mut()).await {
+            Poll::Ready(resp) => resp,
+            Poll::Pending => {
+                if conn.write_out().await.is_err() {
+                    return Outcome::Closed;
+                }
+                call.await
+            }
+        };
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) => {
+                debug!("the service failed: {}", e.into());
+                return conn.close().await;
+            }
+        };
+        stopping = stopping || *stop_flag.borrow();
+        let keep_alive = keep_alive && !stopping;
+        match conn
+            .write_response(resp, &method, version, keep_alive, trailers_allowed)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return conn.close().await,
+            Err(e) => {
+                debug!("writing a response failed: {e}");
+                return Outcome::Closed;
+            }
+        }
+        if conn.rbuf.is_empty() && conn.write_out().await.is_err() {
+            return Outcome::Closed;
+        }
+    }
+}
+
+/// Polls `fut` once.
+async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
+    poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    async fn answer(
+        req: Request<Body>,
+    ) -> Result<Response<http_body_util::Full<Bytes>>, std::convert::Infallible> {
+        let text = format!("{} {}", req.method(), req.uri());
+        Ok(Response::new(http_body_util::Full::new(Bytes::from(text))))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pipelined_requests_are_answered_in_order_then_a_body_goes_to_hyper() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let input = b"GET /1 HTTP/1.1\r\n\r\nHEAD /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\nPOST /4 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
+        client.write_all(input).await.unwrap();
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(5),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let service = hyper::service::service_fn(answer);
+        let outcome = serve(&mut server, &service, timeouts, stop).await;
+        let Outcome::Handoff(rest) = outcome else {
+            panic!("expected a handoff");
+        };
+        assert_eq!(
+            &rest[..],
+            b"POST /4 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+        );
+        drop(server);
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        let bodies: Vec<&str> = out
+            .split("\r\n\r\n")
+            .skip(1)
+            .map(|b| b.split("HTTP/1.1").next().unwrap())
+            .collect();
+        assert_eq!(bodies, ["GET /1", "", "GET /3"], "{out}");
+        // HEAD states the length its GET would have ("HEAD /2").
+        assert_eq!(out.matches("content-length: 6").count(), 2, "{out}");
+        assert_eq!(out.matches("content-length: 7").count(), 1, "{out}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(3),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        let service = hyper::service::service_fn(answer);
+        assert!(matches!(
+            serve(&mut server, &service, timeouts, stop).await,
+            Outcome::Closed
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_stop_closes_an_idle_connection_and_gives_a_new_one_its_grace() {
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(30),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let service = hyper::service::service_fn(answer);
+        // Served once, then idle: closes as the stop comes.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (stop_tx, stop) = watch::channel(false);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let stopper = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop_tx.send(true).unwrap();
+        };
+        let start = Instant::now();
+        let (outcome, ()) = tokio::join!(serve(&mut server, &service, timeouts, stop), stopper);
+        assert!(matches!(outcome, Outcome::Closed));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        // Never sent a request, stop already under way: the grace, then closed.
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(true);
+        let start = Instant::now();
+        assert!(matches!(
+            serve(&mut server, &service, timeouts, stop).await,
+            Outcome::Closed
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+}
