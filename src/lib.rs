@@ -93,6 +93,7 @@ mod builder;
 mod error;
 mod hooks;
 mod http;
+mod internal;
 mod master;
 mod protocol;
 mod spawn;
@@ -103,80 +104,16 @@ pub use addr::{ListenAddr, Network};
 pub use builder::{default_workers, Prefork};
 pub use error::{BoxError, Error, Result};
 pub use hooks::{Event, WorkerInfo};
-#[doc(hidden)]
-pub use http::__serve_connection;
 pub use http::body::Body;
+#[doc(hidden)]
+pub use internal::{
+    defer_accept as __defer_accept, fuzz as __fuzz, serve_connection as __serve_connection,
+};
 pub use sys::control::control;
 pub use sys::process::ExitStatus;
 
-/// Sets on `listener` what `Prefork::defer_accept` sets on the workers' listeners (for the
-/// CLI's single-process baseline). Not a stable API.
-#[doc(hidden)]
-pub fn __defer_accept(listener: &std::net::TcpListener) {
-    http::accept::defer_accept_on(listener)
-}
 pub use master::{request_reload, request_scale, request_stop};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
 pub use sys::listener::{Listener, DEFAULT_BACKLOG};
 pub use worker::{is_worker, Worker};
-
-/// Entry points for forklift's fuzz targets (`fuzz/`): the parsers of input that crosses a
-/// process boundary. Not part of the API; may change at any time.
-#[doc(hidden)]
-pub mod __fuzz {
-    /// `LISTEN_PID`/`LISTEN_FDS` as a worker or master reads them.
-    pub fn listen_fds(
-        pid: Option<&str>,
-        fds: Option<&str>,
-        me: u32,
-    ) -> Result<Option<usize>, String> {
-        crate::protocol::listen_fds(pid, fds, me)
-    }
-
-    /// The worker-to-master status channel: returns how many messages a buffer held.
-    pub fn status_messages(bytes: &[u8]) -> usize {
-        let mut buf = bytes.to_vec();
-        crate::protocol::Message::drain(&mut buf).len()
-    }
-
-    /// A `LISTEN_FDNAMES` entry of a binary upgrade.
-    pub fn fd_name(name: &str) -> Option<(usize, Option<usize>)> {
-        crate::sys::listener::parse_fd_name(name)
-    }
-
-    /// What the HTTP/1 fast path makes of bytes a client sent.
-    #[derive(Debug, PartialEq, Eq)]
-    pub enum Http1Head {
-        /// A request it serves, taking `len` bytes: method, URI, header fields.
-        Request {
-            len: usize,
-            method: String,
-            uri: String,
-            fields: usize,
-            keep_alive: bool,
-        },
-        /// Not complete yet.
-        Partial,
-        /// For hyper, with the bytes left as they were.
-        Handoff,
-    }
-
-    /// Parses the head at the start of `bytes` as a worker's fast path does.
-    pub fn http1_head(bytes: &[u8]) -> Http1Head {
-        let mut buf = bytes::BytesMut::from(bytes);
-        match crate::http::fast::parse(&mut buf) {
-            crate::http::fast::Parsed::Complete(head) => Http1Head::Request {
-                len: bytes.len() - buf.len(),
-                method: head.req.method().to_string(),
-                uri: head.req.uri().to_string(),
-                fields: head.req.headers().len(),
-                keep_alive: head.keep_alive,
-            },
-            crate::http::fast::Parsed::Partial => Http1Head::Partial,
-            crate::http::fast::Parsed::Handoff | crate::http::fast::Parsed::Rejected(_) => {
-                Http1Head::Handoff
-            }
-        }
-    }
-}

@@ -1,0 +1,74 @@
+//! Entry points for forklift's own tools, re-exported hidden from the crate root: the fuzz
+//! targets (`fuzz/`) and the CLI's single-process baseline. Not part of the API; they may
+//! change at any time.
+
+pub use crate::http::__serve_connection as serve_connection;
+
+/// Sets on `listener` what `Prefork::defer_accept` sets on the workers' listeners (for the
+/// CLI's single-process baseline).
+pub fn defer_accept(listener: &std::net::TcpListener) {
+    crate::http::accept::defer_accept_on(listener)
+}
+
+/// The parsers of input that crosses a process boundary, for the fuzz targets.
+pub mod fuzz {
+    /// `LISTEN_PID`/`LISTEN_FDS` as a worker or master reads them.
+    pub fn listen_fds(
+        pid: Option<&str>,
+        fds: Option<&str>,
+        me: u32,
+    ) -> Result<Option<usize>, String> {
+        crate::protocol::listen_fds(pid, fds, me)
+    }
+
+    /// The worker-to-master status channel: returns how many messages a buffer held.
+    pub fn status_messages(bytes: &[u8]) -> usize {
+        let mut buf = bytes.to_vec();
+        crate::protocol::Message::drain(&mut buf).len()
+    }
+
+    /// A `LISTEN_FDNAMES` entry of a binary upgrade.
+    pub fn fd_name(name: &str) -> Option<(usize, Option<usize>)> {
+        crate::sys::listener::parse_fd_name(name)
+    }
+
+    /// What the HTTP/1 fast path makes of bytes a client sent.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Http1Head {
+        /// A request it serves, taking `len` bytes: method, URI, header fields.
+        Request {
+            /// Bytes the head took.
+            len: usize,
+            /// The method.
+            method: String,
+            /// The request target.
+            uri: String,
+            /// How many header fields.
+            fields: usize,
+            /// Whether the connection stays open after it.
+            keep_alive: bool,
+        },
+        /// Not complete yet.
+        Partial,
+        /// For hyper, with the bytes left as they were.
+        Handoff,
+    }
+
+    /// Parses the head at the start of `bytes` as a worker's fast path does.
+    pub fn http1_head(bytes: &[u8]) -> Http1Head {
+        let mut buf = bytes::BytesMut::from(bytes);
+        match crate::http::fast::parse(&mut buf) {
+            crate::http::fast::Parsed::Complete(head) => Http1Head::Request {
+                len: bytes.len() - buf.len(),
+                method: head.req.method().to_string(),
+                uri: head.req.uri().to_string(),
+                fields: head.req.headers().len(),
+                keep_alive: head.keep_alive,
+            },
+            crate::http::fast::Parsed::Partial => Http1Head::Partial,
+            crate::http::fast::Parsed::Handoff | crate::http::fast::Parsed::Rejected(_) => {
+                Http1Head::Handoff
+            }
+        }
+    }
+}
