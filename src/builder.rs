@@ -352,7 +352,7 @@ impl Prefork {
 
     /// Answer commands on a Unix socket at `path` (mode 0600): `status` (a table of the
     /// workers: pid, generation, uptime, requests served, restarts), `reload`, `stop`, `incr`
-    /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::sys::control).
+    /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::control()).
     ///
     /// ```
     /// let server = forklift::Prefork::new().control_socket("/run/app/forklift.ctl");
