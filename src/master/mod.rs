@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::builder::Config;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hooks::{Event, Hooks, WorkerInfo};
 use crate::master::policy::{Backoff, CrashWindow};
