@@ -4,60 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::ListenAddr;
+use crate::config::{Config, DEFAULT_HEADER_READ_TIMEOUT};
 use crate::error::{BoxError, Error, Result};
 use crate::hooks::{Hooks, WorkerInfo};
 use crate::http::{self, HttpConfig};
 use crate::master;
 use crate::spawn::Spawn;
-use crate::sys::listener::DEFAULT_BACKLOG;
 use crate::sys::process::ExitStatus;
 use crate::worker::{self, Worker, WorkerMain};
-
-/// Everything the master needs, fixed when `serve`/`run` is called.
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub workers: usize,
-    pub addrs: Vec<ListenAddr>,
-    pub reuse_port: bool,
-    pub backlog: u32,
-    pub spawn: Spawn,
-    pub recover_threshold: usize,
-    pub recover_window: Duration,
-    pub graceful_timeout: Duration,
-    pub boot_timeout: Duration,
-    pub worker_timeout: Option<Duration>,
-    pub pin_workers: bool,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub control: Option<std::path::PathBuf>,
-    pub readiness: crate::spawn::Readiness,
-    /// Relay the workers' output through the master, each line prefixed with the worker
-    /// when `Some(true)`.
-    pub relay_output: Option<bool>,
-}
-
-impl Config {
-    pub fn validate(&self) -> Result<()> {
-        if self.workers == 0 {
-            return Err(Error::Config(
-                "workers must be at least 1 (the default is one per CPU)".into(),
-            ));
-        }
-        if self
-            .worker_timeout
-            .is_some_and(|t| t < Duration::from_secs(2))
-        {
-            return Err(Error::Config(
-                "worker_timeout must be at least 2 s (workers send a heartbeat every second)"
-                    .into(),
-            ));
-        }
-        if self.backlog == 0 {
-            return Err(Error::Config("backlog must be at least 1".into()));
-        }
-        Ok(())
-    }
-}
 
 /// A pre-forked server: binds in the master, serves in one worker process per core.
 ///
@@ -82,22 +36,7 @@ impl Config {
 /// ```
 #[must_use = "a Prefork does nothing until serve() or run() is called"]
 pub struct Prefork {
-    workers: Option<usize>,
-    addrs: Vec<ListenAddr>,
-    reuse_port: bool,
-    backlog: u32,
-    spawn: Spawn,
-    recover_threshold: usize,
-    recover_window: Duration,
-    graceful_timeout: Duration,
-    boot_timeout: Duration,
-    worker_timeout: Option<Duration>,
-    pin_workers: bool,
-    user: Option<String>,
-    group: Option<String>,
-    control: Option<std::path::PathBuf>,
-    readiness: crate::spawn::Readiness,
-    relay_output: Option<bool>,
+    config: Config,
     http: HttpConfig,
     hooks: Hooks,
 }
@@ -105,22 +44,7 @@ pub struct Prefork {
 impl std::fmt::Debug for Prefork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prefork")
-            .field("workers", &self.workers)
-            .field("addrs", &self.addrs)
-            .field("reuse_port", &self.reuse_port)
-            .field("backlog", &self.backlog)
-            .field("spawn", &self.spawn)
-            .field("recover_threshold", &self.recover_threshold)
-            .field("recover_window", &self.recover_window)
-            .field("graceful_timeout", &self.graceful_timeout)
-            .field("boot_timeout", &self.boot_timeout)
-            .field("worker_timeout", &self.worker_timeout)
-            .field("pin_workers", &self.pin_workers)
-            .field("user", &self.user)
-            .field("group", &self.group)
-            .field("control", &self.control)
-            .field("readiness", &self.readiness)
-            .field("relay_output", &self.relay_output)
+            .field("config", &self.config)
             .field("http", &self.http)
             .field("hooks", &self.hooks)
             .finish()
@@ -133,52 +57,29 @@ impl Default for Prefork {
     }
 }
 
-/// The number of CPUs this process may run on: its affinity mask and cgroup CPU quota count.
-///
-/// ```
-/// assert!(forklift::default_workers() >= 1);
-/// ```
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 impl Prefork {
     /// A server with the defaults: one worker per usable CPU, shared socket, fork, 30 s
     /// graceful timeout, at most 10 crashes a minute.
     pub fn new() -> Self {
         Prefork {
-            workers: None,
-            addrs: Vec::new(),
-            reuse_port: false,
-            backlog: DEFAULT_BACKLOG,
-            spawn: Spawn::Fork,
-            recover_threshold: 10,
-            recover_window: Duration::from_secs(60),
-            graceful_timeout: Duration::from_secs(30),
-            boot_timeout: Duration::from_secs(60),
-            worker_timeout: Some(Duration::from_secs(30)),
-            pin_workers: false,
-            user: None,
-            group: None,
-            control: None,
-            readiness: crate::spawn::Readiness::Channel,
-            relay_output: None,
-            http: HttpConfig::default(),
+            config: Config::default(),
+            http: HttpConfig {
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                ..HttpConfig::default()
+            },
             hooks: Hooks::default(),
         }
     }
 
-    /// How many worker processes to run. Default: [`default_workers`], the CPUs this process
-    /// may use. 0 is refused when the server starts.
+    /// How many worker processes to run. Default: [`default_workers`](crate::default_workers),
+    /// the CPUs this process may use. 0 is refused when the server starts.
     ///
     /// ```
     /// let server = forklift::Prefork::new().workers(4);
     /// # let _ = server;
     /// ```
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n);
+        self.config.workers = n;
         self
     }
 
@@ -206,7 +107,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn listen_addr(mut self, addr: impl Into<ListenAddr>) -> Self {
-        self.addrs.push(addr.into());
+        self.config.addrs.push(addr.into());
         self
     }
 
@@ -220,7 +121,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn reuse_port(mut self, on: bool) -> Self {
-        self.reuse_port = on;
+        self.config.reuse_port = on;
         self
     }
 
@@ -231,7 +132,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn backlog(mut self, n: u32) -> Self {
-        self.backlog = n;
+        self.config.backlog = n;
         self
     }
 
@@ -242,7 +143,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn spawn(mut self, spawn: Spawn) -> Self {
-        self.spawn = spawn;
+        self.config.spawn = spawn;
         self
     }
 
@@ -254,7 +155,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn recover_threshold(mut self, n: usize) -> Self {
-        self.recover_threshold = n;
+        self.config.recover_threshold = n;
         self
     }
 
@@ -266,7 +167,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn recover_window(mut self, window: Duration) -> Self {
-        self.recover_window = window;
+        self.config.recover_window = window;
         self
     }
 
@@ -279,7 +180,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
-        self.graceful_timeout = timeout;
+        self.config.graceful_timeout = timeout;
         self
     }
 
@@ -292,7 +193,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn boot_timeout(mut self, timeout: Duration) -> Self {
-        self.boot_timeout = timeout;
+        self.config.boot_timeout = timeout;
         self
     }
 
@@ -306,7 +207,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn worker_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.worker_timeout = timeout;
+        self.config.worker_timeout = timeout;
         self
     }
 
@@ -320,7 +221,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn pin_workers(mut self, on: bool) -> Self {
-        self.pin_workers = on;
+        self.config.pin_workers = on;
         self
     }
 
@@ -335,7 +236,7 @@ impl Prefork {
     /// # Ok::<(), forklift::Error>(())
     /// ```
     pub fn user(mut self, name: impl Into<String>) -> Self {
-        self.user = Some(name.into());
+        self.config.user = Some(name.into());
         self
     }
 
@@ -346,20 +247,20 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn group(mut self, name: impl Into<String>) -> Self {
-        self.group = Some(name.into());
+        self.config.group = Some(name.into());
         self
     }
 
     /// Answer commands on a Unix socket at `path` (mode 0600): `status` (a table of the
     /// workers: pid, generation, uptime, requests served, restarts), `reload`, `stop`, `incr`
-    /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::control).
+    /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::control()).
     ///
     /// ```
     /// let server = forklift::Prefork::new().control_socket("/run/app/forklift.ctl");
     /// # let _ = server;
     /// ```
     pub fn control_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.control = Some(path.into());
+        self.config.control = Some(path.into());
         self
     }
 
@@ -375,7 +276,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn readiness(mut self, readiness: crate::spawn::Readiness) -> Self {
-        self.readiness = readiness;
+        self.config.readiness = readiness;
         self
     }
 
@@ -389,7 +290,7 @@ impl Prefork {
     /// # let _ = server;
     /// ```
     pub fn relay_output(mut self, prefix: bool) -> Self {
-        self.relay_output = Some(prefix);
+        self.config.relay_output = Some(prefix);
         self
     }
 
@@ -698,7 +599,7 @@ impl Prefork {
         B::Error: Into<BoxError>,
     {
         let mut http = self.http.clone();
-        http.graceful_timeout = self.graceful_timeout;
+        http.graceful_timeout = self.config.graceful_timeout;
         #[cfg(feature = "tls")]
         if let (Some(tls), false) = (&http.tls, worker::is_worker()) {
             // Fail before binding or starting anything; workers load it again as they boot.
@@ -791,25 +692,7 @@ impl Prefork {
             Ok(None) => {}
             Err(e) => return Err(Error::io("reading the worker environment", e)),
         }
-        let config = Config {
-            workers: self.workers.unwrap_or_else(default_workers),
-            addrs: self.addrs,
-            reuse_port: self.reuse_port,
-            backlog: self.backlog,
-            spawn: self.spawn,
-            recover_threshold: self.recover_threshold,
-            recover_window: self.recover_window,
-            graceful_timeout: self.graceful_timeout,
-            boot_timeout: self.boot_timeout,
-            worker_timeout: self.worker_timeout,
-            pin_workers: self.pin_workers,
-            user: self.user,
-            group: self.group,
-            control: self.control,
-            readiness: self.readiness,
-            relay_output: self.relay_output,
-        };
         let main: Arc<WorkerMain> = Arc::new(worker_main);
-        master::run(config, self.hooks, main)
+        master::run(self.config, self.hooks, main)
     }
 }

@@ -90,6 +90,7 @@ compile_error!(
 
 mod addr;
 mod builder;
+mod config;
 mod error;
 mod hooks;
 mod http;
@@ -101,7 +102,12 @@ mod sys;
 mod worker;
 
 pub use addr::{ListenAddr, Network};
-pub use builder::{default_workers, Prefork};
+pub use builder::Prefork;
+pub use config::{
+    default_workers, DEFAULT_BACKLOG, DEFAULT_BOOT_TIMEOUT, DEFAULT_GRACEFUL_TIMEOUT,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_RECOVER_THRESHOLD, DEFAULT_RECOVER_WINDOW,
+    DEFAULT_WORKER_TIMEOUT,
+};
 pub use error::{BoxError, Error, Result};
 pub use hooks::{Event, WorkerInfo};
 pub use http::body::Body;
@@ -115,5 +121,5 @@ pub use sys::process::ExitStatus;
 pub use master::{request_reload, request_scale, request_stop};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
-pub use sys::listener::{Listener, DEFAULT_BACKLOG};
+pub use sys::listener::Listener;
 pub use worker::{is_worker, Worker};

@@ -2,7 +2,7 @@
 //! failures, and how it ends.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::BoxError;
 use crate::protocol::{self, Message, BOOT_ERROR_EXIT_CODE, LISTEN_FDS_START};
 use crate::spawn::WorkerSlot;
+use crate::sys::fd;
 use crate::sys::listener::Listener;
 
 /// The code a worker runs: the raw form's closure, or forklift's HTTP server.
@@ -77,9 +78,9 @@ impl Worker {
             .map(Listener::from_fd)
             .collect::<io::Result<Vec<_>>>()?;
         for l in &listeners {
-            set_cloexec(l.as_raw_fd())?;
+            fd::set_cloexec(l.as_fd())?;
         }
-        set_cloexec(channel.as_raw_fd())?;
+        fd::set_cloexec(channel.as_fd())?;
         Ok(Worker {
             slot,
             master_pid,
@@ -236,17 +237,6 @@ pub(crate) fn watch_parent(master_pid: u32) {
     if unsafe { libc::getppid() } as u32 != master_pid {
         std::process::exit(1);
     }
-}
-
-fn set_cloexec(fd: i32) -> io::Result<()> {
-    // SAFETY: fcntl(2) on an fd this process owns.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

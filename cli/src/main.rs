@@ -70,8 +70,8 @@ struct RunArgs {
 
     /// Kill and replace a worker that sent WATCHDOG=1 once and then nothing for this long;
     /// 0 turns the check off
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
-    worker_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::ZERO))]
+    worker_timeout: Secs,
 
     /// Wait for READY=1 on the NOTIFY_SOCKET forklift gives each worker (sd_notify)
     #[arg(long, conflicts_with = "ready_after")]
@@ -79,8 +79,8 @@ struct RunArgs {
 
     /// Count a worker as ready once it has run this long (for programs that do not speak
     /// sd_notify)
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
-    ready_after: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::from_secs(1)))]
+    ready_after: Secs,
 
     /// Prefix each line the workers print with [worker ID pid PID]
     #[arg(long)]
@@ -120,20 +120,20 @@ struct PoolArgs {
     reuse_port: bool,
 
     /// Seconds a graceful stop waits for in-flight requests before killing workers
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
-    graceful_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_GRACEFUL_TIMEOUT))]
+    graceful_timeout: Secs,
 
     /// Stop when more than this many workers crash within the recover window
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_RECOVER_THRESHOLD)]
     recover_threshold: usize,
 
     /// Seconds over which crashes are counted
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
-    recover_window: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_RECOVER_WINDOW))]
+    recover_window: Secs,
 
     /// Seconds a worker may take to report ready before it counts as failing to boot
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
-    boot_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_BOOT_TIMEOUT))]
+    boot_timeout: Secs,
 
     /// Answer `forklift status|reload|stop --control PATH` on a Unix socket (mode 0600)
     #[arg(long, value_name = "PATH")]
@@ -149,10 +149,10 @@ impl PoolArgs {
     fn apply(&self, mut server: Prefork) -> forklift::Result<Prefork> {
         server = server
             .reuse_port(self.reuse_port)
-            .graceful_timeout(self.graceful_timeout)
+            .graceful_timeout(self.graceful_timeout.0)
             .recover_threshold(self.recover_threshold)
-            .recover_window(self.recover_window)
-            .boot_timeout(self.boot_timeout)
+            .recover_window(self.recover_window.0)
+            .boot_timeout(self.boot_timeout.0)
             .backlog(self.backlog);
         if let Some(n) = self.workers {
             server = server.workers(n);
@@ -178,8 +178,8 @@ struct ServeArgs {
 
     /// Seconds a worker may go without a heartbeat before it is killed and replaced (a
     /// handler stuck in a loop); 0 turns the check off
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
-    worker_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_WORKER_TIMEOUT))]
+    worker_timeout: Secs,
 
     /// Replace each worker after this many requests (plus up to --max-requests-jitter more),
     /// one worker at a time, without failing a request
@@ -204,8 +204,8 @@ struct ServeArgs {
     group: Option<String>,
 
     /// Seconds a client may take to send its request headers
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
-    header_read_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_HEADER_READ_TIMEOUT))]
+    header_read_timeout: Secs,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key). Read before the
     /// workers start, and again by each worker as it boots (renewals need no restart)
@@ -286,6 +286,30 @@ macro_rules! say {
     }};
 }
 
+/// A duration given on the command line in seconds, fractions allowed (`SECS`). Its
+/// `Display` is what it parses from, so clap shows a library default such as
+/// [`forklift::DEFAULT_GRACEFUL_TIMEOUT`] in `--help` as `[default: 30]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Secs(Duration);
+
+impl std::str::FromStr for Secs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Secs, String> {
+        parse_secs(s).map(Secs)
+    }
+}
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.subsec_nanos() == 0 {
+            write!(f, "{}", self.0.as_secs())
+        } else {
+            write!(f, "{}", self.0.as_secs_f64())
+        }
+    }
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -340,8 +364,8 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
             &args.pool.listen,
             args.pool.workers.unwrap_or_else(forklift::default_workers),
             args.pool.backlog,
-            args.pool.graceful_timeout,
-            args.header_read_timeout,
+            args.pool.graceful_timeout.0,
+            args.header_read_timeout.0,
         );
     }
     let mut server = args
@@ -351,11 +375,11 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
             SpawnMode::Fork => Spawn::Fork,
             SpawnMode::Exec => Spawn::Exec,
         })
-        .header_read_timeout(args.header_read_timeout)
+        .header_read_timeout(args.header_read_timeout.0)
         .access_log(args.access_log)
         .http1_fast_path(!args.no_fast_path)
         .defer_accept(!args.no_defer_accept)
-        .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
+        .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
     server = server.pin_workers(args.pin_workers);
     if let Some(user) = &args.user {
         server = server.user(user);
@@ -482,10 +506,10 @@ fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
         .readiness(if args.ready_notify {
             forklift::Readiness::Notify
         } else {
-            forklift::Readiness::After(args.ready_after)
+            forklift::Readiness::After(args.ready_after.0)
         })
         .relay_output(args.prefix_output)
-        .worker_timeout((!args.worker_timeout.is_zero()).then_some(args.worker_timeout));
+        .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
     lifecycle_lines(server, "http")
         .run(|_| Err("forklift run starts COMMAND in each worker; this is never called".into()))
         .map_err(|e| format!("{shown}: {e}").into())
@@ -592,6 +616,14 @@ mod tests {
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("soon").is_err());
         assert!(parse_secs("inf").is_err());
+    }
+
+    #[test]
+    fn seconds_show_as_they_parse() {
+        for text in ["0", "1", "30", "1.5", "0.25"] {
+            let secs: Secs = text.parse().unwrap();
+            assert_eq!(secs.to_string(), text);
+        }
     }
 
     #[test]

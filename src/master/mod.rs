@@ -39,7 +39,7 @@ use self::policy::CrashWindow;
 use self::pool::{Entry, SlotState, State};
 use self::replace::Reload;
 use self::stop::Phase;
-use crate::builder::Config;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hooks::{Event, Hooks};
 use crate::spawn::exec::CommandLine;

@@ -8,13 +8,13 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::{ChildSetup, Spawn, SpawnSpec};
 use crate::protocol::{self, LISTEN_FDS_START};
-use crate::sys::signals;
+use crate::sys::{fd, signals};
 
 /// What to execute, before the per-worker environment is added.
 #[derive(Debug, Clone)]
@@ -156,7 +156,7 @@ fn fork_exec(
     };
     let sources = fds;
     let mut temps = vec![-1i32; sources.len()];
-    let (err_read, err_write) = cloexec_pipe()?;
+    let (err_read, err_write) = fd::pipe_cloexec()?;
     let ctx = ChildPlan {
         program: program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -421,28 +421,6 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
             "a command argument contains a NUL byte",
         )
     })
-}
-
-fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    // SAFETY: fds is a valid array for pipe2 to fill.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    // SAFETY: fds is a valid array for pipe to fill; close-on-exec is set right after.
-    let rc = unsafe {
-        let rc = libc::pipe(fds.as_mut_ptr());
-        if rc == 0 {
-            libc::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC);
-            libc::fcntl(fds[1], libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-        rc
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe just returned two fds owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 #[cfg(test)]

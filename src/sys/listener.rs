@@ -148,15 +148,6 @@ pub(crate) struct BindOptions {
     pub reuse_port: bool,
 }
 
-/// The backlog forklift asks for unless told otherwise. The std and tokio default of 128 costs
-/// a one-second SYN retry at p99 under a burst of 500 connects (measured); the kernel caps any
-/// value at `net.core.somaxconn`.
-///
-/// ```
-/// assert_eq!(forklift::DEFAULT_BACKLOG, 4096);
-/// ```
-pub const DEFAULT_BACKLOG: u32 = 4096;
-
 /// The kernel's cap on listen backlogs, if it can be read.
 pub(crate) fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")

@@ -4,7 +4,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use crate::sys::fd;
 
 /// The longest partial line kept before it is written out anyway.
 const MAX_LINE: usize = 64 * 1024;
@@ -21,19 +23,13 @@ pub(crate) struct Relay {
 impl Relay {
     /// A pipe whose write end becomes the worker's stdout (or stderr).
     pub fn pipe(to_stderr: bool) -> io::Result<(Relay, OwnedFd)> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: fds is a valid array for pipe(2) to fill.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe(2) just returned these fds, owned by nobody else.
-        let (read, write) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        crate::sys::signals::set_cloexec_nonblock(read.as_raw_fd())?;
-        // SAFETY: fcntl(2) on the fd we own; the child's copy is made without close-on-exec.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        // Both ends close-on-exec: the exec path duplicates the write end onto the child's
+        // stdout or stderr, and only that copy survives exec.
+        let (read, write) = fd::pipe_cloexec()?;
+        fd::set_nonblocking(read.as_fd())?;
         Ok((
             Relay {
-                read,
+                read: File::from(read),
                 buf: Vec::new(),
                 to_stderr,
                 prefix: String::new(),

@@ -8,8 +8,10 @@
 //! worker can put every disposition back to the default after fork and install its own.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+use crate::sys::fd;
 
 /// Signals the master acts on.
 pub(crate) const MASTER_SIGNALS: [libc::c_int; 8] = [
@@ -61,15 +63,11 @@ pub(crate) struct SignalPipe {
 impl SignalPipe {
     /// Creates the pipe and installs the handlers for [`MASTER_SIGNALS`].
     pub fn install() -> io::Result<SignalPipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: fds is a valid two-int array for pipe(2) to fill.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe(2) just returned these two fds, owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        for fd in [&read, &write] {
-            set_cloexec_nonblock(fd.as_raw_fd())?;
+        let (read, write) = fd::pipe_cloexec()?;
+        // Non-blocking at both ends: a handler must never block on a full pipe, and draining
+        // stops at an empty one.
+        for end in [&read, &write] {
+            fd::set_nonblocking(end.as_fd())?;
         }
         PENDING.store(0, Ordering::SeqCst);
         WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
@@ -166,21 +164,6 @@ pub(crate) unsafe fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) 
     unsafe {
         libc::sigemptyset(&mut action.sa_mask);
         if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn set_cloexec_nonblock(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl(2) on an fd we own, with flags read back from the kernel.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd_flags = libc::fcntl(fd, libc::F_GETFD);
-        if fd_flags < 0 || libc::fcntl(fd, libc::F_SETFD, fd_flags | libc::FD_CLOEXEC) < 0 {
             return Err(io::Error::last_os_error());
         }
     }

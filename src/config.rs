@@ -1,0 +1,223 @@
+//! The pool's settings, each with its default, in one place: [`Prefork`](crate::Prefork)
+//! holds a [`Config`] and its setters write to it, the master reads it, and the `forklift`
+//! command shows the public `DEFAULT_*` constants below as its `--help` defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::addr::ListenAddr;
+use crate::error::{Error, Result};
+use crate::spawn::{Readiness, Spawn};
+
+/// The listen backlog forklift asks for unless told otherwise
+/// ([`Prefork::backlog`](crate::Prefork::backlog)). The std and tokio default of 128 costs a
+/// one-second SYN retry at p99 under a burst of 500 connects (measured); the kernel caps any
+/// value at `net.core.somaxconn`.
+///
+/// ```
+/// assert_eq!(forklift::DEFAULT_BACKLOG, 4096);
+/// ```
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// How many crashes within [`DEFAULT_RECOVER_WINDOW`] the master tolerates before it stops
+/// everything: 10 ([`Prefork::recover_threshold`](crate::Prefork::recover_threshold)).
+///
+/// ```
+/// use forklift::{Prefork, DEFAULT_RECOVER_THRESHOLD};
+/// // Half the default tolerance, for a service where a crash is already a page.
+/// let server = Prefork::new().recover_threshold(DEFAULT_RECOVER_THRESHOLD / 2);
+/// # let _ = server;
+/// ```
+pub const DEFAULT_RECOVER_THRESHOLD: usize = 10;
+
+/// The window crashes are counted over: 60 s
+/// ([`Prefork::recover_window`](crate::Prefork::recover_window)).
+///
+/// ```
+/// // Count crashes over five default windows.
+/// let server = forklift::Prefork::new().recover_window(5 * forklift::DEFAULT_RECOVER_WINDOW);
+/// # let _ = server;
+/// ```
+pub const DEFAULT_RECOVER_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a graceful stop lets in-flight requests finish before the workers are killed:
+/// 30 s ([`Prefork::graceful_timeout`](crate::Prefork::graceful_timeout)).
+///
+/// ```
+/// // Twice the default, for a server with long uploads.
+/// let server = forklift::Prefork::new().graceful_timeout(2 * forklift::DEFAULT_GRACEFUL_TIMEOUT);
+/// # let _ = server;
+/// ```
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a worker may take to report ready before it counts as failing to boot: 60 s
+/// ([`Prefork::boot_timeout`](crate::Prefork::boot_timeout)).
+///
+/// ```
+/// // An application that loads a large model as it boots.
+/// let server = forklift::Prefork::new().boot_timeout(3 * forklift::DEFAULT_BOOT_TIMEOUT);
+/// # let _ = server;
+/// ```
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a worker's event loop may go without a heartbeat before the master kills it:
+/// 30 s ([`Prefork::worker_timeout`](crate::Prefork::worker_timeout), which takes `None` to
+/// turn the check off).
+///
+/// ```
+/// use forklift::{Prefork, DEFAULT_WORKER_TIMEOUT};
+/// // Kill stuck workers sooner than the default.
+/// let server = Prefork::new().worker_timeout(Some(DEFAULT_WORKER_TIMEOUT / 3));
+/// # let _ = server;
+/// ```
+pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client may take to send a request's headers before its connection is closed:
+/// 30 s ([`Prefork::header_read_timeout`](crate::Prefork::header_read_timeout)). An HTTP
+/// setting, not a pool one: the builder applies it to the workers' HTTP settings.
+///
+/// ```
+/// use forklift::{Prefork, DEFAULT_HEADER_READ_TIMEOUT};
+/// // Less patience than the default with slow clients.
+/// let server = Prefork::new().header_read_timeout(DEFAULT_HEADER_READ_TIMEOUT / 6);
+/// # let _ = server;
+/// ```
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The number of CPUs this process may run on: its affinity mask and cgroup CPU quota count.
+/// The default number of workers ([`Prefork::workers`](crate::Prefork::workers)).
+///
+/// ```
+/// assert!(forklift::default_workers() >= 1);
+/// ```
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Every setting of the pool: what the master needs. Each field's default is in
+/// [`Config::default`], written with the constant above where the CLI shows it too.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// How many workers to run. Default: [`default_workers`], counted when the builder is
+    /// made. 0 is refused by [`validate`](Config::validate).
+    pub workers: usize,
+    /// The addresses to listen on. Default: none, which the master refuses unless it
+    /// inherited sockets (a binary upgrade, systemd).
+    pub addrs: Vec<ListenAddr>,
+    /// One `SO_REUSEPORT` socket per worker instead of one shared socket. Default: off.
+    pub reuse_port: bool,
+    /// The listen backlog. Default: [`DEFAULT_BACKLOG`].
+    pub backlog: u32,
+    /// How workers are started. Default: [`Spawn::Fork`].
+    pub spawn: Spawn,
+    /// Crashes tolerated within `recover_window`. Default: [`DEFAULT_RECOVER_THRESHOLD`].
+    pub recover_threshold: usize,
+    /// The window crashes are counted over. Default: [`DEFAULT_RECOVER_WINDOW`].
+    pub recover_window: Duration,
+    /// How long a graceful stop waits for in-flight requests. Default:
+    /// [`DEFAULT_GRACEFUL_TIMEOUT`].
+    pub graceful_timeout: Duration,
+    /// How long a worker may take to report ready. Default: [`DEFAULT_BOOT_TIMEOUT`].
+    pub boot_timeout: Duration,
+    /// How long a worker may go without a heartbeat; `None` turns the check off. Default:
+    /// `Some(`[`DEFAULT_WORKER_TIMEOUT`]`)`.
+    pub worker_timeout: Option<Duration>,
+    /// Pin worker `i` to the `i`-th usable CPU. Default: off.
+    pub pin_workers: bool,
+    /// Run workers as this user. Default: the master's.
+    pub user: Option<String>,
+    /// Run workers with this group. Default: the user's primary group, or the master's.
+    pub group: Option<String>,
+    /// Answer commands on a Unix socket at this path. Default: no control socket.
+    pub control: Option<PathBuf>,
+    /// How the master learns that a worker serves. Default: [`Readiness::Channel`].
+    pub readiness: Readiness,
+    /// Relay the workers' output through the master, each line prefixed with the worker
+    /// when `Some(true)`. Default: `None`, the workers write to the master's streams.
+    pub relay_output: Option<bool>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: default_workers(),
+            addrs: Vec::new(),
+            reuse_port: false,
+            backlog: DEFAULT_BACKLOG,
+            spawn: Spawn::Fork,
+            recover_threshold: DEFAULT_RECOVER_THRESHOLD,
+            recover_window: DEFAULT_RECOVER_WINDOW,
+            graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            worker_timeout: Some(DEFAULT_WORKER_TIMEOUT),
+            pin_workers: false,
+            user: None,
+            group: None,
+            control: None,
+            readiness: Readiness::Channel,
+            relay_output: None,
+        }
+    }
+}
+
+impl Config {
+    /// Refuses settings the master cannot run with, saying which and why.
+    pub fn validate(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::Config(
+                "workers must be at least 1 (the default is one per CPU)".into(),
+            ));
+        }
+        if self
+            .worker_timeout
+            .is_some_and(|t| t < Duration::from_secs(2))
+        {
+            return Err(Error::Config(
+                "worker_timeout must be at least 2 s (workers send a heartbeat every second)"
+                    .into(),
+            ));
+        }
+        if self.backlog == 0 {
+            return Err(Error::Config("backlog must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn settings_the_master_cannot_run_with_are_refused() {
+        let refused = |config: Config| config.validate().unwrap_err().to_string();
+        assert!(refused(Config {
+            workers: 0,
+            ..Config::default()
+        })
+        .contains("workers must be at least 1"));
+        assert!(refused(Config {
+            worker_timeout: Some(Duration::from_secs(1)),
+            ..Config::default()
+        })
+        .contains("worker_timeout must be at least 2 s"));
+        assert!(refused(Config {
+            backlog: 0,
+            ..Config::default()
+        })
+        .contains("backlog must be at least 1"));
+        Config {
+            worker_timeout: None,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+    }
+}
