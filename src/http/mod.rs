@@ -66,8 +66,8 @@ pub(crate) struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            header_read_timeout: Duration::from_secs(30),
-            graceful_timeout: Duration::from_secs(30),
+            header_read_timeout: crate::config::DEFAULT_HEADER_READ_TIMEOUT,
+            graceful_timeout: crate::config::DEFAULT_GRACEFUL_TIMEOUT,
             access_log: false,
             max_requests: None,
             fast_path: true,
