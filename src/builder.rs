@@ -148,14 +148,18 @@ impl Prefork {
     }
 
     /// Stop everything once more than `n` workers crashed within the recover window
-    /// (default 10). A worker that fails before it is ready stops the master at once.
+    /// (fasthttp's `RecoverThreshold`). Off by default: a worker that crashes after it served
+    /// is always respawned, with backoff while it keeps crashing, because a server that stops
+    /// serves nobody. Whatever this says, the master stops when workers cannot boot: the first
+    /// generation cannot become ready, or 10 spawns in a row of one slot fail before ready
+    /// (about 30 s of retries with the backoff).
     ///
     /// ```
     /// let server = forklift::Prefork::new().recover_threshold(3);
     /// # let _ = server;
     /// ```
     pub fn recover_threshold(mut self, n: usize) -> Self {
-        self.config.recover_threshold = n;
+        self.config.recover_threshold = Some(n);
         self
     }
 

@@ -19,19 +19,10 @@ use crate::spawn::{Readiness, Spawn};
 /// ```
 pub const DEFAULT_BACKLOG: u32 = 4096;
 
-/// How many crashes within [`DEFAULT_RECOVER_WINDOW`] the master tolerates before it stops
-/// everything: 10 ([`Prefork::recover_threshold`](crate::Prefork::recover_threshold)).
-///
-/// ```
-/// use forklift::{Prefork, DEFAULT_RECOVER_THRESHOLD};
-/// // Half the default tolerance, for a service where a crash is already a page.
-/// let server = Prefork::new().recover_threshold(DEFAULT_RECOVER_THRESHOLD / 2);
-/// # let _ = server;
-/// ```
-pub const DEFAULT_RECOVER_THRESHOLD: usize = 10;
-
 /// The window crashes are counted over: 60 s
-/// ([`Prefork::recover_window`](crate::Prefork::recover_window)).
+/// ([`Prefork::recover_window`](crate::Prefork::recover_window)). Crashes are always counted,
+/// for the log; they stop the server only past an opt-in
+/// [`recover_threshold`](crate::Prefork::recover_threshold).
 ///
 /// ```
 /// // Count crashes over five default windows.
@@ -112,8 +103,9 @@ pub(crate) struct Config {
     pub backlog: u32,
     /// How workers are started. Default: [`Spawn::Fork`].
     pub spawn: Spawn,
-    /// Crashes tolerated within `recover_window`. Default: [`DEFAULT_RECOVER_THRESHOLD`].
-    pub recover_threshold: usize,
+    /// Crashes of workers that had served tolerated within `recover_window` before the
+    /// master stops. Default: `None`, never: such workers are always respawned.
+    pub recover_threshold: Option<usize>,
     /// The window crashes are counted over. Default: [`DEFAULT_RECOVER_WINDOW`].
     pub recover_window: Duration,
     /// How long a graceful stop waits for in-flight requests. Default:
@@ -147,7 +139,7 @@ impl Default for Config {
             reuse_port: false,
             backlog: DEFAULT_BACKLOG,
             spawn: Spawn::Fork,
-            recover_threshold: DEFAULT_RECOVER_THRESHOLD,
+            recover_threshold: None,
             recover_window: DEFAULT_RECOVER_WINDOW,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,

@@ -45,10 +45,12 @@
 //!   ([`Spawn::Command`]).
 //! - **Readiness**: each worker reports on its channel when it serves; `on_master_ready`
 //!   fires when all have.
-//! - **Supervision**: a crashed worker is respawned (at once, then with capped exponential
-//!   backoff if it keeps crashing); more than `recover_threshold` crashes within the recover
-//!   window stop the server with [`Error::OverRecovery`]. A worker that fails before it is
-//!   ready stops the server with [`Error::WorkerBoot`] instead of a respawn loop.
+//! - **Supervision**: a worker that crashes after it served is always respawned (at once,
+//!   then with capped exponential backoff if it keeps crashing), and the log says what
+//!   killed it. The master stops only when workers cannot boot ([`Error::WorkerBoot`]): the
+//!   first generation cannot become ready, or 10 spawns in a row of one slot fail before
+//!   ready. An opt-in `recover_threshold` (fasthttp's) stops the server after that many
+//!   crashes within the recover window ([`Error::OverRecovery`]).
 //! - **Master death**: workers notice at once (end-of-file on their channel; on Linux also a
 //!   parent-death signal checked against the master's pid), run `on_master_death`, drain and
 //!   exit. No worker keeps the port after `kill -9` of the master.
@@ -105,8 +107,7 @@ pub use addr::{ListenAddr, Network};
 pub use builder::Prefork;
 pub use config::{
     default_workers, DEFAULT_BACKLOG, DEFAULT_BOOT_TIMEOUT, DEFAULT_GRACEFUL_TIMEOUT,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_RECOVER_THRESHOLD, DEFAULT_RECOVER_WINDOW,
-    DEFAULT_WORKER_TIMEOUT,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_RECOVER_WINDOW, DEFAULT_WORKER_TIMEOUT,
 };
 pub use error::{BoxError, Error, Result};
 pub use hooks::{Event, WorkerInfo};

@@ -123,11 +123,13 @@ struct PoolArgs {
     #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_GRACEFUL_TIMEOUT))]
     graceful_timeout: Secs,
 
-    /// Stop when more than this many workers crash within the recover window
-    #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_RECOVER_THRESHOLD)]
-    recover_threshold: usize,
+    /// Stop when more than N workers crash within the recover window (fasthttp's
+    /// RecoverThreshold). Default: never; workers that served are always respawned, with
+    /// backoff. Workers that cannot boot stop the server whatever this says
+    #[arg(long, value_name = "N")]
+    recover_threshold: Option<usize>,
 
-    /// Seconds over which crashes are counted
+    /// Seconds over which crashes are counted (for the log, and --recover-threshold)
     #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_RECOVER_WINDOW))]
     recover_window: Secs,
 
@@ -150,12 +152,14 @@ impl PoolArgs {
         server = server
             .reuse_port(self.reuse_port)
             .graceful_timeout(self.graceful_timeout.0)
-            .recover_threshold(self.recover_threshold)
             .recover_window(self.recover_window.0)
             .boot_timeout(self.boot_timeout.0)
             .backlog(self.backlog);
         if let Some(n) = self.workers {
             server = server.workers(n);
+        }
+        if let Some(n) = self.recover_threshold {
+            server = server.recover_threshold(n);
         }
         if let Some(path) = &self.control {
             server = server.control_socket(path);

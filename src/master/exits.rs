@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use super::policy::MAX_BOOT_FAILURES;
 use super::pool::{Entry, State};
 use super::Master;
 use crate::error::Error;
@@ -57,18 +58,25 @@ impl Master {
         let expected = entry.is_stopping() || !self.running();
         if expected {
             debug!("worker {} (pid {}) {status}", info.id, info.pid);
-        } else {
-            warn!("worker {} (pid {}) {status}", info.id, info.pid);
-        }
-        self.emit(Event::WorkerExited {
-            worker: info,
-            status,
-            expected,
-        });
-        if expected {
+            self.emit(Event::WorkerExited {
+                worker: info,
+                status,
+                expected,
+            });
             return;
         }
         let Some(ready_since) = entry.ready_since() else {
+            warn!(
+                "worker {} (pid {}) {status} before it was ready: {}",
+                info.id,
+                info.pid,
+                exit_hint(status)
+            );
+            self.emit(Event::WorkerExited {
+                worker: info,
+                status,
+                expected,
+            });
             let message = match (entry.boot_error, status) {
                 (Some(text), _) => text,
                 (None, ExitStatus::Exited(BOOT_ERROR_EXIT_CODE)) => {
@@ -79,11 +87,24 @@ impl Master {
             self.on_boot_failure(info, message);
             return;
         };
-        if let Some(crashes) = self.crashes.record(now) {
+        let crashes = self.crashes.record(now);
+        warn!(
+            "worker {} (pid {}) {status}: {} ({crashes} crashes in the last {:?})",
+            info.id,
+            info.pid,
+            exit_hint(status),
+            self.crashes.window()
+        );
+        self.emit(Event::WorkerExited {
+            worker: info,
+            status,
+            expected,
+        });
+        if let Some(threshold) = self.crashes.exceeded(crashes) {
             let err = Error::OverRecovery {
                 crashes,
                 window: self.crashes.window(),
-                threshold: self.crashes.threshold(),
+                threshold,
                 id: info.id,
                 pid: info.pid,
                 status,
@@ -102,13 +123,18 @@ impl Master {
         slot.respawn_at = Some(now + delay);
         slot.replaces = Some(info);
         if !delay.is_zero() {
-            info!("worker {} restarts in {delay:?} (backoff)", info.id);
+            info!(
+                "worker {} restarts in {delay:?} (backoff): it keeps crashing soon after it is ready",
+                info.id
+            );
         }
     }
 
     /// A worker that ended before it was ready. During a reload the reload is given up; a
-    /// recycled worker whose replacement cannot boot keeps serving; otherwise the master stops
-    /// with the worker's error rather than loop on a worker that cannot start.
+    /// recycled worker whose replacement cannot boot keeps serving; in the first generation
+    /// the master stops with the worker's error (a server that cannot start says so at once);
+    /// later, the slot is retried with backoff, and the master stops only once
+    /// [`MAX_BOOT_FAILURES`] spawns in a row have failed.
     fn on_boot_failure(&mut self, info: WorkerInfo, message: String) {
         if self.reload.is_some() && info.generation == self.generation {
             self.abort_reload(format!("worker {} (pid {}): {message}", info.id, info.pid));
@@ -127,6 +153,31 @@ impl Master {
             old.keep_serving();
             return;
         }
+        if info.generation != generation || info.id >= self.slots.len() {
+            return;
+        }
+        let slot = &mut self.slots[info.id];
+        let retry = if self.master_ready {
+            slot.boot_failed()
+        } else {
+            None
+        };
+        if let Some(delay) = retry {
+            let now = Instant::now();
+            slot.respawn_at = Some(now + delay);
+            slot.replaces = Some(info);
+            error!(
+                "worker {} (pid {}) failed to boot ({} of {MAX_BOOT_FAILURES} in a row): \
+                 {message}; trying again in {delay:?}",
+                info.id, info.pid, slot.boot_failures
+            );
+            return;
+        }
+        let message = if self.master_ready {
+            format!("{message} ({MAX_BOOT_FAILURES} starts in a row failed)")
+        } else {
+            message
+        };
         let err = Error::WorkerBoot {
             id: info.id,
             pid: info.pid,
@@ -182,5 +233,48 @@ impl Master {
         for info in stuck {
             self.emit(Event::WorkerTimedOut(info));
         }
+    }
+}
+
+/// What a worker's end says about its cause, and where to look.
+pub(super) fn exit_hint(status: ExitStatus) -> &'static str {
+    match status {
+        ExitStatus::Signaled(libc::SIGKILL) => {
+            "the OOM killer or an operator killed it: see `dmesg` or `journalctl -k` for \
+             'Out of memory'"
+        }
+        ExitStatus::Signaled(libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) => {
+            "a crash in native code (unsafe Rust or a C library): allow core dumps \
+             (`ulimit -c unlimited`) and read the backtrace"
+        }
+        ExitStatus::Signaled(libc::SIGABRT) => {
+            "it aborted (a panic with panic = \"abort\", abort() in C code, or a missed \
+             heartbeat); see its stderr above"
+        }
+        ExitStatus::Signaled(libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGHUP) => {
+            "a signal from outside forklift: send signals to the master, not to its workers"
+        }
+        ExitStatus::Signaled(_) => "a signal from outside forklift",
+        ExitStatus::Exited(0) => {
+            "it exited on its own; a worker should run until the master stops it"
+        }
+        ExitStatus::Exited(BOOT_ERROR_EXIT_CODE) => "the boot-error exit code: see its log above",
+        ExitStatus::Exited(_) => "see its log above for why it exited",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_names_the_likely_cause() {
+        assert!(exit_hint(ExitStatus::Signaled(libc::SIGKILL)).contains("OOM killer"));
+        assert!(exit_hint(ExitStatus::Signaled(libc::SIGKILL)).contains("dmesg"));
+        assert!(exit_hint(ExitStatus::Signaled(libc::SIGSEGV)).contains("native code"));
+        assert!(exit_hint(ExitStatus::Signaled(libc::SIGABRT)).contains("aborted"));
+        assert!(exit_hint(ExitStatus::Signaled(libc::SIGTERM)).contains("to the master"));
+        assert!(exit_hint(ExitStatus::Exited(0)).contains("on its own"));
+        assert!(exit_hint(ExitStatus::Exited(70)).contains("log above"));
     }
 }

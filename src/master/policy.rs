@@ -155,17 +155,25 @@ impl Default for Backoff {
     }
 }
 
+/// How many spawns in a row of one slot may fail before they are ready (a panic at boot, the
+/// boot-error exit code, the boot timeout) before the master gives up and stops: 10, which
+/// with the slot's backoff (at once, then 100 ms doubling to 10 s) is about 30 s of retries
+/// while the other workers serve. The first generation is not retried: a server that cannot
+/// start says so at once.
+pub(crate) const MAX_BOOT_FAILURES: u32 = 10;
+
 /// Crashes counted over a sliding window (fasthttp counts over the whole lifetime, which stops
-/// a server that lost one worker a day after a few months).
+/// a server that lost one worker a day after a few months). Always counted, for the log;
+/// with a threshold (opt-in, fasthttp's `RecoverThreshold`) it also says when to stop.
 #[derive(Debug, Clone)]
 pub(crate) struct CrashWindow {
     window: Duration,
-    threshold: usize,
+    threshold: Option<usize>,
     crashes: VecDeque<Instant>,
 }
 
 impl CrashWindow {
-    pub fn new(threshold: usize, window: Duration) -> Self {
+    pub fn new(threshold: Option<usize>, window: Duration) -> Self {
         CrashWindow {
             window,
             threshold,
@@ -173,9 +181,8 @@ impl CrashWindow {
         }
     }
 
-    /// Records a crash at `now`. Returns the number of crashes inside the window if that is
-    /// more than the threshold, which means: stop.
-    pub fn record(&mut self, now: Instant) -> Option<usize> {
+    /// Records a crash at `now`; returns how many crashes the window holds now.
+    pub fn record(&mut self, now: Instant) -> usize {
         self.crashes.push_back(now);
         while let Some(&first) = self.crashes.front() {
             if now.duration_since(first) > self.window {
@@ -184,16 +191,17 @@ impl CrashWindow {
                 break;
             }
         }
-        let n = self.crashes.len();
-        (n > self.threshold).then_some(n)
+        self.crashes.len()
+    }
+
+    /// The threshold, if `count` crashes in the window pass it: time to stop. Never without
+    /// a threshold.
+    pub fn exceeded(&self, count: usize) -> Option<usize> {
+        self.threshold.filter(|&t| count > t)
     }
 
     pub fn window(&self) -> Duration {
         self.window
-    }
-
-    pub fn threshold(&self) -> usize {
-        self.threshold
     }
 }
 
@@ -238,30 +246,46 @@ mod tests {
     #[test]
     fn window_trips_only_past_the_threshold() {
         let t0 = Instant::now();
-        let mut w = CrashWindow::new(3, Duration::from_secs(60));
-        assert_eq!(w.record(t0), None);
-        assert_eq!(w.record(t0 + MS), None);
-        assert_eq!(w.record(t0 + 2 * MS), None);
-        assert_eq!(w.record(t0 + 3 * MS), Some(4));
+        let mut w = CrashWindow::new(Some(3), Duration::from_secs(60));
+        for (i, expected) in [(0, 1), (1, 2), (2, 3)] {
+            let n = w.record(t0 + i * MS);
+            assert_eq!(n, expected);
+            assert_eq!(w.exceeded(n), None);
+        }
+        let n = w.record(t0 + 3 * MS);
+        assert_eq!((n, w.exceeded(n)), (4, Some(3)));
     }
 
     #[test]
     fn old_crashes_fall_out_of_the_window() {
         let t0 = Instant::now();
-        let mut w = CrashWindow::new(2, Duration::from_secs(10));
-        assert_eq!(w.record(t0), None);
-        assert_eq!(w.record(t0 + Duration::from_secs(1)), None);
+        let mut w = CrashWindow::new(Some(2), Duration::from_secs(10));
+        assert_eq!(w.record(t0), 1);
+        assert_eq!(w.record(t0 + Duration::from_secs(1)), 2);
         // The first crash is 11 s old by now: only two remain in the window.
-        assert_eq!(w.record(t0 + Duration::from_secs(11)), None);
+        assert_eq!(w.record(t0 + Duration::from_secs(11)), 2);
         // The crash at 1 s is 11 s old now.
-        assert_eq!(w.record(t0 + Duration::from_secs(12)), None);
-        assert_eq!(w.record(t0 + Duration::from_secs(13)), Some(3));
+        assert_eq!(w.record(t0 + Duration::from_secs(12)), 2);
+        let n = w.record(t0 + Duration::from_secs(13));
+        assert_eq!((n, w.exceeded(n)), (3, Some(2)));
     }
 
     #[test]
     fn threshold_zero_stops_on_the_first_crash() {
-        let mut w = CrashWindow::new(0, Duration::from_secs(1));
-        assert_eq!(w.record(Instant::now()), Some(1));
+        let mut w = CrashWindow::new(Some(0), Duration::from_secs(1));
+        let n = w.record(Instant::now());
+        assert_eq!(w.exceeded(n), Some(0));
+    }
+
+    #[test]
+    fn without_a_threshold_crashes_are_counted_but_never_stop() {
+        let t0 = Instant::now();
+        let mut w = CrashWindow::new(None, Duration::from_secs(60));
+        for i in 0..10_000u32 {
+            let n = w.record(t0 + i * MS);
+            assert_eq!(n, i as usize + 1);
+            assert_eq!(w.exceeded(n), None);
+        }
     }
 
     // ---- decisions over the worker table ----

@@ -5,11 +5,11 @@
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
-use super::policy::{self, Backoff};
+use super::policy::{self, Backoff, MAX_BOOT_FAILURES};
 use super::{release_startup_pages, Master};
 use crate::hooks::{Event, WorkerInfo};
 use crate::protocol::Message;
@@ -209,6 +209,8 @@ pub(super) struct SlotState {
     /// The crashed worker this slot's next spawn replaces.
     pub(super) replaces: Option<WorkerInfo>,
     pub(super) restarts: u64,
+    /// Spawns in a row that ended before they were ready; reset by a ready worker.
+    pub(super) boot_failures: u32,
 }
 
 impl SlotState {
@@ -219,7 +221,15 @@ impl SlotState {
             respawn_at: Some(Instant::now()),
             replaces: None,
             restarts: 0,
+            boot_failures: 0,
         }
+    }
+
+    /// Records that this slot's worker ended before it was ready. Returns how long to wait
+    /// before the next try, or `None` once [`MAX_BOOT_FAILURES`] tries in a row have failed.
+    pub(super) fn boot_failed(&mut self) -> Option<Duration> {
+        self.boot_failures += 1;
+        (self.boot_failures < MAX_BOOT_FAILURES).then(|| self.backoff.on_crash(Duration::ZERO))
     }
 }
 
@@ -308,10 +318,7 @@ impl Master {
                 events.push(Event::WorkerReady(w.info));
             }
         }
-        for e in events {
-            self.emit(e);
-        }
-        self.check_master_ready();
+        self.workers_ready(events);
     }
 
     /// Reads what the workers said: readiness, boot errors, heartbeats, recycle requests
@@ -358,7 +365,20 @@ impl Master {
                 }
             }
         }
+        self.workers_ready(events);
+    }
+
+    /// Workers that just became ready: their slots boot again, the hooks hear of them, and
+    /// the pool may be ready as a whole.
+    fn workers_ready(&mut self, events: Vec<Event>) {
         for e in events {
+            if let Event::WorkerReady(info) = &e {
+                if let Some(slot) = self.slots.get_mut(info.id) {
+                    if info.generation == self.generation {
+                        slot.boot_failures = 0;
+                    }
+                }
+            }
             self.emit(e);
         }
         self.check_master_ready();
@@ -434,6 +454,22 @@ mod tests {
         assert!(w.mark_ready(now));
         assert_eq!(w.ready_since(), Some(now));
         assert!(w.is_stopping());
+    }
+
+    #[test]
+    fn a_slot_retries_a_failed_boot_with_backoff_until_the_limit() {
+        let mut slot = SlotState::due_now();
+        let delays: Vec<Duration> = std::iter::from_fn(|| slot.boot_failed()).collect();
+        assert_eq!(delays.len() as u32, MAX_BOOT_FAILURES - 1);
+        assert_eq!(delays[0], Duration::ZERO);
+        assert_eq!(delays[1], Duration::from_millis(100));
+        assert!(delays.windows(2).all(|d| d[0] <= d[1]), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)));
+        let total: Duration = delays.iter().sum();
+        assert!(
+            total >= Duration::from_secs(20) && total <= Duration::from_secs(40),
+            "about 30 s of retries: {total:?}"
+        );
     }
 
     #[test]
