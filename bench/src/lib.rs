@@ -4,7 +4,9 @@
 //!   interleaved rounds: [`run`] starts each server and its load generator, [`parse`] reads
 //!   wrk's and oha's reports, [`stats`] and [`report`] summarise the rounds as markdown and
 //!   JSON, [`chart`] draws the SVG.
-//! - `forklift-chaos` (src/chaos.rs) injects faults.
+//! - `forklift-chaos` (src/chaos/, one file per fault scenario) drives forklift through
+//!   forklift-testkit's server guard, client and /proc readers, the ones the CLI's integration
+//!   tests use.
 //! - `forklift-ceiling` (src/ceiling.rs) stands alone: the reference that does no HTTP work.
 //!
 //! Both reports describe the machine ([`machine`]) and date themselves ([`clock`]). Child
