@@ -10,10 +10,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use forklift_testkit::{groups, process};
 use serde::Serialize;
 
 use crate::parse::{self, LoadReport};
-use crate::procs::{self, Group, Stopped};
+use crate::procs::{Group, Stopped};
 
 /// How long a server may take to serve after it is started.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -260,7 +261,7 @@ pub struct Rss {
     /// The largest peak RSS among the workers during the load.
     pub worker_peak: Option<u64>,
     /// Peak per process (master included) during the load.
-    pub peak_by_pid: BTreeMap<i32, u64>,
+    pub peak_by_pid: BTreeMap<u32, u64>,
 }
 
 /// A successful measurement.
@@ -269,8 +270,8 @@ pub struct Sample {
     pub load: LoadReport,
     pub ready_ms: f64,
     pub ready_by: ReadyBy,
-    pub master_pid: i32,
-    pub worker_pids: Vec<i32>,
+    pub master_pid: u32,
+    pub worker_pids: Vec<u32>,
     pub rss_kib: Rss,
     /// Server CPU (user + sys, master and workers) spent during the load, in seconds.
     pub cpu_s: f64,
@@ -304,7 +305,7 @@ pub fn run_all(plan: &Plan) -> Vec<Run> {
     for round in 1..=plan.rounds {
         for &w in &plan.workloads {
             for s in plan.servers.iter().filter(|s| s.serves(w)) {
-                if procs::interrupted() {
+                if groups::interrupted() {
                     return runs;
                 }
                 eprint!(
@@ -327,7 +328,7 @@ pub fn run_all(plan: &Plan) -> Vec<Run> {
                         x.cpu_us_per_req
                             .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
                     ),
-                    Outcome::Failed(_) if procs::interrupted() => return runs,
+                    Outcome::Failed(_) if groups::interrupted() => return runs,
                     Outcome::Failed(e) => eprintln!("FAILED: {e}"),
                 }
                 runs.push(Run {
@@ -417,7 +418,7 @@ fn try_measure(
 }
 
 /// Copies a forklift server's stdout to its log and reports when `ready pids=` appears.
-fn watch_stdout(server: &mut Group, mut log: File) -> mpsc::Receiver<(Instant, Vec<i32>)> {
+fn watch_stdout(server: &mut Group, mut log: File) -> mpsc::Receiver<(Instant, Vec<u32>)> {
     let (tx, rx) = mpsc::channel();
     let stdout = server.child_mut().stdout.take();
     std::thread::spawn(move || {
@@ -441,24 +442,24 @@ fn serve_and_load(
     port: u16,
     started: Instant,
     server: &mut Group,
-    ready_rx: Option<mpsc::Receiver<(Instant, Vec<i32>)>>,
+    ready_rx: Option<mpsc::Receiver<(Instant, Vec<u32>)>>,
     log_path: &Path,
 ) -> Result<Sample, String> {
     let (ready_ms, ready_by) = wait_ready(server, port, started, ready_rx, log_path)?;
     let master = server.pid();
 
     // Idle figures, right before the load.
-    let idle: BTreeMap<i32, u64> = procs::tree(master)
+    let idle: BTreeMap<u32, u64> = process::tree(master)
         .into_iter()
-        .filter_map(|p| procs::rss_kib(p).map(|r| (p, r)))
+        .filter_map(|p| process::rss_kib(p).map(|r| (p, r)))
         .collect();
-    let worker_pids: Vec<i32> = idle.keys().copied().filter(|&p| p != master).collect();
-    let cpu_before = procs::tree_cpu_secs(master);
+    let worker_pids: Vec<u32> = idle.keys().copied().filter(|&p| p != master).collect();
+    let cpu_before = process::tree_cpu_secs(master);
 
     let sampler = RssSampler::start(master);
     let load = run_load(plan, w, port);
     let peak = sampler.finish();
-    let cpu_s = procs::tree_cpu_secs(master) - cpu_before;
+    let cpu_s = process::tree_cpu_secs(master) - cpu_before;
     let load = load?;
     if load.requests == 0 {
         let e = load.errors.breakdown();
@@ -508,7 +509,7 @@ fn wait_ready(
     server: &mut Group,
     port: u16,
     started: Instant,
-    ready_rx: Option<mpsc::Receiver<(Instant, Vec<i32>)>>,
+    ready_rx: Option<mpsc::Receiver<(Instant, Vec<u32>)>>,
     log_path: &Path,
 ) -> Result<(f64, ReadyBy), String> {
     let deadline = started + READY_DEADLINE;
@@ -630,17 +631,17 @@ fn read_in_background<R: Read + Send + 'static>(r: Option<R>) -> std::thread::Jo
 /// Samples the VmRSS of a process tree every [`SAMPLE_EVERY`] and keeps each pid's peak.
 struct RssSampler {
     stop: mpsc::Sender<()>,
-    handle: std::thread::JoinHandle<BTreeMap<i32, u64>>,
+    handle: std::thread::JoinHandle<BTreeMap<u32, u64>>,
 }
 
 impl RssSampler {
-    fn start(root: i32) -> RssSampler {
+    fn start(root: u32) -> RssSampler {
         let (stop, rx) = mpsc::channel::<()>();
         let handle = std::thread::spawn(move || {
             let mut peak = BTreeMap::new();
             loop {
-                for pid in procs::tree(root) {
-                    if let Some(kib) = procs::rss_kib(pid) {
+                for pid in process::tree(root) {
+                    if let Some(kib) = process::rss_kib(pid) {
                         let p = peak.entry(pid).or_insert(0);
                         *p = kib.max(*p);
                     }
@@ -655,7 +656,7 @@ impl RssSampler {
         RssSampler { stop, handle }
     }
 
-    fn finish(self) -> BTreeMap<i32, u64> {
+    fn finish(self) -> BTreeMap<u32, u64> {
         let _ = self.stop.send(());
         self.handle.join().unwrap_or_default()
     }

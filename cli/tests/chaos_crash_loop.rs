@@ -10,22 +10,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// (state, utime + stime in clock ticks) from /proc/PID/stat.
-fn state_and_ticks(pid: u32) -> Option<(char, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some((f.first()?.chars().next()?, ticks))
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf(3) has no preconditions.
-    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        t if t > 0 => t as f64,
-        _ => 100.0,
-    }
-}
-
 #[test]
 fn abort_on_every_request_stops_the_master_after_the_threshold() {
     let mut s = Server::start_ready(&[
@@ -62,10 +46,10 @@ fn abort_on_every_request_stops_the_master_after_the_threshold() {
     // Read the master's CPU time while it is a zombie (exited, not yet reaped).
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut ticks = 0;
-    let exited = poll_until_every(deadline, MEASURE_POLL, || match state_and_ticks(s.pid) {
-        Some((state, t)) => {
-            ticks = t;
-            state == 'Z' || state == 'X'
+    let exited = poll_until_every(deadline, MEASURE_POLL, || match stat(s.pid) {
+        Some(st) => {
+            ticks = st.ticks;
+            !st.is_live()
         }
         None => true,
     });

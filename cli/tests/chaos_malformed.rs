@@ -5,60 +5,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::thread;
 use std::time::{Duration, Instant};
-
-/// What came back for one raw request.
-struct Answer {
-    statuses: Vec<u16>,
-    closed: bool,
-    text: String,
-}
-
-/// Sends `bytes` on a new connection (from a thread: the server may answer and close before
-/// it has read them all) and reads until the server closes or `wait` passes.
-fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Answer {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(wait)).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let bytes = bytes.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = w.write_all(&bytes);
-    });
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break false
-            }
-            Err(_) => break true, // reset: closed too
-        }
-    };
-    let _ = s.shutdown(std::net::Shutdown::Both);
-    writer.join().unwrap();
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let statuses = text
-        .split("HTTP/1.1 ")
-        .skip(1)
-        .filter_map(|r| r.get(..3)?.parse().ok())
-        .collect();
-    Answer {
-        statuses,
-        closed,
-        text,
-    }
-}
 
 const SMUGGLED: &[u8] = b"GET /sleep?ms=1 HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -120,7 +67,7 @@ fn malformed_requests_are_refused_and_the_worker_survives() {
     ];
     for (name, bytes, smuggles) in cases {
         let t0 = Instant::now();
-        let a = raw(addr, &bytes, Duration::from_secs(3));
+        let a = send_raw(addr, &bytes, Duration::from_secs(3));
         println!(
             "MALFORMED {name}: statuses {:?}, closed {} after {}",
             a.statuses,

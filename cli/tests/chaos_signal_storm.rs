@@ -10,26 +10,6 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// (ppid, pgrp) of a live process.
-fn parent_and_group(pid: u32) -> Option<(u32, i32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
-    if matches!(f.first(), Some(&"Z") | Some(&"X")) {
-        return None;
-    }
-    Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
-}
-
-/// Live children of `pid`.
-fn children(pid: u32) -> BTreeSet<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| parent_and_group(p).is_some_and(|(ppid, _)| ppid == pid))
-        .collect()
-}
-
 fn hup_storm(s: &Server, n: u32, every: Duration) {
     let t0 = Instant::now();
     for i in 0..n {

@@ -24,22 +24,6 @@ fn live_workers(s: &Server) -> BTreeMap<u32, u32> {
     slots
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rfind(')')
-        .map(|i| stat[i + 1..].split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    // SAFETY: sysconf(3) has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    ticks as f64 / hz as f64
-}
-
 /// Clients that send connection-per-request GETs to `path` until stopped; counts answers.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -92,7 +76,7 @@ fn workers_killed_every_half_second_are_always_replaced() {
     let s = Server::start_ready(&["serve", "--listen", "127.0.0.1:0", "--workers", "2"]);
     let addr = s.addr();
     let load = Load::start(addr, "/", 4);
-    let master_cpu_before = cpu_secs(s.pid);
+    let master_cpu_before = cpu_secs(s.pid).unwrap_or(0.0);
     let end = Instant::now() + Duration::from_secs(10);
     let mut kills = 0;
     let mut slot = 0u32;
@@ -110,7 +94,7 @@ fn workers_killed_every_half_second_are_always_replaced() {
             s.stderr_text()
         );
     }
-    let master_cpu = cpu_secs(s.pid) - master_cpu_before;
+    let master_cpu = cpu_secs(s.pid).unwrap_or(0.0) - master_cpu_before;
     let (ok, failed) = load.finish();
     let ratio = failed as f64 / (ok + failed).max(1) as f64;
     println!(
@@ -167,7 +151,7 @@ fn a_handler_that_aborts_is_respawned_with_backoff_while_other_routes_answer() {
     ]);
     let addr = s.addr();
     let load = Load::start(addr, "/", 2);
-    let master_cpu_before = cpu_secs(s.pid);
+    let master_cpu_before = cpu_secs(s.pid).unwrap_or(0.0);
     let end = Instant::now() + Duration::from_secs(8);
     let mut aborts = 0;
     while Instant::now() < end {
@@ -182,7 +166,7 @@ fn a_handler_that_aborts_is_respawned_with_backoff_while_other_routes_answer() {
             s.stderr_text()
         );
     }
-    let master_cpu = cpu_secs(s.pid) - master_cpu_before;
+    let master_cpu = cpu_secs(s.pid).unwrap_or(0.0) - master_cpu_before;
     let (ok, failed) = load.finish();
     let stderr = s.stderr_text();
     let crashes = s

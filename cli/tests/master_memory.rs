@@ -21,13 +21,6 @@ fn released(line: &str) -> (u64, u64, String) {
     (freed, resident, how.to_string())
 }
 
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Starts `forklift serve` with `extra` arguments, checks the release line says `how`, then
 /// that the master still serves, reloads and stops.
 fn check(extra: &[&str], how_expected: &str) {
@@ -39,7 +32,10 @@ fn check(extra: &[&str], how_expected: &str) {
         .wait_stderr_contains("released start-up pages", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no release line; stderr:\n{}", s.stderr_text()));
     let (freed, resident, how) = released(&line);
-    println!("{extra:?}: {line}; master RSS now {} KiB", rss_kib(s.pid));
+    println!(
+        "{extra:?}: {line}; master RSS now {} KiB",
+        rss_kib(s.pid).expect("VmRSS")
+    );
     assert!(freed <= resident, "{line}");
     assert_eq!(how, how_expected, "{line}");
     if how == "unmapped" {

@@ -9,13 +9,6 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn worker_procs(s: &Server) -> BTreeSet<u32> {
-    group_members(s.pgid)
-        .into_iter()
-        .filter(|p| *p != s.pid)
-        .collect()
-}
-
 /// Every spawned pid that is not alive has a clean `exited` line, and exactly `n` workers live.
 fn settled(s: &Server, n: usize) -> bool {
     let alive = worker_procs(s);

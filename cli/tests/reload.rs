@@ -8,7 +8,6 @@ use common::*;
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,12 +16,6 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------
-
-fn serve_args<'a>(workers: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--workers", workers];
-    args.extend_from_slice(extra);
-    args
-}
 
 /// Parse a stdout line; the two-word `reload failed` comes back as the word `reload failed`.
 fn parse_line(line: &str) -> Hook {
@@ -132,29 +125,6 @@ fn spin_for_line(s: &Server, pred: impl Fn(&str) -> bool, deadline: Instant) -> 
         }
         thread::yield_now();
     }
-}
-
-fn stderr_count(s: &Server, needle: &str) -> usize {
-    s.stderr
-        .snapshot()
-        .iter()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-fn greeting_pid(r: &Response) -> Result<u32, String> {
-    if r.status != 200 {
-        return Err(format!("status {} (want 200): {r:?}", r.status));
-    }
-    if r.body != b"greeting!!!" {
-        return Err(format!("body {:?} (want \"greeting!!!\")", r.body_str()));
-    }
-    let v = r
-        .header("x-forklift-worker")
-        .ok_or_else(|| format!("no x-forklift-worker header: {r:?}"))?;
-    v.trim()
-        .parse()
-        .map_err(|_| format!("x-forklift-worker header {v:?} is not a pid"))
 }
 
 // ---------------------------------------------------------------------------
@@ -875,27 +845,6 @@ fn hup_during_reload_is_queued() {
 // ---------------------------------------------------------------------------
 // (d) a reload whose workers cannot boot is abandoned
 // ---------------------------------------------------------------------------
-
-/// A path in the temp dir that does not exist yet; removed on drop.
-struct TempPath(PathBuf);
-
-impl TempPath {
-    fn new(tag: &str) -> TempPath {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p = std::env::temp_dir().join(format!("fl-{tag}-{}-{nanos}", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        TempPath(p)
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 #[test]
 fn failed_reload_keeps_old_generation() {

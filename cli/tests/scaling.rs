@@ -75,13 +75,6 @@ fn expect_clean_exit(s: &Server, pid: u32, worker: u32) -> Hook {
     h
 }
 
-fn worker_procs(s: &Server) -> BTreeSet<u32> {
-    group_members(s.pgid)
-        .into_iter()
-        .filter(|p| *p != s.pid)
-        .collect()
-}
-
 fn assert_worker_procs(s: &Server, want: &BTreeSet<u32>) {
     assert!(
         poll_until(Instant::now() + Duration::from_secs(2), || worker_procs(s)

@@ -20,13 +20,6 @@ fn no_core_dumps() {
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
 }
 
-fn worker_procs(s: &Server) -> BTreeSet<u32> {
-    group_members(s.pgid)
-        .into_iter()
-        .filter(|p| *p != s.pid)
-        .collect()
-}
-
 #[test]
 fn stuck_worker_is_killed_and_replaced() {
     no_core_dumps();

@@ -22,27 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A fresh directory under the temp dir; removed with its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p = std::env::temp_dir().join(format!("fl-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Install `content` (or a copy of the forklift binary) at `dir/forklift` atomically: write a
 /// temporary file beside it, then rename it over the target, as a package manager does.
 fn install(dir: &Path, content: Option<&[u8]>) -> PathBuf {
@@ -65,20 +44,6 @@ fn exe_inode(pid: u32) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/exe"))
         .ok()
         .map(|m| m.ino())
-}
-
-/// The process group of a live process.
-fn pgrp_of(pid: u32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// The parent of a live process.
-fn ppid_of(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The `ready` lines printed so far (old master first, then the new one).
