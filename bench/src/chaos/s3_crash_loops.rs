@@ -1,6 +1,7 @@
 //! Scenario 3: crash loops. A handler that aborts the worker on every request (does the
-//! master back off without spinning, and stop with a clear error past the recover
-//! threshold?), and one that panics (500, and the worker survives).
+//! master back off without spinning, and stop with a clear error past an opt-in recover
+//! threshold? with default settings, does it keep serving the other routes?), and one that
+//! panics (500, and the worker survives).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitStatus;
@@ -18,6 +19,7 @@ use forklift_testkit::Server;
 
 use crate::client::{connect, exchange, get, request, Fail};
 use crate::context::Ctx;
+use crate::load::{FirstSeen, Load, LoadSpec, Mode};
 use crate::report::{ms_opt, Section, Table};
 use crate::server::{ready, respawn_delays, start, Opts};
 
@@ -28,7 +30,9 @@ pub fn run(ctx: &Ctx) -> Section {
          GET /abort on a new connection, again and again, until the master exits. The master's \
          CPU time (utime+stime from /proc/PID/stat, read while it is a zombie) is measured from \
          the first crash to its exit. (b) GET /panic makes the handler panic: 300 such \
-         requests, half on one keep-alive connection, half on connections of their own."
+         requests, half on one keep-alive connection, half on connections of their own. \
+         (c) Default settings (no recover threshold): GET /abort every 300 ms for the run's \
+         length while 8 threads send GET / on connections of their own."
             .into(),
     );
     // (a) abort on every request
@@ -175,6 +179,8 @@ pub fn run(ctx: &Ctx) -> Section {
         a,
     ));
 
+    abort_with_defaults(ctx, &mut sec);
+
     // (b) panic: 500 and the worker survives
     let args = serve_args("2", &["--fault", "block-route"]);
     let mut server = start(ctx, "s3-panic", &args, Opts::default());
@@ -279,6 +285,95 @@ pub fn run(ctx: &Ctx) -> Section {
          each slot keeps its own count, so with 2 workers the delays interleave.",
     );
     sec
+}
+
+/// (c) With default settings an aborting handler never stops the server: the slots back off,
+/// the other route keeps answering, and the log gives the crash rate.
+fn abort_with_defaults(ctx: &Ctx, sec: &mut Section) {
+    let run_for = ctx.pick(Duration::from_secs(8), Duration::from_secs(30));
+    let args = serve_args("2", &["--fault", "block-route"]);
+    let mut server = start(ctx, "s3-abort-defaults", &args, Opts::default());
+    sec.command(&server);
+    ready(&server);
+    let addr = server.addr();
+    let seen: FirstSeen = Arc::default();
+    let load = Load::start(
+        &LoadSpec::new(addr, Mode::PerRequest, 8, run_for + Duration::from_secs(1)),
+        &seen,
+    );
+    let cpu0 = cpu_secs(server.pid).unwrap_or(0.0);
+    let t0 = Instant::now();
+    let mut aborts = 0u64;
+    let mut master_alive = true;
+    while t0.elapsed() < run_for {
+        // The pace of the aborting route (load pacing, not a wait).
+        thread::sleep(Duration::from_millis(300));
+        let _ = get(addr, "/abort", Duration::from_secs(2));
+        aborts += 1;
+        master_alive &= process_alive(server.pid);
+    }
+    let cpu = cpu_secs(server.pid).unwrap_or(0.0) - cpu0;
+    let tally = load.finish();
+    let crashes = server
+        .stdout
+        .snapshot()
+        .iter()
+        .filter(|l| l.starts_with("exited ") && l.contains("SIGABRT"))
+        .count();
+    let delays = respawn_delays(&server);
+    let rate_lines = server.stderr.count_containing("crashes in the last");
+    let back = poll_until_every(
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_millis(20),
+        || get(addr, "/", Duration::from_secs(2)).is_ok_and(|r| r.status == 200),
+    );
+    let mut c = Table::new(&[
+        "GET /abort sent",
+        "workers killed by SIGABRT",
+        "respawn delays (backoff)",
+        "GET / answered",
+        "GET / failed",
+        "master CPU",
+        "crash-rate log lines",
+    ]);
+    c.row(vec![
+        aborts.to_string(),
+        crashes.to_string(),
+        delays.join(", "),
+        (tally.total() - tally.failed()).to_string(),
+        format!("{} ({})", tally.failed(), tally.breakdown()),
+        format!("{:.0} ms", cpu * 1000.0),
+        rate_lines.to_string(),
+    ]);
+    sec.tables.push((
+        "(c) Default settings: an aborting route beside a working one".into(),
+        c,
+    ));
+    sec.check(
+        "default settings: the server never stops for workers that served",
+        master_alive && process_alive(server.pid) && back,
+        format!("{crashes} crashes in {} s; GET / answers after: {back}", run_for.as_secs()),
+    );
+    sec.check(
+        "default settings: the other route keeps answering",
+        tally.total() > tally.failed() * 2,
+        format!(
+            "GET / {} answered, {} failed",
+            tally.total() - tally.failed(),
+            tally.failed()
+        ),
+    );
+    sec.check(
+        "default settings: respawns back off and the log gives the crash rate",
+        !delays.is_empty() && rate_lines > 0,
+        format!("{} delayed respawns, {rate_lines} crash-rate lines", delays.len()),
+    );
+    sec.check(
+        "default settings: the master does not spin",
+        cpu <= 0.02 * run_for.as_secs_f64(),
+        format!("{:.0} ms of CPU over {} s", cpu * 1000.0, run_for.as_secs()),
+    );
+    server.stop(Duration::from_secs(10));
 }
 
 /// Waits until the master has exited. Reads its CPU time while it is a zombie (not yet
