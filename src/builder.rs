@@ -294,6 +294,24 @@ impl Prefork {
         self
     }
 
+    /// Whether the master raises its open-file limit (`RLIMIT_NOFILE`) from the soft value to
+    /// the hard one as it starts, before it binds or spawns, so that every worker inherits it
+    /// (default: on; nginx's `worker_rlimit_nofile`, and what Go's runtime does). The soft
+    /// limit is often 1024, which a busy server reaches long before memory runs out; the
+    /// master logs the change. Turn it off to keep the limit the process was started with.
+    ///
+    /// Programs run by [`Spawn::Command`] inherit the raised limit too: one that still
+    /// uses `select(2)` must not be given fds past 1023, so keep the limit for it.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().raise_nofile_limit(false);
+    /// # let _ = server;
+    /// ```
+    pub fn raise_nofile_limit(mut self, on: bool) -> Self {
+        self.config.raise_nofile_limit = on;
+        self
+    }
+
     /// Replace each worker after about this many requests (plus a random `jitter` of up to
     /// that many, so workers do not all restart at once): a cap on slow leaks. The
     /// replacement is started first and the old worker drains once it serves, one worker at

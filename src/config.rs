@@ -137,6 +137,9 @@ pub(crate) struct Config {
     /// Relay the workers' output through the master, each line prefixed with the worker
     /// when `Some(true)`. Default: `None`, the workers write to the master's streams.
     pub relay_output: Option<bool>,
+    /// Raise the open-file limit's soft value to its hard one at start, before binding, so
+    /// workers inherit it. Default: on.
+    pub raise_nofile_limit: bool,
 }
 
 impl Default for Config {
@@ -158,6 +161,7 @@ impl Default for Config {
             control: None,
             readiness: Readiness::Channel,
             relay_output: None,
+            raise_nofile_limit: true,
         }
     }
 }

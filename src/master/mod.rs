@@ -62,6 +62,9 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
             return Err(Error::ThreadsRunning { threads });
         }
     }
+    if config.raise_nofile_limit {
+        raise_nofile_limit();
+    }
     let opts = bind_options(&config);
     if let Some(max) = listener::somaxconn() {
         if max < config.backlog {
@@ -385,6 +388,19 @@ fn signame(sig: libc::c_int) -> String {
     process::signal_name(sig)
         .map(str::to_string)
         .unwrap_or_else(|| format!("signal {sig}"))
+}
+
+/// Raises the open-file limit to its hard value before anything is bound or spawned, so every
+/// worker inherits it (`sys/limits.rs`). A failure is logged: the server runs on with the
+/// limit it has.
+fn raise_nofile_limit() {
+    match crate::sys::limits::raise_nofile() {
+        Ok(r) if r.to > r.from => {
+            info!("raised the open-file limit from {} to {}", r.from, r.to)
+        }
+        Ok(r) => debug!("open-file limit: {} (already the most allowed)", r.to),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
 }
 
 /// Says, once, whether the kernel migrates connections queued on a closed reuseport socket.
