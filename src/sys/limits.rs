@@ -6,8 +6,8 @@ use std::io;
 /// The open-file limit before and after [`raise_nofile`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NofileRaise {
-    pub from: u64,
-    pub to: u64,
+    pub from: libc::rlim_t,
+    pub to: libc::rlim_t,
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, as nginx's
@@ -31,10 +31,7 @@ pub(crate) fn raise_nofile() -> io::Result<NofileRaise> {
         target = target.min(cap);
     }
     if target <= from {
-        return Ok(NofileRaise {
-            from: from as u64,
-            to: from as u64,
-        });
+        return Ok(NofileRaise { from, to: from });
     }
     lim.rlim_cur = target;
     // SAFETY: setrlimit(2) reads one initialised rlimit struct; the new soft limit is at most
@@ -42,10 +39,7 @@ pub(crate) fn raise_nofile() -> io::Result<NofileRaise> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(NofileRaise {
-        from: from as u64,
-        to: target as u64,
-    })
+    Ok(NofileRaise { from, to: target })
 }
 
 /// The most files one process may open whatever its hard limit says (macOS:
@@ -92,7 +86,7 @@ mod tests {
         };
         // SAFETY: as in raise_nofile.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!(lim.rlim_cur as u64, first.to);
+        assert_eq!(lim.rlim_cur, first.to);
         #[cfg(not(target_vendor = "apple"))]
         assert_eq!(lim.rlim_cur, lim.rlim_max);
     }
