@@ -356,6 +356,24 @@ impl Prefork {
         self
     }
 
+    /// The most connections each worker holds open at once (nginx's `worker_connections`).
+    /// A worker with `n` open connections stops accepting until one closes: further
+    /// connections wait in the listen backlog (the kernel completes their handshake; in
+    /// shared-socket mode another worker may take them) instead of the worker running out of
+    /// file descriptors (EMFILE) and accepting in fits. Each waiting client is served as soon
+    /// as a connection closes; idle keep-alive connections count, and are closed by the
+    /// header-read timeout. Default: no limit (the open-file limit, which the master raises,
+    /// is then the bound). Applies to [`serve`](Prefork::serve) only.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().max_connections(10_000);
+    /// # let _ = server;
+    /// ```
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.http.max_connections = Some(n.max(1));
+        self
+    }
+
     /// Whether simple HTTP/1 requests (no body, no upgrade) are parsed and answered by
     /// forklift's own HTTP/1 code instead of hyper's (default: on). It answers as hyper
     /// would, with less work per request; requests with a body, upgrades, HTTP/2 and any

@@ -190,6 +190,12 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
     max_requests_jitter: u64,
 
+    /// The most connections each worker holds open at once; at the limit a worker stops
+    /// accepting and further connections wait in the listen backlog until one closes
+    /// [default: no limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+
     /// Pin worker i to the i-th usable CPU (and, with --reuse-port, prefer it for
     /// connections arriving on that CPU)
     #[arg(long)]
@@ -389,6 +395,9 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     }
     if let Some(n) = args.max_requests {
         server = server.max_requests(n, args.max_requests_jitter);
+    }
+    if let Some(n) = args.max_connections {
+        server = server.max_connections(usize::try_from(n).unwrap_or(usize::MAX));
     }
     let scheme = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
