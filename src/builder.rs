@@ -326,6 +326,44 @@ impl Prefork {
         self
     }
 
+    /// Replace a worker whose resident memory (RSS) passes `bytes`: a cap on leaks and
+    /// fragmentation (gunicorn users add a memory watchdog for this, puma users
+    /// puma_worker_killer). The master reads each serving worker's RSS from
+    /// `/proc/PID/statm` about once a second, so it works for any worker, raw ones and
+    /// [`Spawn::Command`] programs included (the worker process itself, not its children).
+    /// The RSS of a forked worker counts the pages it still shares with the master (a few
+    /// MiB). As with [`max_requests`](Prefork::max_requests), the replacement starts first
+    /// and the old worker drains once it serves, one worker at a time, and the master logs
+    /// why (`worker 0 (pid 1234) uses 300 MiB of memory (resident), over its limit of 256
+    /// MiB: replacing it`). A limit below what a fresh worker uses replaces workers over
+    /// and over. Off by default. Linux only: elsewhere the master says once, at start, that
+    /// it ignores the setting.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().max_worker_memory(512 << 20); // 512 MiB
+    /// # let _ = server;
+    /// ```
+    pub fn max_worker_memory(mut self, bytes: u64) -> Self {
+        self.config.max_worker_memory = Some(bytes);
+        self
+    }
+
+    /// Replace a worker once it has run this long (gunicorn#124, asked since 2010): the
+    /// replacement starts first and the old worker drains once it serves, one worker at a
+    /// time, as for [`max_requests`](Prefork::max_requests). Workers started together reach
+    /// the age together and are then replaced one after another; there is no jitter. The
+    /// master checks about once a second. Off by default.
+    ///
+    /// ```
+    /// let day = std::time::Duration::from_secs(24 * 3600);
+    /// let server = forklift::Prefork::new().max_worker_age(day);
+    /// # let _ = server;
+    /// ```
+    pub fn max_worker_age(mut self, age: Duration) -> Self {
+        self.config.max_worker_age = Some(age);
+        self
+    }
+
     /// How long a client may take to send a request's headers before the connection is
     /// closed (default 30 s): the defence against slowloris.
     ///

@@ -12,6 +12,7 @@
 //! | `command.rs` | what can be asked (signal, control-socket word, API call) and `apply` |
 //! | `pool.rs` | the worker table: entries and their states, slots, spawning, readiness |
 //! | `replace.rs` | reload (HUP), recycling, scaling (TTIN/TTOU) |
+//! | `guards.rs` | the memory and age limits that send a worker to recycling |
 //! | `upgrade.rs` | binary upgrade (USR2) |
 //! | `exits.rs` | reaping, crashes and backoff, boot failures, boot and heartbeat deadlines |
 //! | `stop.rs` | graceful and fast stop, escalating to SIGKILL |
@@ -19,6 +20,7 @@
 
 mod command;
 mod exits;
+mod guards;
 pub(crate) mod policy;
 mod pool;
 mod replace;
@@ -65,6 +67,7 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     if config.raise_nofile_limit {
         raise_nofile_limit();
     }
+    guards::note_unsupported(&config);
     let opts = bind_options(&config);
     if let Some(max) = listener::somaxconn() {
         if max < config.backlog {
@@ -185,6 +188,8 @@ struct Master {
     started: Instant,
     /// Workers spawned so far.
     spawned: u64,
+    /// When the workers' memory and age were last checked (`guards.rs`).
+    limits_checked: Option<Instant>,
 }
 
 impl Master {
@@ -224,6 +229,7 @@ impl Master {
             control: None,
             started: Instant::now(),
             spawned: 0,
+            limits_checked: None,
         }
     }
 
@@ -273,6 +279,7 @@ impl Master {
         }
         self.ready_by_delay(now);
         self.retire_replaced();
+        self.check_limits(now);
         self.start_recycle(now);
         self.murder(now);
         self.check_boot_deadlines(now);
