@@ -7,10 +7,14 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The (soft, hard) `Max open files` of a process, from /proc/PID/limits.
@@ -220,4 +224,312 @@ fn max_connections_keeps_a_worker_clear_of_emfile() {
         "the worker ran out of fds:\n{stderr}"
     );
     assert!(s.hooks_of("exited").is_empty(), "no worker may exit");
+}
+
+// ---------------------------------------------------------------------------
+// --max-worker-memory and --max-worker-age
+// ---------------------------------------------------------------------------
+
+/// What a [`load`] saw: answers by pid, and every failure.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: usize,
+    pids: BTreeSet<u32>,
+    failures: Vec<String>,
+}
+
+/// `threads` clients sending `GET /` (a connection each) every 10 ms until the `Clients` are
+/// finished.
+fn load(addr: SocketAddr, threads: usize) -> (Clients, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut clients = Clients::new();
+    for _ in 0..threads {
+        let seen = seen.clone();
+        clients.spawn(move |stop| {
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let r = http_get(addr, "/");
+                let mut seen = seen.lock().unwrap();
+                match r {
+                    Ok(r) if r.status == 200 && r.body == b"greeting!!!" => {
+                        seen.ok += 1;
+                        seen.pids.insert(r.worker_pid());
+                    }
+                    Ok(r) => seen.failures.push(format!("bad answer {r:?}")),
+                    Err(e) => seen.failures.push(format!("{e} ({:?})", e.kind())),
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(10).saturating_sub(t.elapsed()));
+            }
+        });
+    }
+    (clients, seen)
+}
+
+/// The resident set of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf(3) has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    pages * page / (1 << 20) as f64
+}
+
+/// Waits for the `exited` line of `pid` and returns it.
+fn exited_line(s: &Server, pid: u32, timeout: Duration) -> Hook {
+    let find = || {
+        s.hooks_of("exited")
+            .into_iter()
+            .find(|h| h.num("pid") == pid)
+    };
+    assert!(
+        poll_until(Instant::now() + timeout, || find().is_some()),
+        "no `exited` line for pid {pid} within {timeout:?}"
+    );
+    find().unwrap()
+}
+
+/// The `spawned` line of `pid`.
+fn spawned_line(s: &Server, pid: u32) -> Hook {
+    s.hooks_of("spawned")
+        .into_iter()
+        .find(|h| h.num("pid") == pid)
+        .unwrap_or_else(|| panic!("no `spawned` line for pid {pid}"))
+}
+
+/// Checks what every replacement by a limit must show: each worker that exited did so with
+/// code 0 after a replacement in its slot was spawned; no crash, timeout or reload; and, from
+/// the master's debug lines, never more than one replacement at a time (`workers` + 1 not
+/// retired). Returns how many workers were replaced.
+fn replaced_one_at_a_time(s: &Server, workers: i32) -> usize {
+    let hooks = s.hooks();
+    for h in &hooks {
+        match h.kind.as_str() {
+            "exited" => {
+                assert_eq!(
+                    h.get("status"),
+                    "exited with code 0",
+                    "a replaced worker drains and exits cleanly: {:?}",
+                    h.line
+                );
+                let born = spawned_line(s, h.num("pid")).index;
+                assert!(
+                    hooks.iter().any(|x| x.kind == "spawned"
+                        && x.num("worker") == h.num("worker")
+                        && x.index > born
+                        && x.index < h.index),
+                    "{:?} before its replacement was spawned",
+                    h.line
+                );
+            }
+            "spawned" => assert_eq!(h.num("generation"), 1, "{:?}", h.line),
+            "recovered" | "timed" | "reloading" | "reload" => {
+                panic!("unexpected line: {:?}", h.line)
+            }
+            _ => {}
+        }
+    }
+    let mut serving = 0;
+    let mut most = 0;
+    for l in s.stderr.snapshot() {
+        if l.contains("forklift::master") && l.contains(" spawned as pid ") {
+            serving += 1;
+            most = most.max(serving);
+        } else if l.contains("forklift::master") && l.contains("retiring worker ") {
+            serving -= 1;
+        }
+    }
+    assert!(
+        most <= workers + 1,
+        "{most} workers not retired at once: more than one replacement at a time"
+    );
+    hooks.iter().filter(|h| h.kind == "exited").count()
+}
+
+#[test]
+fn max_worker_memory_replaces_a_leaking_worker() {
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--lab-routes",
+        "--max-worker-memory",
+        "64",
+    ]);
+    let first = s.pids_from_ready();
+    let addr = s.addr();
+    for &pid in &first {
+        let mib = rss_mib(pid);
+        println!("MEMORY: worker {pid} starts at {mib:.1} MiB resident");
+        assert!(mib < 64.0, "a fresh worker is already over the limit");
+    }
+    let (mut clients, seen) = load(addr, 2);
+    let leak = http_get(addr, "/lab/leak?mib=96").expect("GET /lab/leak");
+    assert_eq!(leak.status, 200, "{leak:?}");
+    let leaker = leak.worker_pid();
+    let t0 = Instant::now();
+    println!("MEMORY: worker {leaker} now at {:.1} MiB", rss_mib(leaker));
+    let needle = format!("(pid {leaker}) uses ");
+    let said = s
+        .wait_for_line_in(
+            Stream::Stderr,
+            |l| l.contains(&needle) && l.contains("replacing it"),
+            Instant::now() + Duration::from_secs(10),
+        )
+        .expect("the master should say why it replaces the worker")
+        .1;
+    assert!(
+        said.contains("over its limit of 64 MiB: replacing it"),
+        "{said}"
+    );
+    let exited = exited_line(&s, leaker, Duration::from_secs(10));
+    let took = t0.elapsed();
+    let slot = spawned_line(&s, leaker).num("worker");
+    let replacement = s
+        .hooks_of("spawned")
+        .into_iter()
+        .find(|h| h.num("worker") == slot && h.index > spawned_line(&s, leaker).index)
+        .expect("a replacement in the leaker's slot")
+        .num("pid");
+    let other = *first.iter().find(|&&p| p != leaker).unwrap();
+    let now_serving: BTreeSet<u32> = [other, replacement].into();
+    assert_served_by(&Listen::Tcp(addr), &now_serving, 1000);
+    clients.finish();
+    let seen = seen.lock().unwrap();
+    println!(
+        "MEMORY: worker {leaker} replaced by {replacement} ({}) {} after the leak; {} requests \
+         meanwhile, {} failed",
+        exited.get("status"),
+        ms(took),
+        seen.ok,
+        seen.failures.len()
+    );
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    assert!(seen.ok > 0);
+    assert_eq!(
+        replaced_one_at_a_time(&s, 2),
+        1,
+        "only the leaker is replaced"
+    );
+    assert!(process_alive(other), "the other worker is left alone");
+}
+
+#[test]
+fn max_worker_age_replaces_workers_one_at_a_time() {
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--max-worker-age",
+        "2",
+    ]);
+    let first = s.pids_from_ready();
+    let (mut clients, seen) = load(s.addr(), 2);
+    let t0 = Instant::now();
+    // Two rounds: both first workers replaced, then both of their replacements.
+    let rounds = poll_until(t0 + Duration::from_secs(20), || {
+        s.hooks_of("exited").len() >= 4
+    });
+    clients.finish();
+    assert!(rounds, "fewer than 4 workers replaced in 20 s");
+    let took = t0.elapsed();
+    let seen = seen.lock().unwrap();
+    let replaced = replaced_one_at_a_time(&s, 2);
+    println!(
+        "AGE: {replaced} workers replaced in {:.1} s with --max-worker-age 2; {} requests \
+         meanwhile from {} pids, {} failed",
+        took.as_secs_f64(),
+        seen.ok,
+        seen.pids.len(),
+        seen.failures.len()
+    );
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    for pid in first {
+        assert!(!process_alive(pid), "first worker {pid} still runs");
+    }
+    let reasons = s
+        .stderr
+        .snapshot()
+        .into_iter()
+        .filter(|l| l.contains("past its age limit of 2s: replacing it"))
+        .count();
+    assert!(reasons >= 4, "{reasons} `past its age limit` lines");
+}
+
+// `forklift run`: the same limits for a program of any language (the Python example).
+
+fn python_script() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/run/python_server.py");
+    p.canonicalize().unwrap_or(p).display().to_string()
+}
+
+fn run_python(limit: &[&str]) -> Server {
+    let script = python_script();
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--ready-notify",
+    ];
+    args.extend_from_slice(limit);
+    args.extend_from_slice(&["--", "python3", &script]);
+    Server::start_ready(&args)
+}
+
+#[test]
+fn run_replaces_a_worker_over_max_worker_memory() {
+    // A Python interpreter is resident in more than 1 MiB: every worker is over the limit
+    // once it serves, and is replaced in turn.
+    let s = run_python(&["--max-worker-memory", "1"]);
+    let first = s.pids_from_ready();
+    let (mut clients, seen) = load(s.addr(), 1);
+    let said = s
+        .wait_stderr_contains(
+            "over its limit of 1 MiB: replacing it",
+            Duration::from_secs(10),
+        )
+        .expect("the master should say why it replaces a worker");
+    for &pid in &first {
+        exited_line(&s, pid, Duration::from_secs(15));
+    }
+    clients.finish();
+    let seen = seen.lock().unwrap();
+    println!(
+        "RUN MEMORY: {said}\nRUN MEMORY: both first workers replaced; {} requests meanwhile, {} failed",
+        seen.ok,
+        seen.failures.len()
+    );
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    assert!(replaced_one_at_a_time(&s, 2) >= 2);
+}
+
+#[test]
+fn run_replaces_workers_past_max_worker_age() {
+    let s = run_python(&["--max-worker-age", "2"]);
+    let first = s.pids_from_ready();
+    let (mut clients, seen) = load(s.addr(), 1);
+    for &pid in &first {
+        exited_line(&s, pid, Duration::from_secs(15));
+    }
+    clients.finish();
+    let seen = seen.lock().unwrap();
+    let replaced = replaced_one_at_a_time(&s, 2);
+    println!(
+        "RUN AGE: {replaced} workers replaced; {} requests meanwhile from {} pids, {} failed",
+        seen.ok,
+        seen.pids.len(),
+        seen.failures.len()
+    );
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    assert!(
+        s.stderr_text()
+            .contains("past its age limit of 2s: replacing it"),
+        "the master should say why"
+    );
 }
