@@ -298,6 +298,24 @@ impl Prefork {
         self
     }
 
+    /// Whether the master raises its open-file limit (`RLIMIT_NOFILE`) from the soft value to
+    /// the hard one as it starts, before it binds or spawns, so that every worker inherits it
+    /// (default: on; nginx's `worker_rlimit_nofile`, and what Go's runtime does). The soft
+    /// limit is often 1024, which a busy server reaches long before memory runs out; the
+    /// master logs the change. Turn it off to keep the limit the process was started with.
+    ///
+    /// Programs run by [`Spawn::Command`] inherit the raised limit too: one that still
+    /// uses `select(2)` must not be given fds past 1023, so keep the limit for it.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().raise_nofile_limit(false);
+    /// # let _ = server;
+    /// ```
+    pub fn raise_nofile_limit(mut self, on: bool) -> Self {
+        self.config.raise_nofile_limit = on;
+        self
+    }
+
     /// Replace each worker after about this many requests (plus a random `jitter` of up to
     /// that many, so workers do not all restart at once): a cap on slow leaks. The
     /// replacement is started first and the old worker drains once it serves, one worker at
@@ -309,6 +327,44 @@ impl Prefork {
     /// ```
     pub fn max_requests(mut self, requests: u64, jitter: u64) -> Self {
         self.http.max_requests = Some((requests.max(1), jitter));
+        self
+    }
+
+    /// Replace a worker whose resident memory (RSS) passes `bytes`: a cap on leaks and
+    /// fragmentation (gunicorn users add a memory watchdog for this, puma users
+    /// puma_worker_killer). The master reads each serving worker's RSS from
+    /// `/proc/PID/statm` about once a second, so it works for any worker, raw ones and
+    /// [`Spawn::Command`] programs included (the worker process itself, not its children).
+    /// The RSS of a forked worker counts the pages it still shares with the master (a few
+    /// MiB). As with [`max_requests`](Prefork::max_requests), the replacement starts first
+    /// and the old worker drains once it serves, one worker at a time, and the master logs
+    /// why (`worker 0 (pid 1234) uses 300 MiB of memory (resident), over its limit of 256
+    /// MiB: replacing it`). A limit below what a fresh worker uses replaces workers over
+    /// and over. Off by default. Linux only: elsewhere the master says once, at start, that
+    /// it ignores the setting.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().max_worker_memory(512 << 20); // 512 MiB
+    /// # let _ = server;
+    /// ```
+    pub fn max_worker_memory(mut self, bytes: u64) -> Self {
+        self.config.max_worker_memory = Some(bytes);
+        self
+    }
+
+    /// Replace a worker once it has run this long (gunicorn#124, asked since 2010): the
+    /// replacement starts first and the old worker drains once it serves, one worker at a
+    /// time, as for [`max_requests`](Prefork::max_requests). Workers started together reach
+    /// the age together and are then replaced one after another; there is no jitter. The
+    /// master checks about once a second. Off by default.
+    ///
+    /// ```
+    /// let day = std::time::Duration::from_secs(24 * 3600);
+    /// let server = forklift::Prefork::new().max_worker_age(day);
+    /// # let _ = server;
+    /// ```
+    pub fn max_worker_age(mut self, age: Duration) -> Self {
+        self.config.max_worker_age = Some(age);
         self
     }
 
@@ -339,6 +395,24 @@ impl Prefork {
     /// ```
     pub fn defer_accept(mut self, on: bool) -> Self {
         self.http.defer_accept = on;
+        self
+    }
+
+    /// The most connections each worker holds open at once (nginx's `worker_connections`).
+    /// A worker with `n` open connections stops accepting until one closes: further
+    /// connections wait in the listen backlog (the kernel completes their handshake; in
+    /// shared-socket mode another worker may take them) instead of the worker running out of
+    /// file descriptors (EMFILE) and accepting in fits. Each waiting client is served as soon
+    /// as a connection closes; idle keep-alive connections count, and are closed by the
+    /// header-read timeout. Default: no limit (the open-file limit, which the master raises,
+    /// is then the bound). Applies to [`serve`](Prefork::serve) only.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().max_connections(10_000);
+    /// # let _ = server;
+    /// ```
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.http.max_connections = Some(n.max(1));
         self
     }
 

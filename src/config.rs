@@ -129,6 +129,13 @@ pub(crate) struct Config {
     /// Relay the workers' output through the master, each line prefixed with the worker
     /// when `Some(true)`. Default: `None`, the workers write to the master's streams.
     pub relay_output: Option<bool>,
+    /// Raise the open-file limit's soft value to its hard one at start, before binding, so
+    /// workers inherit it. Default: on.
+    pub raise_nofile_limit: bool,
+    /// Replace a worker whose resident set passes this many bytes. Default: no limit.
+    pub max_worker_memory: Option<u64>,
+    /// Replace a worker that has run this long. Default: no limit.
+    pub max_worker_age: Option<Duration>,
 }
 
 impl Default for Config {
@@ -150,6 +157,9 @@ impl Default for Config {
             control: None,
             readiness: Readiness::Channel,
             relay_output: None,
+            raise_nofile_limit: true,
+            max_worker_memory: None,
+            max_worker_age: None,
         }
     }
 }
@@ -173,6 +183,17 @@ impl Config {
         }
         if self.backlog == 0 {
             return Err(Error::Config("backlog must be at least 1".into()));
+        }
+        if self.max_worker_age.is_some_and(|age| age.is_zero()) {
+            return Err(Error::Config(
+                "max_worker_age must be more than 0 (it replaces a worker that has run so long)"
+                    .into(),
+            ));
+        }
+        if self.max_worker_memory == Some(0) {
+            return Err(Error::Config(
+                "max_worker_memory must be more than 0".into(),
+            ));
         }
         Ok(())
     }
@@ -205,6 +226,16 @@ mod tests {
             ..Config::default()
         })
         .contains("backlog must be at least 1"));
+        assert!(refused(Config {
+            max_worker_age: Some(Duration::ZERO),
+            ..Config::default()
+        })
+        .contains("max_worker_age must be more than 0"));
+        assert!(refused(Config {
+            max_worker_memory: Some(0),
+            ..Config::default()
+        })
+        .contains("max_worker_memory must be more than 0"));
         Config {
             worker_timeout: None,
             ..Config::default()

@@ -25,6 +25,11 @@
 //! - `pending=1`: every frame is Pending once before it is ready; `delay=MS`: each frame
 //!   comes after this many milliseconds.
 //! - `version=1.0|2`: the response's `http::Version` (a handler may set one).
+//!
+//! `/lab/leak?mib=N` keeps N MiB (at most 1024) allocated and written to for the rest of the
+//! worker's life, so its resident memory grows as a leak's would: what the tests of
+//! `--max-worker-memory` use. It answers `leaked N MiB` with the worker's pid in
+//! `x-forklift-worker`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -66,8 +71,12 @@ where
     demo(req).await.map(|resp| resp.map(Either::Left))
 }
 
-/// The response `/lab?...` asks for (see the module doc); `None` for any other path.
+/// The response `/lab?...` or `/lab/leak?...` asks for (see the module doc); `None` for any
+/// other path.
 pub(crate) fn lab<B>(req: &Request<B>) -> Option<Response<LabBody>> {
+    if req.uri().path() == "/lab/leak" {
+        return Some(leak(req));
+    }
     if req.uri().path() != "/lab" {
         return None;
     }
@@ -171,6 +180,29 @@ pub(crate) fn lab<B>(req: &Request<B>) -> Option<Response<LabBody>> {
         sleep: None,
     };
     Some(resp.map(|()| body.boxed_unsync()))
+}
+
+/// `/lab/leak?mib=N`: see the module doc.
+fn leak<B>(req: &Request<B>) -> Response<LabBody> {
+    let params = parse_query(req.uri().query().unwrap_or(""));
+    let mib = params
+        .iter()
+        .find(|(k, _)| k == "mib")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(1)
+        .min(1024);
+    // Written, not just allocated: zeroed pages would not be resident until touched.
+    Vec::leak(vec![0x5a_u8; mib << 20]);
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("leaked {mib} MiB\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    resp.headers_mut().insert(
+        HeaderName::from_static("x-forklift-worker"),
+        HeaderValue::from(std::process::id()),
+    );
+    resp
 }
 
 /// `name:value` as a header, if both are valid.

@@ -68,6 +68,12 @@ struct RunArgs {
     #[command(flatten)]
     pool: PoolArgs,
 
+    #[command(flatten)]
+    limits: LimitArgs,
+
+    #[command(flatten)]
+    privileges: PrivilegeArgs,
+
     /// Kill and replace a worker that sent WATCHDOG=1 once and then nothing for this long;
     /// 0 turns the check off
     #[arg(long, value_name = "SECS", default_value_t = Secs(Duration::ZERO))]
@@ -176,6 +182,12 @@ struct ServeArgs {
     #[command(flatten)]
     pool: PoolArgs,
 
+    #[command(flatten)]
+    limits: LimitArgs,
+
+    #[command(flatten)]
+    privileges: PrivilegeArgs,
+
     /// How workers are started: fork (fast, default) or exec (re-execute this binary)
     #[arg(long, value_enum, default_value_t = SpawnMode::Fork)]
     spawn: SpawnMode,
@@ -194,18 +206,16 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
     max_requests_jitter: u64,
 
+    /// The most connections each worker holds open at once; at the limit a worker stops
+    /// accepting and further connections wait in the listen backlog until one closes
+    /// [default: no limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+
     /// Pin worker i to the i-th usable CPU (and, with --reuse-port, prefer it for
     /// connections arriving on that CPU)
     #[arg(long)]
     pin_workers: bool,
-
-    /// Run workers as this user (the master binds as root, workers drop privileges)
-    #[arg(long, value_name = "NAME")]
-    user: Option<String>,
-
-    /// Run workers with this group [default: the user's primary group]
-    #[arg(long, value_name = "NAME")]
-    group: Option<String>,
 
     /// Seconds a client may take to send its request headers
     #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_HEADER_READ_TIMEOUT))]
@@ -255,6 +265,57 @@ struct ServeArgs {
     /// Serve the test-only /lab routes (see lab.rs), for forklift's own tests
     #[arg(long, hide = true)]
     lab_routes: bool,
+}
+
+/// The limits past which a worker is replaced (new one ready first, then the old one
+/// drains), for `serve` and `run` alike: the master reads each worker's memory and age.
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Replace a worker whose resident memory (RSS, read from /proc about once a second)
+    /// passes this many MiB, one worker at a time, without failing a request (Linux)
+    #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
+    max_worker_memory: Option<u64>,
+
+    /// Replace a worker once it has run this long, one worker at a time, without failing a
+    /// request
+    #[arg(long, value_name = "SECS")]
+    max_worker_age: Option<Secs>,
+}
+
+impl LimitArgs {
+    fn apply(&self, mut server: Prefork) -> Prefork {
+        if let Some(mib) = self.max_worker_memory {
+            server = server.max_worker_memory(mib << 20);
+        }
+        if let Some(age) = self.max_worker_age {
+            server = server.max_worker_age(age.0);
+        }
+        server
+    }
+}
+
+/// Who the workers run as, for `serve` and `run` alike.
+#[derive(Debug, clap::Args)]
+struct PrivilegeArgs {
+    /// Run workers as this user (the master binds as root, workers drop privileges)
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+
+    /// Run workers with this group [default: the user's primary group]
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+}
+
+impl PrivilegeArgs {
+    fn apply(&self, mut server: Prefork) -> Prefork {
+        if let Some(user) = &self.user {
+            server = server.user(user);
+        }
+        if let Some(group) = &self.group {
+            server = server.group(group);
+        }
+        server
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -385,14 +446,13 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         .defer_accept(!args.no_defer_accept)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
     server = server.pin_workers(args.pin_workers);
-    if let Some(user) = &args.user {
-        server = server.user(user);
-    }
-    if let Some(group) = &args.group {
-        server = server.group(group);
-    }
+    server = args.privileges.apply(server);
+    server = args.limits.apply(server);
     if let Some(n) = args.max_requests {
         server = server.max_requests(n, args.max_requests_jitter);
+    }
+    if let Some(n) = args.max_connections {
+        server = server.max_connections(usize::try_from(n).unwrap_or(usize::MAX));
     }
     let scheme = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -514,6 +574,7 @@ fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
         })
         .relay_output(args.prefix_output)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
+    let server = args.limits.apply(args.privileges.apply(server));
     lifecycle_lines(server, "http")
         .run(|_| Err("forklift run starts COMMAND in each worker; this is never called".into()))
         .map_err(|e| format!("{shown}: {e}").into())

@@ -1,7 +1,7 @@
 //! Privilege drop and CPU pinning, read back from /proc: with `--user nobody` the master stays
 //! root and every worker runs as nobody (real and effective uid, gid, no supplementary
-//! groups); an unknown user or group is refused before anything starts; `--pin-workers` pins
-//! each worker to its own CPU.
+//! groups), for `serve` and for the program `run` starts; an unknown user or group is refused
+//! before anything starts; `--pin-workers` pins each worker to its own CPU.
 
 mod common;
 
@@ -78,6 +78,13 @@ fn workers_run_as_nobody(extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     let s = Server::start_ready(&args);
+    assert_workers_run_as(&s, uid, gid, &format!("{extra:?}"));
+}
+
+/// The master of `s` runs as root, its two workers as (uid, gid) with no other group, and
+/// they serve.
+fn assert_workers_run_as(s: &Server, uid: u32, gid: u32, label: &str) {
+    let extra = label;
     let workers: BTreeSet<u32> = s.pids_from_ready().into_iter().collect();
     assert_eq!(workers.len(), 2);
 
@@ -92,7 +99,7 @@ fn workers_run_as_nobody(extra: &[&str]) {
         let u = ids(&status_field(pid, "Uid"));
         let g = ids(&status_field(pid, "Gid"));
         let groups = ids(&status_field(pid, "Groups"));
-        println!("PRIVILEGES {extra:?}: worker {pid} Uid {u:?} Gid {g:?} Groups {groups:?}");
+        println!("PRIVILEGES {extra}: worker {pid} Uid {u:?} Gid {g:?} Groups {groups:?}");
         assert_eq!(
             u,
             vec![uid; 4],
@@ -120,6 +127,71 @@ fn workers_run_as_nobody_fork() {
 #[test]
 fn workers_run_as_nobody_exec() {
     workers_run_as_nobody(&["--spawn", "exec"]);
+}
+
+/// `forklift run --user nobody`: the program each worker runs (the Python example) runs as
+/// nobody, as `serve`'s workers do.
+#[test]
+fn run_workers_run_as_nobody() {
+    let Some((uid, gid)) = nobody_or_skip("run_workers_run_as_nobody") else {
+        return;
+    };
+    // An interpreter nobody may execute: the first python3 on root's PATH may live under
+    // /root (pyenv), which nobody cannot enter.
+    let Some(python) = ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        println!("SKIP run_workers_run_as_nobody: no system python3");
+        return;
+    };
+    let script = python_script();
+    let s = Server::start_ready(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--ready-notify",
+        "--user",
+        "nobody",
+        "--",
+        python,
+        &script,
+    ]);
+    assert_workers_run_as(&s, uid, gid, "run --user nobody");
+}
+
+#[test]
+fn run_refuses_an_unknown_user() {
+    let script = python_script();
+    let (s, st) = run_to_exit(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--user",
+            "no-such-user-xyz",
+            "--",
+            "python3",
+            &script,
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(!st.success(), "must fail: {}", describe_status(&st));
+    let stderr = s.stderr_text();
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("no-such-user-xyz"),
+        "stderr must say the user does not exist: {stderr}"
+    );
+    assert!(s.spawned_pids().is_empty(), "no worker may start");
+}
+
+/// The Python example `forklift run` starts (readable by every user).
+fn python_script() -> String {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/run/python_server.py");
+    p.canonicalize().unwrap_or(p).display().to_string()
 }
 
 fn refused_before_start(flag: &str, name: &str) {

@@ -11,8 +11,10 @@
 //! per keep-alive request). Nor did reading a deferred connection's request right after
 //! `accept`, before its first readiness event (29.5–30.3 against 28.0–29.5 µs).
 
+use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -119,12 +121,60 @@ pub(crate) fn is_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// The most connections a worker holds open at once (nginx's `worker_connections`), shared
+/// by its accept loops: each connection holds a permit from before its `accept` until it
+/// closes, and an accept loop with no permit to take does not call `accept`, so further
+/// connections wait in the listen backlog (the kernel completes their handshake) instead of
+/// costing an fd each. A permit is taken before `accept`, not counted once the connection's
+/// task runs (as `Conns::live` is), so a burst of accepts cannot overshoot the limit.
+pub(crate) struct ConnLimit {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    /// Whether this worker has said once, at WARN, that it reached the limit.
+    warned: Cell<bool>,
+}
+
+impl ConnLimit {
+    pub fn new(max: usize) -> Rc<ConnLimit> {
+        let max = max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Rc::new(ConnLimit {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            warned: Cell::new(false),
+        })
+    }
+
+    /// A permit for one more connection, waiting for one to close if `max` are open.
+    async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        let note = format!(
+            "{} connections open, the most this worker takes (max_connections): not accepting \
+             until one closes",
+            self.max
+        );
+        if self.warned.replace(true) {
+            debug!("{note}");
+        } else {
+            warn!("{note}; further waits are logged at DEBUG");
+        }
+        // Never closed: the semaphore lives as long as the accept loops.
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection limit's semaphore is never closed")
+    }
+}
+
 /// Spawns an accept loop for each listener.
 pub(super) fn spawn_accept_loops<S, B>(
     service: S,
     tcp: Vec<TcpAcceptor>,
     unix: Vec<tokio::net::UnixListener>,
     conns: &Rc<Conns<Tls>>,
+    limit: Option<Rc<ConnLimit>>,
 ) -> Vec<tokio::task::JoinHandle<()>>
 where
     S: WorkerService<B>,
@@ -132,25 +182,43 @@ where
 {
     let mut loops = Vec::new();
     for l in tcp {
-        let task = accept_loop(l, service.clone(), conns.clone());
+        let task = accept_loop(l, service.clone(), conns.clone(), limit.clone());
         loops.push(tokio::task::spawn_local(task));
     }
     for l in unix {
-        let task = accept_loop(UnixAcceptor(l), service.clone(), conns.clone());
+        let task = accept_loop(
+            UnixAcceptor(l),
+            service.clone(),
+            conns.clone(),
+            limit.clone(),
+        );
         loops.push(tokio::task::spawn_local(task));
     }
     loops
 }
 
-async fn accept_loop<A, S, B>(acceptor: A, service: S, conns: Rc<Conns<Tls>>)
-where
+async fn accept_loop<A, S, B>(
+    acceptor: A,
+    service: S,
+    conns: Rc<Conns<Tls>>,
+    limit: Option<Rc<ConnLimit>>,
+) where
     A: Acceptor,
     S: WorkerService<B>,
     B: ResponseBody,
 {
     let mut stop = conns.stop.clone();
     let mut pause = Duration::from_millis(5);
+    // The permit for the next connection, kept across failed accepts.
+    let mut permit = None;
     loop {
+        if let (Some(limit), None) = (&limit, &permit) {
+            permit = tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                p = limit.acquire() => Some(p),
+            };
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => return,
@@ -160,7 +228,17 @@ where
             Ok(stream) => {
                 pause = Duration::from_millis(5);
                 let conn = serve_connection(stream, service.clone(), conns.clone());
-                tokio::task::spawn_local(conn);
+                match permit.take() {
+                    Some(permit) => {
+                        tokio::task::spawn_local(async move {
+                            conn.await;
+                            drop(permit);
+                        });
+                    }
+                    None => {
+                        tokio::task::spawn_local(conn);
+                    }
+                }
             }
             Err(e) if is_exhaustion(&e) => {
                 // Out of fds or memory: accepting again at once would spin. Wait for

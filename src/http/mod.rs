@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::error::BoxError;
-use crate::http::accept::{spawn_accept_loops, TcpAcceptor};
+use crate::http::accept::{spawn_accept_loops, ConnLimit, TcpAcceptor};
 use crate::http::body::Body;
 #[cfg(not(feature = "tls"))]
 use crate::http::conn::NoTls;
@@ -59,6 +59,9 @@ pub(crate) struct HttpConfig {
     pub fast_path: bool,
     /// Accept TCP connections only once they have data (see `accept::defer_accept_on`).
     pub defer_accept: bool,
+    /// The most connections the worker holds open at once (see `accept::ConnLimit`);
+    /// `None`: no limit.
+    pub max_connections: Option<usize>,
     #[cfg(feature = "tls")]
     pub tls: Option<crate::http::tls::TlsSource>,
 }
@@ -72,6 +75,7 @@ impl Default for HttpConfig {
             max_requests: None,
             fast_path: true,
             defer_accept: true,
+            max_connections: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -173,15 +177,17 @@ where
         live: Cell::new(0),
         idle: tokio::sync::Notify::new(),
     });
+    let limit = cfg.max_connections.map(ConnLimit::new);
     let loops = if cfg.access_log {
         spawn_accept_loops(
             crate::http::access_log::AccessLog(service),
             tcp,
             unix,
             &conns,
+            limit,
         )
     } else {
-        spawn_accept_loops(service, tcp, unix, &conns)
+        spawn_accept_loops(service, tcp, unix, &conns, limit)
     };
     worker.ready()?;
     debug!("serving");

@@ -12,6 +12,7 @@
 //! | `command.rs` | what can be asked (signal, control-socket word, API call) and `apply` |
 //! | `pool.rs` | the worker table: entries and their states, slots, spawning, readiness |
 //! | `replace.rs` | reload (HUP), recycling, scaling (TTIN/TTOU) |
+//! | `guards.rs` | the memory and age limits that send a worker to recycling |
 //! | `upgrade.rs` | binary upgrade (USR2) |
 //! | `exits.rs` | reaping, crashes and backoff, boot failures, boot and heartbeat deadlines |
 //! | `stop.rs` | graceful and fast stop, escalating to SIGKILL |
@@ -19,6 +20,7 @@
 
 mod command;
 mod exits;
+mod guards;
 pub(crate) mod policy;
 mod pool;
 mod replace;
@@ -62,6 +64,10 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
             return Err(Error::ThreadsRunning { threads });
         }
     }
+    if config.raise_nofile_limit {
+        raise_nofile_limit();
+    }
+    guards::note_unsupported(&config);
     let opts = bind_options(&config);
     if let Some(max) = listener::somaxconn() {
         if max < config.backlog {
@@ -182,6 +188,8 @@ struct Master {
     started: Instant,
     /// Workers spawned so far.
     spawned: u64,
+    /// When the workers' memory and age were last checked (`guards.rs`).
+    limits_checked: Option<Instant>,
 }
 
 impl Master {
@@ -221,6 +229,7 @@ impl Master {
             control: None,
             started: Instant::now(),
             spawned: 0,
+            limits_checked: None,
         }
     }
 
@@ -270,6 +279,7 @@ impl Master {
         }
         self.ready_by_delay(now);
         self.retire_replaced();
+        self.check_limits(now);
         self.start_recycle(now);
         self.murder(now);
         self.check_boot_deadlines(now);
@@ -385,6 +395,19 @@ fn signame(sig: libc::c_int) -> String {
     process::signal_name(sig)
         .map(str::to_string)
         .unwrap_or_else(|| format!("signal {sig}"))
+}
+
+/// Raises the open-file limit to its hard value before anything is bound or spawned, so every
+/// worker inherits it (`sys/limits.rs`). A failure is logged: the server runs on with the
+/// limit it has.
+fn raise_nofile_limit() {
+    match crate::sys::limits::raise_nofile() {
+        Ok(r) if r.to > r.from => {
+            info!("raised the open-file limit from {} to {}", r.from, r.to)
+        }
+        Ok(r) => debug!("open-file limit: {} (already the most allowed)", r.to),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
 }
 
 /// Says, once, whether the kernel migrates connections queued on a closed reuseport socket.

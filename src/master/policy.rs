@@ -1,11 +1,13 @@
 //! Pure supervision policy: respawn backoff, the crash window, and the master's decisions
 //! over its worker table (which slots to spawn now, which workers to retire, which one to
-//! recycle). No processes here, so every rule is tested directly.
+//! recycle, which are past their memory or age limit). No processes here, so every rule is
+//! tested directly.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::pool::{Entry, SlotState, State};
+use super::pool::{Entry, Recycle, SlotState, State};
 
 /// True if a worker of `generation` serves (or boots for) slot `id`.
 pub(super) fn slot_served(workers: &[Entry], id: usize, generation: u64) -> bool {
@@ -75,8 +77,8 @@ pub(super) fn retirements(
         .collect()
 }
 
-/// The worker to replace next for its request limit, if any: one at a time, never during a
-/// reload, only of the current generation and only once it serves.
+/// The worker to replace next (its request, memory or age limit), if any: one at a time,
+/// never during a reload, only of the current generation and only once it serves.
 pub(super) fn recycle_candidate(
     workers: &[Entry],
     generation: u64,
@@ -93,11 +95,121 @@ pub(super) fn recycle_candidate(
             && matches!(
                 w.state,
                 State::Ready {
-                    wants_recycle: true,
+                    recycle: Recycle::Due(_),
                     ..
                 }
             )
     })
+}
+
+/// Why a worker is replaced while it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecycleReason {
+    /// It served this many requests, its request limit, and asked to be replaced.
+    Requests(u64),
+    /// Its resident set, `rss` bytes, passed the memory limit.
+    Memory { rss: u64, limit: u64 },
+    /// It has run for `age`, past the age limit.
+    Age { age: Duration, limit: Duration },
+}
+
+impl fmt::Display for RecycleReason {
+    /// What follows "worker 0 (pid 1234)" in the master's log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RecycleReason::Requests(n) => write!(f, "served {n} requests"),
+            RecycleReason::Memory { rss, limit } => write!(
+                f,
+                "uses {} of memory (resident), over its limit of {}",
+                Mib(rss),
+                Mib(limit)
+            ),
+            RecycleReason::Age { age, limit } => write!(
+                f,
+                "has run for {}, past its age limit of {}",
+                Age(age),
+                Age(limit)
+            ),
+        }
+    }
+}
+
+/// A duration as the master's log shows it: with hundredths under a minute unless whole.
+struct Age(Duration);
+
+impl fmt::Display for Age {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 >= Duration::from_secs(60) || self.0.subsec_nanos() == 0 {
+            f.write_str(&super::human(self.0))
+        } else {
+            write!(f, "{:.2}s", self.0.as_secs_f64())
+        }
+    }
+}
+
+/// Bytes shown in MiB: whole when they are, else with one decimal.
+struct Mib(u64);
+
+impl fmt::Display for Mib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: u64 = 1 << 20;
+        if self.0 % MIB == 0 {
+            write!(f, "{} MiB", self.0 / MIB)
+        } else {
+            write!(f, "{:.1} MiB", self.0 as f64 / MIB as f64)
+        }
+    }
+}
+
+/// The limits past which a serving worker is replaced (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Resident set size, in bytes.
+    pub memory: Option<u64>,
+    /// Time since the worker was spawned.
+    pub age: Option<Duration>,
+}
+
+impl Limits {
+    pub(crate) fn any(&self) -> bool {
+        self.memory.is_some() || self.age.is_some()
+    }
+}
+
+/// The workers past a limit at `now`, each with why: ready workers of `generation` that are
+/// not already due for replacement, nor kept after a replacement that failed. Age is checked
+/// first; `rss` reads a worker's resident set in bytes (`None`: unknown, so not over) and is
+/// called only for a worker the age did not decide, and only with a memory limit.
+pub(super) fn over_limits(
+    workers: &[Entry],
+    generation: u64,
+    limits: Limits,
+    now: Instant,
+    mut rss: impl FnMut(&Entry) -> Option<u64>,
+) -> Vec<(usize, RecycleReason)> {
+    workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| {
+            w.info.generation == generation
+                && matches!(
+                    w.state,
+                    State::Ready {
+                        recycle: Recycle::No,
+                        ..
+                    }
+                )
+        })
+        .filter_map(|(i, w)| {
+            let age = now.saturating_duration_since(w.spawned_at);
+            if let Some(limit) = limits.age.filter(|&limit| age > limit) {
+                return Some((i, RecycleReason::Age { age, limit }));
+            }
+            let limit = limits.memory?;
+            let rss = rss(w).filter(|&rss| rss > limit)?;
+            Some((i, RecycleReason::Memory { rss, limit }))
+        })
+        .collect()
 }
 
 /// Capped exponential backoff for one worker slot.
@@ -210,6 +322,7 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const SEC: Duration = Duration::from_secs(1);
 
     #[test]
     fn first_crash_respawns_at_once_then_doubles_to_the_cap() {
@@ -296,7 +409,7 @@ mod tests {
             generation,
             State::Ready {
                 since: Instant::now(),
-                wants_recycle: false,
+                recycle: Recycle::No,
             },
         )
     }
@@ -410,7 +523,7 @@ mod tests {
                 generation,
                 State::Ready {
                     since: Instant::now(),
-                    wants_recycle: true,
+                    recycle: Recycle::Due(RecycleReason::Requests(50)),
                 },
             )
         };
@@ -426,5 +539,152 @@ mod tests {
         assert_eq!(recycle_candidate(&workers, 1, false), None, "one at a time");
         let workers = [Entry::for_test(0, 1, State::Starting), stopping(1, 1)];
         assert_eq!(recycle_candidate(&workers, 1, false), None);
+    }
+
+    // ---- memory and age limits ----
+
+    const MIB: u64 = 1 << 20;
+
+    /// A ready worker of generation 1 spawned `age` before `now`.
+    fn aged(id: usize, now: Instant, age: Duration) -> Entry {
+        let mut w = ready(id, 1);
+        w.spawned_at = now - age;
+        w
+    }
+
+    /// `over_limits` with resident sets by worker id (`None`: unreadable).
+    fn over(
+        workers: &[Entry],
+        limits: Limits,
+        now: Instant,
+        rss: &[Option<u64>],
+    ) -> Vec<(usize, RecycleReason)> {
+        over_limits(workers, 1, limits, now, |w| rss[w.info.id])
+    }
+
+    #[test]
+    fn a_worker_over_the_memory_limit_is_replaced_and_an_unread_one_is_not() {
+        let now = Instant::now();
+        let workers = [aged(0, now, SEC), aged(1, now, SEC), aged(2, now, SEC)];
+        let limits = Limits {
+            memory: Some(256 * MIB),
+            age: None,
+        };
+        let rss = [Some(300 * MIB), Some(256 * MIB), None];
+        assert_eq!(
+            over(&workers, limits, now, &rss),
+            [(
+                0,
+                RecycleReason::Memory {
+                    rss: 300 * MIB,
+                    limit: 256 * MIB
+                }
+            )],
+            "at the limit is not over it; an unreadable one is left alone"
+        );
+        assert!(over(&workers, Limits::default(), now, &rss).is_empty());
+    }
+
+    #[test]
+    fn a_worker_past_the_age_limit_is_replaced_before_its_memory_is_read() {
+        let now = Instant::now();
+        let workers = [aged(0, now, 3 * SEC), aged(1, now, SEC)];
+        let limits = Limits {
+            memory: Some(MIB),
+            age: Some(2 * SEC),
+        };
+        let mut read = Vec::new();
+        let found = over_limits(&workers, 1, limits, now, |w| {
+            read.push(w.info.id);
+            Some(2 * MIB)
+        });
+        assert_eq!(
+            found,
+            [
+                (
+                    0,
+                    RecycleReason::Age {
+                        age: 3 * SEC,
+                        limit: 2 * SEC
+                    }
+                ),
+                (
+                    1,
+                    RecycleReason::Memory {
+                        rss: 2 * MIB,
+                        limit: MIB
+                    }
+                )
+            ]
+        );
+        assert_eq!(read, [1], "the old worker's memory is not read");
+        let no_memory = Limits {
+            memory: None,
+            age: Some(2 * SEC),
+        };
+        let found = over_limits(&workers, 1, no_memory, now, |_| {
+            panic!("read without a limit")
+        });
+        assert_eq!(found.len(), 1);
+    }
+
+    #[test]
+    fn only_ready_workers_of_the_generation_not_yet_due_are_checked() {
+        let now = Instant::now();
+        let old = 10 * SEC;
+        let mut due = aged(0, now, old);
+        assert!(due.recycle_due(RecycleReason::Requests(5)));
+        let mut kept = aged(1, now, old);
+        kept.supersede();
+        kept.keep_serving();
+        let mut booting = Entry::for_test(2, 1, State::Starting);
+        booting.spawned_at = now - old;
+        let mut superseded = aged(3, now, old);
+        superseded.supersede();
+        let mut previous = aged(4, now, old);
+        previous.info.generation = 0;
+        let fresh = aged(5, now, old);
+        let workers = [due, kept, booting, superseded, previous, fresh];
+        let limits = Limits {
+            memory: None,
+            age: Some(SEC),
+        };
+        let found: Vec<usize> = over(&workers, limits, now, &[None; 6])
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(found, [5]);
+    }
+
+    #[test]
+    fn a_recycle_reason_reads_as_the_log_says_it() {
+        assert_eq!(
+            RecycleReason::Requests(1000).to_string(),
+            "served 1000 requests"
+        );
+        assert_eq!(
+            RecycleReason::Memory {
+                rss: 300 * MIB + MIB / 2,
+                limit: 256 * MIB
+            }
+            .to_string(),
+            "uses 300.5 MiB of memory (resident), over its limit of 256 MiB"
+        );
+        assert_eq!(
+            RecycleReason::Age {
+                age: 2 * SEC + 50 * MS,
+                limit: 2 * SEC
+            }
+            .to_string(),
+            "has run for 2.05s, past its age limit of 2s"
+        );
+        assert_eq!(
+            RecycleReason::Age {
+                age: 90_061 * SEC,
+                limit: 86_400 * SEC
+            }
+            .to_string(),
+            "has run for 1d01h, past its age limit of 1d00h"
+        );
     }
 }

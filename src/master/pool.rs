@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
 
-use super::policy::{self, Backoff, MAX_BOOT_FAILURES};
+use super::policy::{self, Backoff, RecycleReason, MAX_BOOT_FAILURES};
 use super::{release_startup_pages, Master};
 use crate::hooks::{Event, WorkerInfo};
 use crate::protocol::Message;
@@ -22,14 +22,24 @@ use crate::sys::{notify, output, process};
 pub(super) enum State {
     /// Spawned; it has not said that it serves.
     Starting,
-    /// Serves since `since`. `wants_recycle`: it reached its request limit and asked to be
-    /// replaced.
-    Ready { since: Instant, wants_recycle: bool },
+    /// Serves since `since`. `recycle`: whether it is to be replaced while it serves.
+    Ready { since: Instant, recycle: Recycle },
     /// Serves until its replacement (a recycle) is ready, then is retired.
     Superseded { since: Instant },
     /// Asked to stop (drain or fast); gone once reaped. `ready_since`: when it had become
     /// ready, if it had.
     Stopping { ready_since: Option<Instant> },
+}
+
+/// Whether a ready worker is to be replaced (recycled) while it serves, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recycle {
+    /// Not due.
+    No,
+    /// Due for this reason: replaced when its turn comes (one worker at a time).
+    Due(RecycleReason),
+    /// Its replacement could not boot: it serves on and is not recycled again.
+    Never,
 }
 
 impl State {
@@ -123,7 +133,7 @@ impl Entry {
             State::Starting => {
                 self.state = State::Ready {
                     since: now,
-                    wants_recycle: false,
+                    recycle: Recycle::No,
                 };
                 true
             }
@@ -149,9 +159,23 @@ impl Entry {
         if let State::Superseded { since } = self.state {
             self.state = State::Ready {
                 since,
-                wants_recycle: false,
+                recycle: Recycle::Never,
             };
         }
+    }
+
+    /// Marks a ready worker as due for replacement, for `why`, unless it already is or its
+    /// last replacement failed. True if it was marked now.
+    pub(super) fn recycle_due(&mut self, why: RecycleReason) -> bool {
+        if let State::Ready {
+            recycle: recycle @ Recycle::No,
+            ..
+        } = &mut self.state
+        {
+            *recycle = Recycle::Due(why);
+            return true;
+        }
+        false
     }
 
     /// Marks it as asked to stop; false if it was already.
@@ -358,9 +382,7 @@ impl Master {
                         w.requests = requests;
                     }
                     Message::Recycle => {
-                        if let State::Ready { wants_recycle, .. } = &mut w.state {
-                            *wants_recycle = true;
-                        }
+                        w.recycle_due(RecycleReason::Requests(w.requests));
                     }
                 }
             }
@@ -429,14 +451,20 @@ mod tests {
             w.state,
             State::Ready {
                 since: now,
-                wants_recycle: false
+                recycle: Recycle::No
             }
         );
+        assert!(w.recycle_due(RecycleReason::Requests(10)));
+        assert!(!w.recycle_due(RecycleReason::Requests(11)), "marked once");
         w.supersede();
         assert!(!w.serves());
         assert_eq!(w.state.label(), "replaced");
         w.keep_serving();
         assert!(w.serves());
+        assert!(
+            !w.recycle_due(RecycleReason::Requests(12)),
+            "a worker whose replacement failed is not recycled again"
+        );
         w.supersede();
         assert!(w.mark_stopping());
         assert!(!w.mark_stopping(), "stopping is entered once");

@@ -1,7 +1,7 @@
 //! Replacing workers while the server serves: a rolling reload (HUP: a new generation of
 //! every worker; the old one drains once all of the new one is ready), recycling (a worker
-//! that reached its request limit is replaced, one at a time), and scaling (TTIN/TTOU: one
-//! worker slot more or fewer).
+//! that reached its request, memory or age limit is replaced, one at a time), and scaling
+//! (TTIN/TTOU: one worker slot more or fewer).
 //!
 //! Nothing here stops a worker before its replacement serves; which workers to retire is
 //! [`policy::retirements`](super::policy::retirements), a pure function.
@@ -11,7 +11,7 @@ use std::time::Instant;
 use tracing::{error, info, warn};
 
 use super::command::Origin;
-use super::pool::SlotState;
+use super::pool::{Recycle, SlotState, State};
 use super::{policy, release_startup_pages, Master};
 use crate::hooks::{Event, WorkerInfo};
 use crate::sys::{listener, process};
@@ -165,7 +165,7 @@ impl Master {
         }
     }
 
-    /// Replaces, one at a time, the workers that reached their request limit.
+    /// Replaces, one at a time, the workers that reached their request, memory or age limit.
     pub(super) fn start_recycle(&mut self, now: Instant) {
         let Some(i) =
             policy::recycle_candidate(&self.workers, self.generation, self.reload.is_some())
@@ -173,10 +173,16 @@ impl Master {
             return;
         };
         let w = &mut self.workers[i];
-        info!(
-            "worker {} (pid {}) served {} requests: replacing it",
-            w.info.id, w.info.pid, w.requests
-        );
+        if let State::Ready {
+            recycle: Recycle::Due(why),
+            ..
+        } = w.state
+        {
+            info!(
+                "worker {} (pid {}) {why}: replacing it",
+                w.info.id, w.info.pid
+            );
+        }
         w.supersede();
         self.slots[w.info.id].respawn_at = Some(now);
     }

@@ -1,9 +1,10 @@
 //! Every fd and system call wrapper: fd flags and pipes, signals, sockets, the control
-//! socket, readiness notification, output relays, page trimming and process control. Nothing
-//! here knows about HTTP or about the master's decisions.
+//! socket, readiness notification, output relays, page trimming, process control and resource
+//! limits. Nothing here knows about HTTP or about the master's decisions.
 
 pub(crate) mod control;
 pub(crate) mod fd;
+pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod notify;
 pub(crate) mod output;

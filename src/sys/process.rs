@@ -199,6 +199,37 @@ pub(crate) fn thread_count() -> usize {
     }
 }
 
+/// Whether [`resident_bytes`] can read a process's memory here (Linux: `/proc`).
+pub(crate) const RESIDENT_BYTES_SUPPORTED: bool =
+    cfg!(any(target_os = "linux", target_os = "android"));
+
+/// The resident set size of process `pid`, in bytes: the second field of
+/// `/proc/PID/statm` (pages) times the page size, what `ps` shows as RSS. It counts the pages
+/// a forked worker still shares with the master as well as its own. Linux only; elsewhere an
+/// `Unsupported` error.
+pub(crate) fn resident_bytes(pid: u32) -> io::Result<u64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
+        // SAFETY: sysconf(3) has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Ok(pages * u64::try_from(page).unwrap_or(4096))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = pid;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "reading a process's memory needs Linux's /proc",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +244,24 @@ mod tests {
         assert_eq!(ExitStatus::Signaled(64).to_string(), "killed by signal 64");
         assert!(ExitStatus::Exited(0).success());
         assert!(!ExitStatus::Signaled(9).success());
+    }
+
+    #[test]
+    fn the_resident_set_grows_with_touched_memory() {
+        if !RESIDENT_BYTES_SUPPORTED {
+            return;
+        }
+        let me = std::process::id();
+        let before = resident_bytes(me).unwrap();
+        assert!(before > 0);
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = resident_bytes(me).unwrap();
+        assert!(
+            after >= before + (48 << 20),
+            "{before} -> {after} bytes after touching 64 MiB"
+        );
+        drop(touched);
+        assert!(resident_bytes(u32::MAX / 2).is_err(), "no such process");
     }
 
     #[test]

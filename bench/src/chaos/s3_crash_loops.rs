@@ -352,7 +352,10 @@ fn abort_with_defaults(ctx: &Ctx, sec: &mut Section) {
     sec.check(
         "default settings: the server never stops for workers that served",
         master_alive && process_alive(server.pid) && back,
-        format!("{crashes} crashes in {} s; GET / answers after: {back}", run_for.as_secs()),
+        format!(
+            "{crashes} crashes in {} s; GET / answers after: {back}",
+            run_for.as_secs()
+        ),
     );
     sec.check(
         "default settings: the other route keeps answering",
@@ -366,7 +369,10 @@ fn abort_with_defaults(ctx: &Ctx, sec: &mut Section) {
     sec.check(
         "default settings: respawns back off and the log gives the crash rate",
         !delays.is_empty() && rate_lines > 0,
-        format!("{} delayed respawns, {rate_lines} crash-rate lines", delays.len()),
+        format!(
+            "{} delayed respawns, {rate_lines} crash-rate lines",
+            delays.len()
+        ),
     );
     sec.check(
         "default settings: the master does not spin",
