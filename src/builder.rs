@@ -255,6 +255,22 @@ impl Prefork {
         self
     }
 
+    /// Answer health checks on a TCP address of its own, from the master, so they work for
+    /// any program (`forklift run` too): `GET /livez` (200 while the master runs),
+    /// `GET /readyz` (200 while every worker slot has a ready worker and the host is neither
+    /// draining nor stopping; 503 with the reason otherwise) and `GET /metrics` (Prometheus
+    /// text format). The master never blocks on a client of this port. Kept across reloads
+    /// and handed to the new master on a binary upgrade.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().health("127.0.0.1:9000".parse().unwrap());
+    /// # let _ = server;
+    /// ```
+    pub fn health(mut self, addr: std::net::SocketAddr) -> Self {
+        self.config.health = Some(addr);
+        self
+    }
+
     /// Answer commands on a Unix socket at `path` (mode 0600): `status` (a table of the
     /// workers: pid, generation, uptime, requests served, restarts), `reload`, `stop`, `incr`
     /// and `decr`, as the signals HUP, TERM, TTIN and TTOU would. See [`control`](crate::control()).

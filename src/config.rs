@@ -124,6 +124,9 @@ pub(crate) struct Config {
     pub group: Option<String>,
     /// Answer commands on a Unix socket at this path. Default: no control socket.
     pub control: Option<PathBuf>,
+    /// Answer `/livez`, `/readyz` and `/metrics` on this TCP address, from the master.
+    /// Default: no health port.
+    pub health: Option<std::net::SocketAddr>,
     /// How the master learns that a worker serves. Default: [`Readiness::Channel`].
     pub readiness: Readiness,
     /// Relay the workers' output through the master, each line prefixed with the worker
@@ -155,6 +158,7 @@ impl Default for Config {
             user: None,
             group: None,
             control: None,
+            health: None,
             readiness: Readiness::Channel,
             relay_output: None,
             raise_nofile_limit: true,

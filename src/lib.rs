@@ -119,7 +119,7 @@ pub use internal::{
 pub use sys::control::control;
 pub use sys::process::ExitStatus;
 
-pub use master::{request_reload, request_scale, request_stop};
+pub use master::{request_drain, request_reload, request_scale, request_stop};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
 pub use sys::listener::Listener;

@@ -61,6 +61,11 @@ enum Command {
     Reload(ControlArgs),
     /// Graceful stop of a running master, as SIGTERM.
     Stop(ControlArgs),
+    /// Take a running master out of its balancers' rotation: its health port's /readyz
+    /// answers 503 while the workers keep serving.
+    Drain(ControlArgs),
+    /// Put a drained master back: /readyz answers 200 again.
+    Undrain(ControlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,9 +148,15 @@ struct PoolArgs {
     #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_BOOT_TIMEOUT))]
     boot_timeout: Secs,
 
-    /// Answer `forklift status|reload|stop --control PATH` on a Unix socket (mode 0600)
+    /// Answer `forklift status|reload|stop|drain|undrain --control PATH` on a Unix socket
+    /// (mode 0600)
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
+
+    /// Answer health checks from the master on this address: GET /livez, /readyz (503 while
+    /// starting, draining or stopping) and /metrics (Prometheus)
+    #[arg(long, value_name = "ADDR")]
+    health: Option<std::net::SocketAddr>,
 
     /// Listen backlog (capped by net.core.somaxconn)
     #[arg(long, value_name = "N", default_value_t = forklift::DEFAULT_BACKLOG)]
@@ -169,6 +180,9 @@ impl PoolArgs {
         }
         if let Some(path) = &self.control {
             server = server.control_socket(path);
+        }
+        if let Some(addr) = self.health {
+            server = server.health(addr);
         }
         for addr in &self.listen {
             server = server.listen(addr)?;
@@ -406,6 +420,8 @@ fn main() -> ExitCode {
         Command::Status(c) => forklift::control(&c.control, "status").map_err(Into::into),
         Command::Reload(c) => forklift::control(&c.control, "reload").map_err(Into::into),
         Command::Stop(c) => forklift::control(&c.control, "stop").map_err(Into::into),
+        Command::Drain(c) => forklift::control(&c.control, "drain").map_err(Into::into),
+        Command::Undrain(c) => forklift::control(&c.control, "undrain").map_err(Into::into),
     };
     match result {
         Ok(text) if text.starts_with("error:") => {

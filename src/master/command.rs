@@ -28,6 +28,11 @@ pub(crate) enum Command {
     Upgrade,
     /// Describe the master and its workers (the control socket's answer).
     Status,
+    /// Report unready on the health port (`/readyz` 503) while the workers keep serving, so
+    /// balancers stop choosing this host. `health.rs`.
+    Drain,
+    /// Report ready again after a drain.
+    Undrain,
 }
 
 /// Where a command came from, for the log.
@@ -66,11 +71,13 @@ pub(crate) const TABLE: &[(Option<libc::c_int>, Option<&str>, Command)] = &[
     (Some(libc::SIGTTOU), Some("decr"), Command::RemoveWorker),
     (Some(libc::SIGUSR2), None, Command::Upgrade),
     (None, Some("status"), Command::Status),
+    (None, Some("drain"), Command::Drain),
+    (None, Some("undrain"), Command::Undrain),
 ];
 
 impl Command {
     /// Every command, in the order requests are applied.
-    const ALL: [Command; 7] = [
+    const ALL: [Command; 9] = [
         Command::Stop { graceful: true },
         Command::Stop { graceful: false },
         Command::Reload,
@@ -78,6 +85,8 @@ impl Command {
         Command::RemoveWorker,
         Command::Upgrade,
         Command::Status,
+        Command::Drain,
+        Command::Undrain,
     ];
 
     /// The command a signal means, if any.
@@ -112,6 +121,8 @@ impl Command {
             Command::RemoveWorker => 4,
             Command::Upgrade => 5,
             Command::Status => 6,
+            Command::Drain => 7,
+            Command::Undrain => 8,
         }
     }
 }
@@ -189,6 +200,18 @@ pub fn request_stop(graceful: bool) {
 /// ```
 pub fn request_reload() {
     request(Command::Reload);
+}
+
+/// Asks the master running in this process to drain (`true`: its health port's `/readyz`
+/// answers 503, so balancers stop choosing this host, while the workers keep serving) or to
+/// stop draining (`false`), as the control socket's `drain` and `undrain` do.
+///
+/// ```
+/// // A host that takes itself out of its balancer's rotation before maintenance.
+/// forklift::request_drain(true);
+/// ```
+pub fn request_drain(on: bool) {
+    request(if on { Command::Drain } else { Command::Undrain });
 }
 
 /// Asks the master running in this process for one worker more (`true`, as SIGTTIN) or one
@@ -272,6 +295,26 @@ impl Master {
                 }
             }
             Command::Status => self.status(),
+            Command::Drain | Command::Undrain => {
+                let on = command == Command::Drain;
+                if self.draining != on {
+                    tracing::info!(
+                        "{} requested by {origin}: /readyz answers {}",
+                        if on { "drain" } else { "undrain" },
+                        if on {
+                            "503"
+                        } else {
+                            "200 once the workers are ready"
+                        }
+                    );
+                }
+                self.draining = on;
+                if on {
+                    "draining\n".into()
+                } else {
+                    "not draining\n".into()
+                }
+            }
         }
     }
 
@@ -361,9 +404,11 @@ mod tests {
         assert_eq!(Command::from_word("decr"), Some(Command::RemoveWorker));
         assert_eq!(Command::from_word("upgrade"), None);
         assert_eq!(Command::from_word(""), None);
+        assert_eq!(Command::from_word("drain"), Some(Command::Drain));
+        assert_eq!(Command::from_word("undrain"), Some(Command::Undrain));
         assert_eq!(
             Command::words(),
-            ["stop", "reload", "incr", "decr", "status"]
+            ["stop", "reload", "incr", "decr", "status", "drain", "undrain"]
         );
     }
 

@@ -57,6 +57,7 @@ impl Master {
         let info = entry.info;
         let expected = entry.is_stopping() || !self.running();
         if expected {
+            self.stats.exits_expected += 1;
             debug!("worker {} (pid {}) {status}", info.id, info.pid);
             self.emit(Event::WorkerExited {
                 worker: info,
@@ -66,6 +67,7 @@ impl Master {
             return;
         }
         let Some(ready_since) = entry.ready_since() else {
+            self.stats.exits_boot_failure += 1;
             warn!(
                 "worker {} (pid {}) {status} before it was ready: {}",
                 info.id,
@@ -87,6 +89,7 @@ impl Master {
             self.on_boot_failure(info, message);
             return;
         };
+        self.stats.exits_crash += 1;
         let crashes = self.crashes.record(now);
         warn!(
             "worker {} (pid {}) {status}: {} ({crashes} crashes in the last {:?})",

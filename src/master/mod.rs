@@ -21,6 +21,7 @@
 mod command;
 mod exits;
 mod guards;
+mod health;
 pub(crate) mod policy;
 mod pool;
 mod replace;
@@ -33,10 +34,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-pub use command::{request_reload, request_scale, request_stop};
+pub use command::{request_drain, request_reload, request_scale, request_stop};
 
 use self::command::Origin;
 use self::exits::ABORT_GRACE;
+use self::health::Stats;
 use self::policy::CrashWindow;
 use self::pool::{Entry, SlotState, State};
 use self::replace::Reload;
@@ -47,6 +49,7 @@ use crate::hooks::{Event, Hooks};
 use crate::spawn::exec::CommandLine;
 use crate::spawn::Readiness;
 use crate::sys::control::ControlSocket;
+use crate::sys::health::HealthServer;
 use crate::sys::listener::{self, BindOptions, BoundAddr};
 use crate::sys::notify;
 use crate::sys::process;
@@ -78,9 +81,9 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
         }
     }
     let inherited = listener::inherited()?;
-    let (inherited, inherited_control) = match inherited {
-        Some(i) => (Some(i.bound), i.control),
-        None => (None, None),
+    let (inherited, inherited_control, inherited_health) = match inherited {
+        Some(i) => (Some(i.bound), i.control, i.health),
+        None => (None, None, None),
     };
     let bound = match inherited {
         Some(mut bound) => {
@@ -113,6 +116,11 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
         (Some(path), None) => Some(ControlSocket::bind(path)?),
         (None, _) => None,
     };
+    let health = match (config.health, inherited_health) {
+        (Some(_), Some(listener)) => Some(HealthServer::from_listener(listener)?),
+        (Some(addr), None) => Some(HealthServer::bind(addr)?),
+        (None, _) => None,
+    };
     let credentials =
         process::resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
     let cpus = if config.pin_workers {
@@ -125,6 +133,7 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     master.notifier = notifier;
     master.credentials = credentials;
     master.control = control;
+    master.health = health;
     master.cpus = cpus;
     let addresses: Vec<String> = master.bound.iter().map(|b| b.actual.to_string()).collect();
     info!(
@@ -138,6 +147,9 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
         },
         master.config.spawn
     );
+    if let Some(addr) = master.health.as_ref().and_then(|h| h.local_addr().ok()) {
+        info!("health port on http://{addr}/ (/livez, /readyz, /metrics)");
+    }
     master.emit(Event::Listening { addresses });
     let outcome = master.run();
     // Close the sockets (and remove Unix socket files) before returning to the caller.
@@ -185,6 +197,12 @@ struct Master {
     /// The CPUs workers are pinned to, in order (empty: no pinning).
     cpus: Vec<usize>,
     control: Option<ControlSocket>,
+    /// The health port (`/livez`, `/readyz`, `/metrics`).
+    health: Option<HealthServer>,
+    /// Drained by an operator: `/readyz` answers 503 while the workers keep serving.
+    draining: bool,
+    /// Counters for `/metrics`.
+    stats: Stats,
     started: Instant,
     /// Workers spawned so far.
     spawned: u64,
@@ -227,6 +245,9 @@ impl Master {
             credentials: None,
             cpus: Vec::new(),
             control: None,
+            health: None,
+            draining: false,
+            stats: Stats::default(),
             started: Instant::now(),
             spawned: 0,
             limits_checked: None,
@@ -249,6 +270,7 @@ impl Master {
             }
             self.wait(self.next_timeout());
             self.take_commands();
+            self.serve_health();
             self.read_channels();
             self.reap();
         }
@@ -324,6 +346,9 @@ impl Master {
         if self.workers.iter().any(|w| w.channel.is_none()) {
             deadline = deadline.min(now + Duration::from_millis(50));
         }
+        if let Some(t) = self.health.as_ref().and_then(|h| h.next_deadline()) {
+            deadline = deadline.min(t);
+        }
         deadline.saturating_duration_since(now)
     }
 
@@ -340,6 +365,13 @@ impl Master {
             events: libc::POLLIN,
             revents: 0,
         }));
+        if let Some(h) = &self.health {
+            fds.extend(h.poll_fds().into_iter().map(|(fd, events)| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            }));
+        }
         for w in &self.workers {
             let channel = w.channel.as_ref().map(|c| c.as_raw_fd());
             let notify = w.notify.as_ref().map(|n| n.fd());

@@ -316,6 +316,7 @@ impl Master {
             generation: self.generation,
         };
         debug!("worker {id} spawned as pid {}", info.pid);
+        self.stats.spawns += 1;
         let mut entry = Entry::new(info, Some(started.channel), Instant::now());
         entry.notify = started.notify;
         entry.relays = started.relays;

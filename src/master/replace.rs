@@ -43,6 +43,7 @@ impl Master {
             self.slots.len()
         );
         self.reload = Some(Reload { previous });
+        self.stats.reloads_started += 1;
         if let Some(n) = &self.notifier {
             n.reloading();
         }
@@ -63,6 +64,7 @@ impl Master {
             return;
         };
         let failed = self.generation;
+        self.stats.reloads_failed += 1;
         error!(
             "reload to generation {failed} failed: {reason}; generation {} keeps serving",
             reload.previous
@@ -141,6 +143,7 @@ impl Master {
         }
         if reload_done {
             self.reload = None;
+            self.stats.reloads_completed += 1;
             let workers: Vec<WorkerInfo> = self
                 .workers
                 .iter()

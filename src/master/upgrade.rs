@@ -40,6 +40,9 @@ impl Master {
         if let Some(c) = &self.control {
             sockets.push((c.handover_fd(), listener::CONTROL_FD_NAME.to_string()));
         }
+        if let Some(h) = &self.health {
+            sockets.push((h.handover_fd(), listener::HEALTH_FD_NAME.to_string()));
+        }
         match spawn::exec::spawn_master(&line, &sockets, self.pid) {
             Ok(pid) => {
                 info!(
@@ -49,6 +52,7 @@ impl Master {
                     sockets.len()
                 );
                 self.upgrade = Some(pid);
+                self.stats.upgrades_started += 1;
                 self.emit(Event::UpgradeStarted { pid });
             }
             Err(e) => error!("binary upgrade failed: {e}; this master keeps serving"),
@@ -64,6 +68,7 @@ impl Master {
                  this master keeps serving (see the new master's log above)"
             );
             self.upgrade = None;
+            self.stats.upgrades_failed += 1;
             self.emit(Event::UpgradeFailed { pid, status });
         }
     }
@@ -77,6 +82,8 @@ impl Master {
         if let Some(c) = &mut self.control {
             c.hand_over();
         }
+        // Only the new master answers health checks from now on: this one is going.
+        self.health = None;
     }
 
     /// In a master started by a binary upgrade: retire the old master now that this one serves.

@@ -267,12 +267,16 @@ pub(crate) fn handover_list(bound: &[BoundAddr]) -> Vec<(&Socket, String)> {
 /// The `LISTEN_FDNAMES` name of a control socket handed to the next master.
 pub(crate) const CONTROL_FD_NAME: &str = "forklift.control";
 
+/// The `LISTEN_FDNAMES` name of a health port handed to the next master.
+pub(crate) const HEALTH_FD_NAME: &str = "forklift.health";
+
 /// What a master was started with: listening sockets, and the previous master's control
-/// socket (binary upgrade).
+/// socket and health port (binary upgrade).
 #[derive(Debug)]
 pub(crate) struct Inherited {
     pub bound: Vec<BoundAddr>,
     pub control: Option<UnixListener>,
+    pub health: Option<std::net::TcpListener>,
 }
 
 pub(crate) fn inherited() -> Result<Option<Inherited>> {
@@ -289,6 +293,7 @@ pub(crate) fn inherited() -> Result<Option<Inherited>> {
         .unwrap_or_default();
     let mut bound: Vec<BoundAddr> = Vec::new();
     let mut control = None;
+    let mut health = None;
     // (forklift address index, position in `bound`) of reuseport addresses seen so far.
     let mut per_slot: Vec<(usize, usize)> = Vec::new();
     for i in 0..n {
@@ -313,6 +318,10 @@ pub(crate) fn inherited() -> Result<Option<Inherited>> {
         };
         if names.get(i).map(String::as_str) == Some(CONTROL_FD_NAME) {
             control = Some(UnixListener::from(OwnedFd::from(socket)));
+            continue;
+        }
+        if names.get(i).map(String::as_str) == Some(HEALTH_FD_NAME) {
+            health = Some(std::net::TcpListener::from(OwnedFd::from(socket)));
             continue;
         }
         let parsed = names.get(i).and_then(|name| parse_fd_name(name));
@@ -345,7 +354,11 @@ pub(crate) fn inherited() -> Result<Option<Inherited>> {
             adoptable_path,
         });
     }
-    Ok(Some(Inherited { bound, control }))
+    Ok(Some(Inherited {
+        bound,
+        control,
+        health,
+    }))
 }
 
 pub(crate) fn parse_fd_name(name: &str) -> Option<(usize, Option<usize>)> {

@@ -4,6 +4,7 @@
 
 pub(crate) mod control;
 pub(crate) mod fd;
+pub(crate) mod health;
 pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod notify;

@@ -1,0 +1,230 @@
+//! The master's health port (`--health ADDR`): `/livez`, `/readyz` (503 while starting,
+//! draining or stopping) and `/metrics` in the Prometheus text format, whose figures match
+//! what `status` shows; `forklift drain`/`undrain` on the control socket.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The health port's address, from the master's `health port on http://ADDR/` line.
+fn health_addr(s: &Server) -> SocketAddr {
+    let line = s
+        .wait_stderr_contains("health port on http://", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no health port line; stderr:\n{}", s.stderr_text()));
+    let rest = line.split("health port on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    http_get_timeout(addr, path, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("GET {path} on the health port: {e}"))
+}
+
+/// Polls `/readyz` until it answers `status`; returns how long that took.
+fn readyz_becomes(addr: SocketAddr, status: u16, within: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut took = None;
+    poll_until_every(t0 + within, Duration::from_millis(1), || {
+        if get(addr, "/readyz").status == status {
+            took = Some(t0.elapsed());
+            true
+        } else {
+            false
+        }
+    });
+    took
+}
+
+fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.map_or(true, |(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: unexpected value {other:?}"),
+    }
+}
+
+#[test]
+fn health_port_answers_livez_readyz_and_metrics_that_match_status() {
+    let sock = TempSock::new("health");
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--health",
+        "127.0.0.1:0",
+        "--control",
+        sock.0.to_str().unwrap(),
+    ]);
+    let health = health_addr(&s);
+    assert_eq!(get(health, "/livez").status, 200);
+    assert!(
+        readyz_becomes(health, 200, Duration::from_secs(10)).is_some(),
+        "/readyz: {:?}",
+        get(health, "/readyz")
+    );
+    assert_eq!(get(health, "/nope").status, 404);
+    // A client that connects and sends nothing does not hold the master up.
+    let mut silent = TcpStream::connect(health).unwrap();
+    silent.write_all(b"GET /readyz").unwrap();
+    assert_eq!(get(health, "/livez").status, 200);
+    // Requests served show up in the metrics, per worker, as in `status`.
+    let addr = s.addr();
+    for _ in 0..20 {
+        assert_greeting(&http_get(addr, "/").unwrap());
+    }
+    // Heartbeats carry the request counts once a second.
+    let mut scrape = parse_metrics(&get(health, "/metrics").body_str());
+    poll_until(Instant::now() + Duration::from_secs(5), || {
+        scrape = parse_metrics(&get(health, "/metrics").body_str());
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "forklift_worker_requests_total")
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum::<f64>()
+            >= 20.0
+    });
+    let status = forklift_control(&sock.0, "status");
+    println!(
+        "status:\n{status}\nmetrics:\n{}",
+        get(health, "/metrics").body_str()
+    );
+    assert_eq!(value(&scrape, "forklift_worker_slots", None), 2.0);
+    assert_eq!(
+        value(&scrape, "forklift_workers", Some(("state", "ready"))),
+        status.lines().filter(|l| l.contains(" ready ")).count() as f64
+    );
+    assert_eq!(value(&scrape, "forklift_ready", None), 1.0);
+    assert_eq!(value(&scrape, "forklift_worker_spawns_total", None), 2.0);
+    for row in status.lines().skip(2) {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let (id, pid, requests) = (cols[0], cols[1], cols[5]);
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "forklift_worker_requests_total"
+                    && s.labels.get("worker") == Some(id)
+                    && s.labels.get("pid") == Some(pid)
+            })
+            .unwrap_or_else(|| panic!("no requests sample for worker {id} pid {pid}"));
+        assert!(
+            matches!(sample.value, prometheus_parse::Value::Counter(v) if v as u64 >= requests.parse::<u64>().unwrap()),
+            "worker {id}: metrics {:?}, status {requests}",
+            sample.value
+        );
+    }
+    drop(silent);
+}
+
+#[test]
+fn drain_and_term_turn_readyz_to_503_at_once() {
+    let sock = TempSock::new("health-drain");
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--health",
+        "127.0.0.1:0",
+        "--control",
+        sock.0.to_str().unwrap(),
+    ]);
+    let health = health_addr(&s);
+    readyz_becomes(health, 200, Duration::from_secs(10)).expect("ready");
+    assert_eq!(forklift_control(&sock.0, "drain").trim(), "draining");
+    let drained = readyz_becomes(health, 503, Duration::from_secs(1));
+    let r = get(health, "/readyz");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body_str(), "draining\n");
+    // The workers keep serving meanwhile.
+    assert_greeting(&http_get(s.addr(), "/").unwrap());
+    assert_eq!(forklift_control(&sock.0, "undrain").trim(), "not draining");
+    assert!(readyz_becomes(health, 200, Duration::from_secs(1)).is_some());
+    // TERM: unready at once, while the workers drain.
+    s.send_signal(libc::SIGTERM);
+    let stopping = readyz_becomes(health, 503, Duration::from_secs(1));
+    println!("/readyz 503 after drain: {drained:?}; after TERM: {stopping:?}");
+    assert!(drained.is_some() && stopping.is_some());
+}
+
+#[test]
+fn run_programs_get_a_health_port_too() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/run/python_server.py");
+    let s = Server::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--health",
+        "127.0.0.1:0",
+        "--ready-after",
+        "0.2",
+        "--",
+        "/usr/bin/python3",
+        script.to_str().unwrap(),
+    ]);
+    let health = health_addr(&s);
+    assert_eq!(get(health, "/livez").status, 200);
+    assert!(
+        readyz_becomes(health, 200, Duration::from_secs(15)).is_some(),
+        "{:?}\n{}",
+        get(health, "/readyz"),
+        s.stderr_text()
+    );
+}
+
+#[test]
+fn a_taken_health_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let (s, st) = run_to_exit(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--health",
+            &port,
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(!st.success());
+    let err = error_line(&s).expect("an error line");
+    assert!(
+        err.contains(&format!("health port {port} is already in use")),
+        "{err}"
+    );
+}
+
+fn forklift_control(path: &std::path::Path, command: &str) -> String {
+    let out = std::process::Command::new(forklift_bin())
+        .args([command, "--control", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "forklift {command}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
