@@ -255,6 +255,20 @@ impl Prefork {
         self
     }
 
+    /// The binary a binary upgrade (USR2) executes. By default the one this process was
+    /// invoked as (`argv[0]` as given, found on PATH if it has no slash; symlinks are not
+    /// resolved), so a deploy that points a `current` symlink at a new release and sends
+    /// USR2 starts the new release. Checked when the server starts.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().reexec_as("/srv/app/current/bin/app");
+    /// # let _ = server;
+    /// ```
+    pub fn reexec_as(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.reexec_as = Some(path.into());
+        self
+    }
+
     /// Answer health checks on a TCP address of its own, from the master, so they work for
     /// any program (`forklift run` too): `GET /livez` (200 while the master runs),
     /// `GET /readyz` (200 while every worker slot has a ready worker and the host is neither

@@ -124,6 +124,9 @@ pub(crate) struct Config {
     pub group: Option<String>,
     /// Answer commands on a Unix socket at this path. Default: no control socket.
     pub control: Option<PathBuf>,
+    /// What a binary upgrade (USR2) executes. Default: `None`, the binary as it was invoked
+    /// (`argv[0]`, symlinks not resolved).
+    pub reexec_as: Option<PathBuf>,
     /// Answer `/livez`, `/readyz` and `/metrics` on this TCP address, from the master.
     /// Default: no health port.
     pub health: Option<std::net::SocketAddr>,
@@ -159,6 +162,7 @@ impl Default for Config {
             group: None,
             control: None,
             health: None,
+            reexec_as: None,
             readiness: Readiness::Channel,
             relay_output: None,
             raise_nofile_limit: true,

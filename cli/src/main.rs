@@ -153,6 +153,11 @@ struct PoolArgs {
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
 
+    /// What USR2 (binary upgrade) executes [default: the binary as invoked, symlinks not
+    /// resolved, so swapping a `current` symlink upgrades to the new release]
+    #[arg(long, value_name = "PATH")]
+    reexec_as: Option<std::path::PathBuf>,
+
     /// Answer health checks from the master on this address: GET /livez, /readyz (503 while
     /// starting, draining or stopping) and /metrics (Prometheus)
     #[arg(long, value_name = "ADDR")]
@@ -183,6 +188,9 @@ impl PoolArgs {
         }
         if let Some(addr) = self.health {
             server = server.health(addr);
+        }
+        if let Some(path) = &self.reexec_as {
+            server = server.reexec_as(path);
         }
         for addr in &self.listen {
             server = server.listen(addr)?;

@@ -514,3 +514,73 @@ fn usr2_upgrade_hands_over_the_control_socket() {
         "the new master removes the control socket when it stops"
     );
 }
+
+/// A Capistrano-style deploy: the binary is started through a `current` symlink; the symlink
+/// is pointed at a new release and USR2 starts the new release (not the old one, which is
+/// what re-executing /proc/self/exe would do). The health port moves to the new master.
+#[test]
+fn usr2_after_a_symlink_swap_upgrades_to_the_new_release() {
+    let dir = TempDir::new("upgrade-symlink");
+    let release = |name: &str| {
+        let d = dir.0.join("releases").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        install(&d, None)
+    };
+    let (old, new) = (release("a"), release("b"));
+    let current = dir.0.join("current");
+    std::os::unix::fs::symlink(old.parent().unwrap(), &current).unwrap();
+    let mut s = Server::start_program(
+        &current.join("forklift"),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--health",
+            "127.0.0.1:0",
+        ],
+    );
+    s.wait_ready();
+    let health_line = s
+        .wait_stderr_contains("health port on http://", Duration::from_secs(5))
+        .expect("a health port line");
+    let health: std::net::SocketAddr = health_line
+        .split("health port on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("the health address");
+    let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(exe_inode(s.pid), Some(inode(&old)));
+    // Swap the symlink atomically, as deploy tools do.
+    let next = dir.0.join("current.next");
+    std::os::unix::fs::symlink(new.parent().unwrap(), &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    s.send_signal(libc::SIGUSR2);
+    let upgrading = s.expect_line(
+        "`upgrading new_master_pid=...`",
+        |l| l.starts_with("upgrading "),
+        Duration::from_secs(5),
+    );
+    let new_master: u32 = parse_hook(&upgrading).1["new_master_pid"].parse().unwrap();
+    assert_eq!(
+        exe_inode(new_master),
+        Some(inode(&new)),
+        "the new master runs the new release"
+    );
+    let status = s.wait_exit(Instant::now() + Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the old master hands over and exits 0"
+    );
+    let metrics = http_get_timeout(health, "/metrics", Duration::from_secs(5))
+        .expect("the health port answers after the upgrade")
+        .body_str();
+    assert!(
+        metrics.contains(&format!("pid=\"{new_master}\"")),
+        "the new master answers on the health port:\n{metrics}"
+    );
+    kill_pid(new_master, libc::SIGTERM);
+}

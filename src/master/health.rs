@@ -81,7 +81,11 @@ pub(super) fn metrics_text(s: &Snapshot<'_>) -> String {
         "gauge",
         "The build of the master.",
         &[(
-            &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+            &format!(
+                "version=\"{}\",pid=\"{}\"",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
             "1".into(),
         )],
     );

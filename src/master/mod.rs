@@ -128,12 +128,18 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     } else {
         Vec::new()
     };
+    let upgrade_line = match CommandLine::as_invoked(config.reexec_as.as_deref()) {
+        Ok(line) => Some(line),
+        Err(e) if config.reexec_as.is_some() => return Err(Error::Config(e.to_string())),
+        Err(_) => None,
+    };
     let signals = SignalPipe::install().map_err(|e| Error::io("installing signal handlers", e))?;
     let mut master = Master::new(config, hooks, main, bound, signals);
     master.notifier = notifier;
     master.credentials = credentials;
     master.control = control;
     master.health = health;
+    master.upgrade_line = upgrade_line;
     master.cpus = cpus;
     let addresses: Vec<String> = master.bound.iter().map(|b| b.actual.to_string()).collect();
     info!(
@@ -237,7 +243,7 @@ impl Master {
             pid: std::process::id(),
             exec_line: None,
             notifier: None,
-            upgrade_line: CommandLine::current_exe().ok(),
+            upgrade_line: None,
             upgrade: None,
             upgrade_from: std::env::var(crate::protocol::ENV_UPGRADE_FROM)
                 .ok()

@@ -38,6 +38,38 @@ impl CommandLine {
         })
     }
 
+    /// The binary as it was invoked, with the current arguments: what a binary upgrade
+    /// executes. `argv[0]` is taken as given (made absolute against the working directory,
+    /// or found on PATH), not through `/proc/self/exe`, which resolves symlinks: a deploy
+    /// that swaps a `current` symlink to a new release then upgrades to the new release.
+    /// `reexec_as` replaces it when given. Falls back to [`current_exe`](Self::current_exe)
+    /// when `argv[0]` names no executable file.
+    pub fn as_invoked(reexec_as: Option<&Path>) -> io::Result<CommandLine> {
+        let mut line = CommandLine::current_exe()?;
+        let invoked = match reexec_as {
+            Some(path) => Some(path.to_path_buf()),
+            None => std::env::args_os().next().map(PathBuf::from),
+        };
+        if let Some(invoked) = invoked {
+            let resolved = if invoked.as_os_str().as_bytes().contains(&b'/') {
+                std::env::current_dir().map(|cwd| cwd.join(&invoked)).ok()
+            } else {
+                resolve_program(&invoked, &[]).ok()
+            };
+            match resolved {
+                Some(path) if is_executable(&path) => line.program = path,
+                _ if reexec_as.is_some() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("--reexec-as {}: not an executable file", invoked.display()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(line)
+    }
+
     /// The command a [`Spawn::Command`] producer built.
     pub fn from_command(cmd: &std::process::Command) -> CommandLine {
         let program = PathBuf::from(cmd.get_program());
