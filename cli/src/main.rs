@@ -24,6 +24,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use forklift::{Event, Prefork, Spawn};
 
+mod deploy;
 mod lab;
 mod single;
 mod static_files;
@@ -56,9 +57,13 @@ enum Command {
     #[command(arg_required_else_help = true)]
     Run(Box<RunArgs>),
     /// Print the workers of a running master (pid, generation, uptime, requests, restarts).
-    Status(ControlArgs),
-    /// Rolling reload of a running master, as SIGHUP.
-    Reload(ControlArgs),
+    Status(StatusArgs),
+    /// Rolling reload of a running master, as SIGHUP. With --wait, returns once the new
+    /// generation serves (exit 0) or was given up (exit 1, with the reason).
+    Reload(WaitArgs),
+    /// Binary upgrade of a running master, as SIGUSR2. With --wait, returns once the new
+    /// master serves (exit 0) or failed (exit 1, with the reason; the old master serves on).
+    Upgrade(WaitArgs),
     /// Graceful stop of a running master, as SIGTERM.
     Stop(ControlArgs),
     /// Take a running master out of its balancers' rotation: its health port's /readyz
@@ -107,6 +112,30 @@ struct ControlArgs {
     /// The master's control socket (as given to `serve --control`)
     #[arg(long, value_name = "PATH", env = "FORKLIFT_CONTROL")]
     control: std::path::PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    ctl: ControlArgs,
+
+    /// One JSON object, for scripts
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct WaitArgs {
+    #[command(flatten)]
+    ctl: ControlArgs,
+
+    /// Wait until it has served or failed, and say which in the exit status
+    #[arg(long)]
+    wait: bool,
+
+    /// With --wait: give up waiting after this many seconds
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
+    timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -425,8 +454,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args).map(|()| "stopped\n".to_string()),
         Command::Run(args) => run(*args).map(|()| "stopped\n".to_string()),
-        Command::Status(c) => forklift::control(&c.control, "status").map_err(Into::into),
-        Command::Reload(c) => forklift::control(&c.control, "reload").map_err(Into::into),
+        Command::Status(c) => forklift::control(
+            &c.ctl.control,
+            if c.json { "status-json" } else { "status" },
+        )
+        .map_err(Into::into),
+        Command::Reload(c) => {
+            deploy::reload(&c.ctl.control, c.wait.then_some(c.timeout)).map_err(Into::into)
+        }
+        Command::Upgrade(c) => {
+            deploy::upgrade(&c.ctl.control, c.wait.then_some(c.timeout)).map_err(Into::into)
+        }
         Command::Stop(c) => forklift::control(&c.control, "stop").map_err(Into::into),
         Command::Drain(c) => forklift::control(&c.control, "drain").map_err(Into::into),
         Command::Undrain(c) => forklift::control(&c.control, "undrain").map_err(Into::into),

@@ -26,8 +26,9 @@ pub(crate) enum Command {
     RemoveWorker,
     /// Execute the binary again as a new master that takes the sockets over. `upgrade.rs`.
     Upgrade,
-    /// Describe the master and its workers (the control socket's answer).
-    Status,
+    /// Describe the master and its workers (the control socket's answer): a table, or one
+    /// JSON object for scripts.
+    Status { json: bool },
     /// Report unready on the health port (`/readyz` 503) while the workers keep serving, so
     /// balancers stop choosing this host. `health.rs`.
     Drain,
@@ -69,22 +70,24 @@ pub(crate) const TABLE: &[(Option<libc::c_int>, Option<&str>, Command)] = &[
     (Some(libc::SIGHUP), Some("reload"), Command::Reload),
     (Some(libc::SIGTTIN), Some("incr"), Command::AddWorker),
     (Some(libc::SIGTTOU), Some("decr"), Command::RemoveWorker),
-    (Some(libc::SIGUSR2), None, Command::Upgrade),
-    (None, Some("status"), Command::Status),
+    (Some(libc::SIGUSR2), Some("upgrade"), Command::Upgrade),
+    (None, Some("status"), Command::Status { json: false }),
+    (None, Some("status-json"), Command::Status { json: true }),
     (None, Some("drain"), Command::Drain),
     (None, Some("undrain"), Command::Undrain),
 ];
 
 impl Command {
     /// Every command, in the order requests are applied.
-    const ALL: [Command; 9] = [
+    const ALL: [Command; 10] = [
         Command::Stop { graceful: true },
         Command::Stop { graceful: false },
         Command::Reload,
         Command::AddWorker,
         Command::RemoveWorker,
         Command::Upgrade,
-        Command::Status,
+        Command::Status { json: false },
+        Command::Status { json: true },
         Command::Drain,
         Command::Undrain,
     ];
@@ -120,7 +123,8 @@ impl Command {
             Command::AddWorker => 3,
             Command::RemoveWorker => 4,
             Command::Upgrade => 5,
-            Command::Status => 6,
+            Command::Status { json: false } => 6,
+            Command::Status { json: true } => 9,
             Command::Drain => 7,
             Command::Undrain => 8,
         }
@@ -277,7 +281,14 @@ impl Master {
             }
             Command::Reload => {
                 self.start_reload(origin);
-                format!("reloading: generation {}\n", self.generation)
+                match (&self.reload, self.reload_queued) {
+                    (_, Some(_)) => format!(
+                        "reloading: generation {} (queued after the reload under way)\n",
+                        self.generation + 1
+                    ),
+                    (Some(_), None) => format!("reloading: generation {}\n", self.generation),
+                    (None, None) => "error: not reloading: the master is stopping\n".into(),
+                }
             }
             Command::AddWorker => {
                 self.scale(self.slots.len() + 1, origin);
@@ -294,7 +305,8 @@ impl Master {
                     None => "error: no upgrade started; see the master's log\n".into(),
                 }
             }
-            Command::Status => self.status(),
+            Command::Status { json: false } => self.status(),
+            Command::Status { json: true } => self.status_json(),
             Command::Drain | Command::Undrain => {
                 let on = command == Command::Drain;
                 if self.draining != on {
@@ -331,6 +343,74 @@ impl Master {
             info!("fast stop requested by {origin}");
         }
         self.stop(graceful, Ok(()));
+    }
+
+    /// The `status-json` answer: one JSON object (and a newline) for scripts.
+    fn status_json(&self) -> String {
+        use std::fmt::Write as _;
+        let state = match (&self.phase, &self.reload) {
+            (Phase::Stopping { .. }, _) => "stopping",
+            (Phase::Running, Some(_)) => "reloading",
+            (Phase::Running, None) => "running",
+        };
+        let mut out = format!(
+            "{{\"master_pid\":{},\"state\":\"{state}\",\"generation\":{},\"workers\":{},\
+             \"uptime_secs\":{:.3},\"ready\":{},\"draining\":{}",
+            self.pid,
+            self.generation,
+            self.slots.len(),
+            self.started.elapsed().as_secs_f64(),
+            self.unready().is_none(),
+            self.draining
+        );
+        match &self.last_reload {
+            Some(r) => {
+                let _ = write!(
+                    out,
+                    ",\"last_reload\":{{\"generation\":{},\"outcome\":\"{}\",\"reason\":{}}}",
+                    r.generation,
+                    if r.failure.is_some() {
+                        "failed"
+                    } else {
+                        "completed"
+                    },
+                    r.failure.as_deref().map_or("null".into(), json_string)
+                );
+            }
+            None => out.push_str(",\"last_reload\":null"),
+        }
+        let _ = write!(
+            out,
+            ",\"upgrade\":{},\"last_upgrade_failure\":{}",
+            self.upgrade
+                .map_or("null".into(), |p| format!("{{\"new_master_pid\":{p}}}")),
+            self.last_upgrade_failure
+                .as_ref()
+                .map_or("null".into(), |(pid, why)| format!(
+                    "{{\"new_master_pid\":{pid},\"reason\":{}}}",
+                    json_string(why)
+                ))
+        );
+        out.push_str(",\"worker_list\":[");
+        let mut rows: Vec<_> = self.workers.iter().collect();
+        rows.sort_by_key(|w| (w.info.id, w.info.generation));
+        for (i, w) in rows.iter().enumerate() {
+            let restarts = self.slots.get(w.info.id).map_or(0, |s| s.restarts);
+            let _ = write!(
+                out,
+                "{}{{\"id\":{},\"pid\":{},\"generation\":{},\"state\":\"{}\",\
+                 \"uptime_secs\":{:.3},\"requests\":{},\"restarts\":{restarts}}}",
+                if i == 0 { "" } else { "," },
+                w.info.id,
+                w.info.pid,
+                w.info.generation,
+                w.state.label(),
+                w.spawned_at.elapsed().as_secs_f64(),
+                w.requests
+            );
+        }
+        out.push_str("]}\n");
+        out
     }
 
     /// The `status` answer: the master, then one row per worker.
@@ -373,9 +453,33 @@ impl Master {
     }
 }
 
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
 
     #[test]
     fn signals_and_words_mean_the_documented_commands() {
@@ -397,18 +501,35 @@ mod tests {
         );
         assert_eq!(Command::from_signal(libc::SIGUSR2), Some(Command::Upgrade));
         assert_eq!(Command::from_signal(libc::SIGCHLD), None);
-        assert_eq!(Command::from_word("status\n"), Some(Command::Status));
+        assert_eq!(
+            Command::from_word("status\n"),
+            Some(Command::Status { json: false })
+        );
+        assert_eq!(
+            Command::from_word("status-json"),
+            Some(Command::Status { json: true })
+        );
         assert_eq!(Command::from_word(" reload "), Some(Command::Reload));
         assert_eq!(Command::from_word("stop"), Some(stop));
         assert_eq!(Command::from_word("incr"), Some(Command::AddWorker));
         assert_eq!(Command::from_word("decr"), Some(Command::RemoveWorker));
-        assert_eq!(Command::from_word("upgrade"), None);
+        assert_eq!(Command::from_word("upgrade"), Some(Command::Upgrade));
         assert_eq!(Command::from_word(""), None);
         assert_eq!(Command::from_word("drain"), Some(Command::Drain));
         assert_eq!(Command::from_word("undrain"), Some(Command::Undrain));
         assert_eq!(
             Command::words(),
-            ["stop", "reload", "incr", "decr", "status", "drain", "undrain"]
+            [
+                "stop",
+                "reload",
+                "incr",
+                "decr",
+                "upgrade",
+                "status",
+                "status-json",
+                "drain",
+                "undrain"
+            ]
         );
     }
 

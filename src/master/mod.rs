@@ -41,7 +41,7 @@ use self::exits::ABORT_GRACE;
 use self::health::Stats;
 use self::policy::CrashWindow;
 use self::pool::{Entry, SlotState, State};
-use self::replace::Reload;
+use self::replace::{Reload, ReloadOutcome};
 use self::stop::Phase;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -196,6 +196,10 @@ struct Master {
     upgrade_line: Option<CommandLine>,
     /// The new master a binary upgrade started, until it takes over or fails.
     upgrade: Option<u32>,
+    /// The last new master that failed before it took over, and how.
+    last_upgrade_failure: Option<(u32, String)>,
+    /// How the last reload ended.
+    last_reload: Option<ReloadOutcome>,
     /// The master this one replaces (a binary upgrade), retired once this one serves.
     upgrade_from: Option<u32>,
     /// The (uid, gid) workers drop to.
@@ -245,6 +249,8 @@ impl Master {
             notifier: None,
             upgrade_line: None,
             upgrade: None,
+            last_upgrade_failure: None,
+            last_reload: None,
             upgrade_from: std::env::var(crate::protocol::ENV_UPGRADE_FROM)
                 .ok()
                 .and_then(|p| p.parse().ok()),

@@ -22,6 +22,13 @@ pub(super) struct Reload {
     pub(super) previous: u64,
 }
 
+/// How the last reload ended, for `status-json` (and `forklift reload --wait`).
+pub(super) struct ReloadOutcome {
+    pub(super) generation: u64,
+    /// Why it was given up; `None` when the new generation serves.
+    pub(super) failure: Option<String>,
+}
+
 impl Master {
     /// Starts a new generation of every worker; the old one keeps serving until all of the new
     /// one is ready, then drains gracefully. A reload asked for during a reload runs once the
@@ -65,6 +72,10 @@ impl Master {
         };
         let failed = self.generation;
         self.stats.reloads_failed += 1;
+        self.last_reload = Some(ReloadOutcome {
+            generation: failed,
+            failure: Some(reason.clone()),
+        });
         error!(
             "reload to generation {failed} failed: {reason}; generation {} keeps serving",
             reload.previous
@@ -144,6 +155,10 @@ impl Master {
         if reload_done {
             self.reload = None;
             self.stats.reloads_completed += 1;
+            self.last_reload = Some(ReloadOutcome {
+                generation,
+                failure: None,
+            });
             let workers: Vec<WorkerInfo> = self
                 .workers
                 .iter()

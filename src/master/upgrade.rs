@@ -69,6 +69,7 @@ impl Master {
             );
             self.upgrade = None;
             self.stats.upgrades_failed += 1;
+            self.last_upgrade_failure = Some((pid, format!("the new master {status}")));
             self.emit(Event::UpgradeFailed { pid, status });
         }
     }
