@@ -255,6 +255,24 @@ impl Prefork {
         self
     }
 
+    /// How long a graceful stop (TERM, QUIT, `stop`) keeps serving before it stops accepting
+    /// (default: zero). The host reports unready at once (the health port's `/readyz` answers
+    /// 503, systemd hears `STOPPING=1`), and for the delay keeps accepting and serving, with
+    /// `Connection: close` on HTTP/1 responses and a GOAWAY on HTTP/2 so clients move on;
+    /// then it stops accepting, serves the connections already waiting in the accept queue,
+    /// and finishes in-flight requests within the graceful timeout. Behind Kubernetes or a
+    /// balancer with health checks, set it above the time the balancer takes to notice
+    /// (a few probe periods; 5 s for checks every second): see docs/deploying.md.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().shutdown_delay(std::time::Duration::from_secs(5));
+    /// # let _ = server;
+    /// ```
+    pub fn shutdown_delay(mut self, delay: Duration) -> Self {
+        self.config.shutdown_delay = delay;
+        self
+    }
+
     /// The binary a binary upgrade (USR2) executes. By default the one this process was
     /// invoked as (`argv[0]` as given, found on PATH if it has no slash; symlinks are not
     /// resolved), so a deploy that points a `current` symlink at a new release and sends

@@ -124,6 +124,9 @@ pub(crate) struct Config {
     pub group: Option<String>,
     /// Answer commands on a Unix socket at this path. Default: no control socket.
     pub control: Option<PathBuf>,
+    /// How long a graceful stop keeps serving after it reports unready (health port 503),
+    /// so that balancers stop routing here first. Default: zero, stop at once.
+    pub shutdown_delay: Duration,
     /// What a binary upgrade (USR2) executes. Default: `None`, the binary as it was invoked
     /// (`argv[0]`, symlinks not resolved).
     pub reexec_as: Option<PathBuf>,
@@ -163,6 +166,7 @@ impl Default for Config {
             control: None,
             health: None,
             reexec_as: None,
+            shutdown_delay: Duration::ZERO,
             readiness: Readiness::Channel,
             relay_output: None,
             raise_nofile_limit: true,

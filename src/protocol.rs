@@ -104,6 +104,11 @@ impl Message {
     }
 }
 
+/// What the master tells a worker on its status channel, one line each: only `drain` (the
+/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting). End
+/// of file means the master is gone.
+pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
+
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();

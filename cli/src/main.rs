@@ -182,6 +182,12 @@ struct PoolArgs {
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
 
+    /// Seconds a graceful stop keeps serving after it turns unready (/readyz 503), with
+    /// connections closed after each request, before it stops accepting: set it above the
+    /// time your balancer takes to notice (see docs/deploying.md)
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    shutdown_delay: Duration,
+
     /// What USR2 (binary upgrade) executes [default: the binary as invoked, symlinks not
     /// resolved, so swapping a `current` symlink upgrades to the new release]
     #[arg(long, value_name = "PATH")]
@@ -221,6 +227,7 @@ impl PoolArgs {
         if let Some(path) = &self.reexec_as {
             server = server.reexec_as(path);
         }
+        server = server.shutdown_delay(self.shutdown_delay);
         for addr in &self.listen {
             server = server.listen(addr)?;
         }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::http::conn::{serve_connection, Conns, Tls};
@@ -175,6 +176,7 @@ pub(super) fn spawn_accept_loops<S, B>(
     unix: Vec<tokio::net::UnixListener>,
     conns: &Rc<Conns<Tls>>,
     limit: Option<Rc<ConnLimit>>,
+    until: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>>
 where
     S: WorkerService<B>,
@@ -182,7 +184,13 @@ where
 {
     let mut loops = Vec::new();
     for l in tcp {
-        let task = accept_loop(l, service.clone(), conns.clone(), limit.clone());
+        let task = accept_loop(
+            l,
+            service.clone(),
+            conns.clone(),
+            limit.clone(),
+            until.clone(),
+        );
         loops.push(tokio::task::spawn_local(task));
     }
     for l in unix {
@@ -191,23 +199,49 @@ where
             service.clone(),
             conns.clone(),
             limit.clone(),
+            until.clone(),
         );
         loops.push(tokio::task::spawn_local(task));
     }
     loops
 }
 
+/// Accepts until `until` turns true, then takes what already waits in the accept queue
+/// (connections the kernel completed before the stop: closing the listener would reset
+/// them) and ends, dropping this worker's copy of the listener.
 async fn accept_loop<A, S, B>(
     acceptor: A,
     service: S,
     conns: Rc<Conns<Tls>>,
     limit: Option<Rc<ConnLimit>>,
+    until: watch::Receiver<bool>,
 ) where
     A: Acceptor,
     S: WorkerService<B>,
     B: ResponseBody,
 {
-    let mut stop = conns.stop.clone();
+    run_accept_loop(&acceptor, &service, &conns, limit, until).await;
+    let mut queued = 0;
+    while let Ok(Ok(stream)) = tokio::time::timeout(Duration::ZERO, acceptor.accept()).await {
+        queued += 1;
+        tokio::task::spawn_local(serve_connection(stream, service.clone(), conns.clone()));
+    }
+    if queued > 0 {
+        debug!("served {queued} connections that waited in the accept queue at the stop");
+    }
+}
+
+async fn run_accept_loop<A, S, B>(
+    acceptor: &A,
+    service: &S,
+    conns: &Rc<Conns<Tls>>,
+    limit: Option<Rc<ConnLimit>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    A: Acceptor,
+    S: WorkerService<B>,
+    B: ResponseBody,
+{
     let mut pause = Duration::from_millis(5);
     // The permit for the next connection, kept across failed accepts.
     let mut permit = None;

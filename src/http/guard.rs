@@ -1,6 +1,8 @@
 //! Every request of a worker passes through [`Guarded`]: it is counted (for recycling and
-//! the status table), and a handler that panics answers 500 Internal Server Error instead of
-//! dropping the connection, while the worker keeps serving.
+//! the status table), a handler that panics answers 500 Internal Server Error instead of
+//! dropping the connection while the worker keeps serving, and during a shutdown delay an
+//! HTTP/1 response carries `Connection: close`, so its client moves to another host on its
+//! next request instead of racing a close.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -12,33 +14,51 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::Service;
-use hyper::{Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
 
-/// Counts requests and turns handler panics into 500 responses.
+/// Counts requests, turns handler panics into 500 responses, and closes HTTP/1
+/// connections after their response while the worker drains.
 #[derive(Clone)]
 pub(crate) struct Guarded<S> {
     pub inner: S,
     pub served: Rc<Cell<u64>>,
+    /// The shutdown delay has begun: HTTP/1 responses say `Connection: close`.
+    pub draining: Rc<Cell<bool>>,
 }
 
-impl<S, R, B> Service<R> for Guarded<S>
+impl<S, T, B> Service<Request<T>> for Guarded<S>
 where
-    S: Service<R, Response = Response<B>>,
+    S: Service<Request<T>, Response = Response<B>>,
 {
     type Response = Response<GuardedBody<B>>;
     type Error = S::Error;
     type Future = GuardedFuture<S::Future>;
 
-    fn call(&self, req: R) -> Self::Future {
+    fn call(&self, req: Request<T>) -> Self::Future {
         self.served.set(self.served.get() + 1);
+        let close = self.draining.get() && req.version() < Version::HTTP_2;
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(fut) => GuardedFuture { inner: Some(fut) },
+            Ok(fut) => GuardedFuture {
+                inner: Some(fut),
+                close,
+            },
             Err(payload) => {
                 log_panic(&*payload);
-                GuardedFuture { inner: None }
+                GuardedFuture { inner: None, close }
             }
         }
     }
+}
+
+/// Marks `resp` as the connection's last one.
+fn close<B>(mut resp: Response<B>, close: bool) -> Response<B> {
+    if close {
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 fn log_panic(payload: &(dyn std::any::Any + Send)) {
@@ -65,6 +85,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct GuardedFuture<F> {
         #[pin]
         inner: Option<F>,
+        close: bool,
     }
 }
 
@@ -75,16 +96,18 @@ where
     type Output = Result<Response<GuardedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(inner) = self.project().inner.as_pin_mut() else {
-            return Poll::Ready(Ok(internal_error()));
+        let this = self.project();
+        let last = *this.close;
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Ok(close(internal_error(), last)));
         };
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Ready(Ok(resp))) => Poll::Ready(Ok(resp.map(GuardedBody::Inner))),
+            Ok(Poll::Ready(Ok(resp))) => Poll::Ready(Ok(close(resp.map(GuardedBody::Inner), last))),
             Ok(Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {
                 log_panic(&*payload);
-                Poll::Ready(Ok(internal_error()))
+                Poll::Ready(Ok(close(internal_error(), last)))
             }
         }
     }

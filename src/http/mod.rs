@@ -153,9 +153,11 @@ where
     #[cfg(not(feature = "tls"))]
     let tls: Option<NoTls> = None;
     let served = Rc::new(Cell::new(0u64));
+    let draining = Rc::new(Cell::new(false));
     let service = crate::http::guard::Guarded {
         inner: factory(),
         served: served.clone(),
+        draining: draining.clone(),
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut quit = signal(SignalKind::quit())?;
@@ -164,7 +166,11 @@ where
     watch_fd.set_nonblocking(true)?;
     let (mut master, to_master) = tokio::net::UnixStream::from_std(watch_fd)?.into_split();
 
+    // `stop`: connections finish what they serve and close; `until`: the accept loops end.
+    // A stop sets both. (A shutdown delay, the master's `drain`, sets `draining` instead:
+    // HTTP/1 responses close their connection while the accept loops go on.)
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (until_tx, until_rx) = watch::channel(false);
     let conns = Rc::new(Conns {
         builder: conn_builder(LocalExec, cfg.header_read_timeout),
         tls,
@@ -185,9 +191,10 @@ where
             unix,
             &conns,
             limit,
+            until_rx,
         )
     } else {
-        spawn_accept_loops(service, tcp, unix, &conns, limit)
+        spawn_accept_loops(service, tcp, unix, &conns, limit, until_rx)
     };
     worker.ready()?;
     debug!("serving");
@@ -215,9 +222,10 @@ where
         }
         _ = quit.recv() => { info!("SIGQUIT: graceful stop"); false }
         _ = int.recv() => { info!("SIGINT: fast stop"); true }
-        _ = wait_eof(&mut master) => { master_died("its channel closed"); false }
+        _ = from_master(&mut master, &draining) => { master_died("its channel closed"); false }
     };
     let _ = stop_tx.send(true);
+    let _ = until_tx.send(true);
     heartbeat.abort();
     if fast {
         return Ok(());
@@ -280,13 +288,25 @@ fn random_below(n: u64) -> u64 {
     x % n
 }
 
-/// Resolves once the master's end of the channel is closed.
-async fn wait_eof(stream: &mut tokio::net::unix::OwnedReadHalf) {
+/// Reads what the master says until its end of the channel is closed (then resolves): a
+/// `drain` line starts the shutdown delay's behaviour, HTTP/1 responses closing their
+/// connection while the accept loops go on.
+async fn from_master(stream: &mut tokio::net::unix::OwnedReadHalf, draining: &Cell<bool>) {
     let mut buf = [0u8; 64];
+    let mut line = Vec::new();
     loop {
         match stream.read(&mut buf).await {
             Ok(0) => return,
-            Ok(_) => continue,
+            Ok(n) => {
+                line.extend_from_slice(&buf[..n]);
+                while let Some(end) = line.iter().position(|&b| b == b'\n') {
+                    if line[..=end] == *crate::protocol::DRAIN_LINE && !draining.get() {
+                        info!("draining: connections close after their current request");
+                        draining.set(true);
+                    }
+                    line.drain(..=end);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         }

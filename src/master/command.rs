@@ -333,16 +333,32 @@ impl Master {
     /// Logs a stop request and begins the stop. A graceful stop while a new master (binary
     /// upgrade) starts leaves the sockets and the control socket's file to it.
     fn stop_requested(&mut self, graceful: bool, origin: Origin) {
-        if graceful {
-            if let Some(new) = self.upgrade {
-                info!("handing over to the new master (pid {new})");
-                self.hand_over_sockets();
-            }
-            info!("graceful stop requested by {origin}");
-        } else {
+        if !graceful {
             info!("fast stop requested by {origin}");
+            self.shutdown_at = None;
+            self.stop(false, Ok(()));
+            return;
         }
-        self.stop(graceful, Ok(()));
+        if let Some(new) = self.upgrade {
+            info!("handing over to the new master (pid {new})");
+            self.hand_over_sockets();
+        } else if let Some(at) = self.shutdown_at {
+            info!(
+                "graceful stop requested by {origin}: already stopping in {:?}",
+                at.saturating_duration_since(std::time::Instant::now())
+            );
+            return;
+        } else if self.running() && !self.config.shutdown_delay.is_zero() {
+            let delay = self.config.shutdown_delay;
+            info!(
+                "graceful stop requested by {origin}: unready now; serving for {delay:?} \
+                 (shutdown delay), with connections closed after each request, then stopping"
+            );
+            self.begin_shutdown_delay(delay);
+            return;
+        }
+        info!("graceful stop requested by {origin}");
+        self.stop(true, Ok(()));
     }
 
     /// The `status-json` answer: one JSON object (and a newline) for scripts.

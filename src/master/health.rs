@@ -248,7 +248,7 @@ impl Master {
 
     pub(super) fn unready(&self) -> Option<String> {
         unready_reason(
-            !self.running(),
+            !self.running() || self.shutdown_at.is_some(),
             self.draining,
             &self.workers,
             self.slots.len(),

@@ -211,6 +211,8 @@ struct Master {
     health: Option<HealthServer>,
     /// Drained by an operator: `/readyz` answers 503 while the workers keep serving.
     draining: bool,
+    /// A graceful stop waiting out its shutdown delay: it stops at this time.
+    shutdown_at: Option<Instant>,
     /// Counters for `/metrics`.
     stats: Stats,
     started: Instant,
@@ -259,6 +261,7 @@ impl Master {
             control: None,
             health: None,
             draining: false,
+            shutdown_at: None,
             stats: Stats::default(),
             started: Instant::now(),
             spawned: 0,
@@ -300,11 +303,21 @@ impl Master {
         matches!(self.phase, Phase::Running)
     }
 
+    /// Running, and not waiting out a shutdown delay: reloads, upgrades and scaling may start.
+    fn open_to_changes(&self) -> bool {
+        self.running() && self.shutdown_at.is_none()
+    }
+
     /// The supervision verbs, each idempotent, run every tick.
     fn manage(&mut self) {
         let now = Instant::now();
         if !self.running() {
             self.enforce_stop_deadline(now);
+            return;
+        }
+        if self.shutdown_at.is_some_and(|t| now >= t) {
+            self.shutdown_at = None;
+            self.stop(true, Ok(()));
             return;
         }
         self.spawn_due(now);
@@ -359,6 +372,9 @@ impl Master {
             deadline = deadline.min(now + Duration::from_millis(50));
         }
         if let Some(t) = self.health.as_ref().and_then(|h| h.next_deadline()) {
+            deadline = deadline.min(t);
+        }
+        if let Some(t) = self.shutdown_at {
             deadline = deadline.min(t);
         }
         deadline.saturating_duration_since(now)

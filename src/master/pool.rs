@@ -200,6 +200,16 @@ impl Entry {
         }
     }
 
+    /// Tells it that the shutdown delay has begun (a `drain` line on its channel): it closes
+    /// connections after their current request and keeps accepting. Best effort: a full or
+    /// closed channel means it is busy or going.
+    pub(super) fn tell_drain(&mut self) {
+        if let Some(channel) = &mut self.channel {
+            use std::io::Write as _;
+            let _ = channel.write(crate::protocol::DRAIN_LINE);
+        }
+    }
+
     /// Reads everything available on its channel; marks the channel closed at end-of-file.
     pub(super) fn drain_channel(&mut self) -> Vec<Message> {
         let Some(channel) = &mut self.channel else {
@@ -395,6 +405,12 @@ impl Master {
     /// the pool may be ready as a whole.
     fn workers_ready(&mut self, events: Vec<Event>) {
         for e in events {
+            if let (Event::WorkerReady(info), Some(_)) = (&e, self.shutdown_at) {
+                // Started during a shutdown delay (a respawn): it drains like the others.
+                if let Some(w) = self.workers.iter_mut().find(|w| w.info.pid == info.pid) {
+                    w.tell_drain();
+                }
+            }
             if let Event::WorkerReady(info) = &e {
                 if let Some(slot) = self.slots.get_mut(info.id) {
                     if info.generation == self.generation {

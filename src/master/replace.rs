@@ -34,7 +34,7 @@ impl Master {
     /// one is ready, then drains gracefully. A reload asked for during a reload runs once the
     /// current one ends.
     pub(super) fn start_reload(&mut self, origin: Origin) {
-        if !self.running() {
+        if !self.open_to_changes() {
             return;
         }
         if self.reload.is_some() {
@@ -113,7 +113,7 @@ impl Master {
     /// Sets the number of worker slots to `target` (TTIN/TTOU: one more or one fewer). Never
     /// below one.
     pub(super) fn scale(&mut self, target: usize, origin: Origin) {
-        if !self.running() {
+        if !self.open_to_changes() {
             return;
         }
         if target == 0 {

@@ -85,6 +85,19 @@ impl Master {
         });
     }
 
+    /// Starts a shutdown delay: unready at once (health port, systemd), every worker told to
+    /// close connections after their current request while it keeps accepting; the stop
+    /// itself begins when the delay is over (`manage`).
+    pub(super) fn begin_shutdown_delay(&mut self, delay: Duration) {
+        self.shutdown_at = Some(Instant::now() + delay);
+        if let Some(n) = &self.notifier {
+            n.stopping();
+        }
+        for w in &mut self.workers {
+            w.tell_drain();
+        }
+    }
+
     /// Sends `sig` to every worker, marking each as stopping.
     fn signal_all(&mut self, sig: libc::c_int) {
         for w in &mut self.workers {

@@ -17,7 +17,7 @@ use crate::sys::process::{self, Wait};
 impl Master {
     /// Starts the new master, unless one is already starting.
     pub(super) fn start_upgrade(&mut self, origin: Origin) {
-        if !self.running() {
+        if !self.open_to_changes() {
             return;
         }
         if let Some(pid) = self.upgrade {

@@ -1,0 +1,181 @@
+//! `--shutdown-delay SECS`: on TERM the host turns unready at once, keeps accepting and
+//! serving for SECS with `Connection: close`, then stops; and a stop serves the connections
+//! already waiting in the accept queue instead of resetting them.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn health_addr(s: &Server) -> SocketAddr {
+    let line = s
+        .wait_stderr_contains("health port on http://", Duration::from_secs(10))
+        .expect("a health port line");
+    let rest = line.split("health port on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Sends `GET /` on `s` (keep-alive) and reads one response: (status, Connection header).
+fn get_on(s: &mut TcpStream) -> (u16, Option<String>) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = read_response(s).expect("a response");
+    (r.status, r.header("connection").map(str::to_string))
+}
+
+fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            return Ok(Response {
+                status,
+                headers,
+                body: buf[end + 4..].to_vec(),
+            });
+        }
+    }
+}
+
+#[test]
+fn term_turns_unready_then_serves_with_connection_close_for_the_delay() {
+    unready_then_close(&[]);
+}
+
+#[test]
+fn term_turns_unready_then_serves_with_connection_close_for_the_delay_through_hyper() {
+    unready_then_close(&["--no-fast-path"]);
+}
+
+fn unready_then_close(extra: &[&str]) {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--health",
+        "127.0.0.1:0",
+        "--shutdown-delay",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let mut s = Server::start_ready(&args);
+    let addr = s.addr();
+    let health = health_addr(&s);
+    let mut kept = TcpStream::connect(addr).unwrap();
+    assert_eq!(get_on(&mut kept), (200, None), "keep-alive before the stop");
+    let t0 = Instant::now();
+    s.send_signal(libc::SIGTERM);
+    assert!(
+        poll_until_every(
+            t0 + Duration::from_secs(1),
+            Duration::from_millis(1),
+            || {
+                http_get_timeout(health, "/readyz", Duration::from_secs(2))
+                    .is_ok_and(|r| r.status == 503)
+            }
+        ),
+        "/readyz did not turn 503"
+    );
+    let unready = t0.elapsed();
+    // The worker hears of the delay on its channel; its next response says close.
+    assert!(
+        poll_until(t0 + Duration::from_secs(1), || {
+            s.stderr_text()
+                .matches("draining: connections close")
+                .count()
+                == 2
+        }),
+        "{}",
+        s.stderr_text()
+    );
+    let (status, connection) = get_on(&mut kept);
+    assert_eq!(status, 200);
+    assert_eq!(
+        connection.as_deref(),
+        Some("close"),
+        "the kept connection is told to close"
+    );
+    // New connections are still accepted and served, one request each.
+    let mut new = TcpStream::connect(addr).unwrap();
+    let (status, connection) = get_on(&mut new);
+    assert_eq!((status, connection.as_deref()), (200, Some("close")));
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the checks ran past the delay"
+    );
+    let st = s.wait_exit(t0 + Duration::from_secs(15));
+    let stopped = t0.elapsed();
+    println!("unready after {unready:?}; exited after {stopped:?} (delay 2 s)");
+    assert!(st.success(), "{}", describe_status(&st));
+    assert!(
+        stopped >= Duration::from_secs(2),
+        "stopped before the delay: {stopped:?}"
+    );
+}
+
+#[test]
+fn a_stop_serves_the_connections_waiting_in_the_accept_queue() {
+    let mut s = Server::start_ready(&["serve", "--listen", "127.0.0.1:0", "--workers", "1"]);
+    let addr = s.addr();
+    let worker = s.pids_from_ready()[0];
+    // Freeze the only worker, queue connections in the kernel's accept queue, stop the
+    // server, then let the worker run: it sees the TERM with connections still queued.
+    kill_pid(worker, libc::SIGSTOP);
+    let mut queued: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    s.send_signal(libc::SIGTERM);
+    assert!(
+        poll_until(Instant::now() + Duration::from_secs(5), || {
+            s.stderr_text()
+                .contains("graceful stop requested by SIGTERM")
+        }),
+        "{}",
+        s.stderr_text()
+    );
+    kill_pid(worker, libc::SIGCONT);
+    let answered = queued
+        .iter_mut()
+        .map(|c| read_response(c).is_ok_and(|r| r.status == 200))
+        .filter(|ok| *ok)
+        .count();
+    let st = s.wait_exit(Instant::now() + Duration::from_secs(15));
+    assert!(st.success(), "{}", describe_status(&st));
+    assert_eq!(answered, 8, "queued connections must be served, not reset");
+}
