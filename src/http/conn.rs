@@ -22,6 +22,7 @@ use tracing::debug;
 use crate::error::BoxError;
 use crate::http::body::Body;
 use crate::http::fast;
+use crate::http::h2::FloodGuard;
 use crate::http::{ResponseBody, WorkerService};
 
 /// Runs `spawn_local`: HTTP/2 streams of `!Send` services stay on the worker's one thread.
@@ -110,7 +111,7 @@ impl Protocol {
 }
 
 impl<E> Builders<E> {
-    /// hyper serving `io` in `protocol`.
+    /// hyper serving `io` in `protocol`, HTTP/2 behind the flood guard of `h2.rs`.
     fn serve<I, S, B>(&self, io: I, service: S, protocol: Protocol) -> HyperConn<'_, I, S, E>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -122,9 +123,10 @@ impl<E> Builders<E> {
     {
         match protocol {
             Protocol::Sniffed => HyperConn::Auto {
-                conn: self
-                    .auto
-                    .serve_connection_with_upgrades(TokioIo::new(io), service),
+                conn: self.auto.serve_connection_with_upgrades(
+                    TokioIo::new(FloodGuard::new(io, false)),
+                    service,
+                ),
             },
             Protocol::Http1 => HyperConn::Http1 {
                 conn: self
@@ -133,7 +135,9 @@ impl<E> Builders<E> {
                     .with_upgrades(),
             },
             Protocol::Http2 => HyperConn::Http2 {
-                conn: self.http2.serve_connection(TokioIo::new(io), service),
+                conn: self
+                    .http2
+                    .serve_connection(TokioIo::new(FloodGuard::new(io, true)), service),
             },
         }
     }
@@ -146,9 +150,9 @@ pin_project_lite::pin_project! {
     where
         S: hyper::service::HttpService<Incoming>,
     {
-        Auto { #[pin] conn: auto::UpgradeableConnection<'a, TokioIo<I>, S, E> },
+        Auto { #[pin] conn: auto::UpgradeableConnection<'a, TokioIo<FloodGuard<I>>, S, E> },
         Http1 { #[pin] conn: http1::UpgradeableConnection<TokioIo<I>, S> },
-        Http2 { #[pin] conn: http2::Connection<TokioIo<I>, S, E> },
+        Http2 { #[pin] conn: http2::Connection<TokioIo<FloodGuard<I>>, S, E> },
     }
 }
 
