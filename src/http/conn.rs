@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -111,8 +112,15 @@ impl Protocol {
 }
 
 impl<E> Builders<E> {
-    /// hyper serving `io` in `protocol`, HTTP/2 behind the flood guard of `h2.rs`.
-    fn serve<I, S, B>(&self, io: I, service: S, protocol: Protocol) -> HyperConn<'_, I, S, E>
+    /// hyper serving `io` in `protocol`, HTTP/2 behind the flood guard of `h2.rs`; `tcp` is
+    /// the TCP socket under `io`, if it is one.
+    fn serve<I, S, B>(
+        &self,
+        io: I,
+        service: S,
+        protocol: Protocol,
+        tcp: Option<RawFd>,
+    ) -> HyperConn<'_, I, S, E>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: Service<Request<Incoming>, Response = Response<B>, Future: 'static>,
@@ -124,7 +132,7 @@ impl<E> Builders<E> {
         match protocol {
             Protocol::Sniffed => HyperConn::Auto {
                 conn: self.auto.serve_connection_with_upgrades(
-                    TokioIo::new(FloodGuard::new(io, false)),
+                    TokioIo::new(FloodGuard::new(io, false, tcp)),
                     service,
                 ),
             },
@@ -137,7 +145,7 @@ impl<E> Builders<E> {
             Protocol::Http2 => HyperConn::Http2 {
                 conn: self
                     .http2
-                    .serve_connection(TokioIo::new(FloodGuard::new(io, true)), service),
+                    .serve_connection(TokioIo::new(FloodGuard::new(io, true, tcp)), service),
             },
         }
     }
@@ -261,6 +269,7 @@ where
     B: ResponseBody,
 {
     let _live = conns.enter();
+    let tcp = tcp_fd(&stream);
     #[cfg(feature = "tls")]
     if let Some(tls) = &conns.tls {
         // Boxed, so that the TLS state does not enlarge every plain connection's task.
@@ -270,7 +279,7 @@ where
             match handshake {
                 Ok(Ok(stream)) => {
                     let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                    serve_stream(stream, service, &conns, protocol).await
+                    serve_stream(stream, service, &conns, protocol, tcp).await
                 }
                 Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
                 Err(_) => debug!("TLS handshake timed out"),
@@ -279,13 +288,28 @@ where
         .await;
         return;
     }
-    serve_stream(stream, service, &conns, Protocol::Sniffed).await;
+    serve_stream(stream, service, &conns, Protocol::Sniffed, tcp).await;
+}
+
+/// The socket of a TCP connection, for the HTTP/2 guard's TCP_NOTSENT_LOWAT. The acceptors
+/// hand over tokio's `TcpStream` or `UnixStream`; a downcast keeps them free of a bound
+/// that only this needs.
+fn tcp_fd<I: 'static>(stream: &I) -> Option<RawFd> {
+    let stream: &dyn std::any::Any = stream;
+    stream
+        .downcast_ref::<tokio::net::TcpStream>()
+        .map(AsRawFd::as_raw_fd)
 }
 
 /// Serves a connection with the fast path while it can, then with hyper; an HTTP/2 one
 /// (by ALPN) with hyper alone.
-async fn serve_stream<I, S, B>(mut io: I, service: S, conns: &Conns<Tls>, protocol: Protocol)
-where
+async fn serve_stream<I, S, B>(
+    mut io: I,
+    service: S,
+    conns: &Conns<Tls>,
+    protocol: Protocol,
+    tcp: Option<RawFd>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
@@ -305,7 +329,7 @@ where
     };
     // Boxed: hyper's connection state is large, and most connections never need it.
     let io = Prefixed { read, io };
-    Box::pin(drive(io, service, first, conns, protocol)).await;
+    Box::pin(drive(io, service, first, conns, protocol, tcp)).await;
 }
 
 /// Runs hyper on a connection until it ends or the worker stops.
@@ -322,12 +346,13 @@ async fn drive<I, S, B>(
     first: Rc<FirstRequest>,
     conns: &Conns<Tls>,
     protocol: Protocol,
+    tcp: Option<RawFd>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
 {
-    let conn = conns.builder.serve(io, ToBody(service), protocol);
+    let conn = conns.builder.serve(io, ToBody(service), protocol, tcp);
     tokio::pin!(conn);
     let mut stop = conns.stop.clone();
     let stopping = async move {
@@ -500,12 +525,18 @@ pub async fn __serve_connection<I, S, B>(
         header_read: header_read_timeout,
         first_request_grace: FIRST_REQUEST_GRACE,
     };
+    let tcp = tcp_fd(&io);
     let read = match fast::serve(&mut io, &service, timeouts, stop.clone()).await {
         fast::Outcome::Closed => return,
         fast::Outcome::Handoff(read) => read,
     };
     let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), header_read_timeout);
-    let conn = builder.serve(Prefixed { read, io }, ToBody(service), Protocol::Sniffed);
+    let conn = builder.serve(
+        Prefixed { read, io },
+        ToBody(service),
+        Protocol::Sniffed,
+        tcp,
+    );
     tokio::pin!(conn);
     let mut stop = stop;
     tokio::select! {

@@ -28,12 +28,20 @@
 //! the connection and the socket closes. Legitimate clients owe nothing for long: browsers,
 //! h2load and gRPC send a few PINGs and SETTINGS and read their ACKs.
 //!
+//! On TCP the guard also sets TCP_NOTSENT_LOWAT ([`UNSENT_LIMIT`]) once the preface shows
+//! HTTP/2: Linux grows a socket's send buffer towards `tcp_wmem`'s maximum (4 MiB) whatever
+//! the peer reads, so a flood's answers used to fill megabytes of it (a quarter of a million
+//! PING ACKs, a second of a debug build's worker) before a write blocked and the count could
+//! start. Multiplexed streams gain nothing from megabytes of queued frames either (H2O and
+//! Cloudflare lower the option for latency); HTTP/1 connections keep the kernel's default.
+//!
 //! Where the guard is not on the preface's path it costs a branch per read and write: it
 //! watches the first 24 bytes, and turns itself off if they are not the HTTP/2 preface (an
 //! HTTP/1 connection of hyper-util's auto builder).
 
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -56,6 +64,10 @@ pub(super) const FLOOD_GRACE: Duration = Duration::from_millis(500);
 
 /// The most the guard reads on h2's behalf while a write is blocked.
 pub(super) const READ_AHEAD: usize = 16 * 1024;
+
+/// The most unsent bytes the kernel queues for an HTTP/2 connection (TCP_NOTSENT_LOWAT); the
+/// bytes in flight are not counted, so a fast link is not slowed.
+pub(super) const UNSENT_LIMIT: u32 = 128 * 1024;
 
 /// How long an answer may stay owed with no write progress. Longer than a TCP retransmission
 /// stall of a lossy but live link (1 s, then 2 s), short enough that a peer that filled the
@@ -139,6 +151,8 @@ enum Mode {
 #[derive(Debug)]
 pub(super) struct FloodGuard<I> {
     io: I,
+    /// The TCP socket under `io`, if it is one.
+    tcp: Option<RawFd>,
     mode: Mode,
     inbound: Frames,
     outbound: Frames,
@@ -162,10 +176,12 @@ pub(super) struct FloodGuard<I> {
 
 impl<I> FloodGuard<I> {
     /// Guards `io` if it starts with the HTTP/2 preface; `h2` when ALPN chose h2, so that a
-    /// bad preface gets a GOAWAY.
-    pub(super) fn new(io: I, h2: bool) -> FloodGuard<I> {
+    /// bad preface gets a GOAWAY. `tcp` is the socket under `io` if it is a TCP one: it stays
+    /// open as long as `io`.
+    pub(super) fn new(io: I, h2: bool, tcp: Option<RawFd>) -> FloodGuard<I> {
         FloodGuard {
             io,
+            tcp,
             mode: Mode::Preface {
                 seen: 0,
                 expected: h2,
@@ -196,6 +212,7 @@ impl<I> FloodGuard<I> {
             }
             bytes = &bytes[n..];
             self.mode = if seen + n == PREFACE.len() {
+                self.limit_unsent();
                 Mode::On
             } else {
                 Mode::Preface {
@@ -241,6 +258,18 @@ impl<I> FloodGuard<I> {
             self.over_since = None;
         }
         self.blocked_since = None;
+    }
+
+    /// Sets [`UNSENT_LIMIT`] on the TCP socket (Linux); a failure leaves the default.
+    fn limit_unsent(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(fd) = self.tcp {
+            // SAFETY: `fd` is the socket under `self.io`, which is open while `self` lives.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            if let Err(e) = socket2::SockRef::from(&fd).set_tcp_notsent_lowat(UNSENT_LIMIT) {
+                debug!("cannot set TCP_NOTSENT_LOWAT: {e}");
+            }
+        }
     }
 
     fn flood_error(&self) -> io::Error {
@@ -505,7 +534,7 @@ mod tests {
         });
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(FloodGuard::new(io, h2)), service)
+            .serve_connection(TokioIo::new(FloodGuard::new(io, h2, None)), service)
             .await
     }
 
@@ -544,7 +573,7 @@ mod tests {
 
     #[test]
     fn answers_owed_count_pings_and_settings_less_their_acks() {
-        let mut g = FloodGuard::new((), false);
+        let mut g = FloodGuard::new((), false, None);
         let mut input = PREFACE.to_vec();
         input.extend(settings());
         input.extend(ping());
@@ -570,13 +599,28 @@ mod tests {
 
     #[test]
     fn http1_turns_the_guard_off_and_a_bad_preface_after_alpn_h2_is_noticed() {
-        let mut g = FloodGuard::new((), false);
+        let mut g = FloodGuard::new((), false, None);
         assert!(!g.received(b"GET / HTTP/1.1\r\n"));
         assert_eq!(g.mode, Mode::Off);
-        let mut g = FloodGuard::new((), true);
+        let mut g = FloodGuard::new((), true, None);
         assert!(!g.received(&PREFACE[..14]));
         assert!(g.received(b"\r\n\r\nXX"));
         assert_eq!(g.mode, Mode::Off);
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn http2_on_tcp_gets_the_unsent_limit_and_http1_does_not() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let lowat = |preface: &[u8]| {
+            let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let mut g = FloodGuard::new((), false, Some(tcp.as_raw_fd()));
+            g.received(preface);
+            socket2::SockRef::from(&tcp).tcp_notsent_lowat().unwrap()
+        };
+        assert_eq!(lowat(PREFACE), UNSENT_LIMIT);
+        assert_ne!(lowat(b"GET / HTTP/1.1\r\n\r\n"), UNSENT_LIMIT);
     }
 
     #[tokio::test(start_paused = true)]
