@@ -1,18 +1,21 @@
-//! Serving one connection: hyper's settings, the fast path then hyper on the same bytes, the
-//! header-read timeout until the first request, and the graceful shutdown of a connection
-//! when the worker stops, with the count of open connections that a drain waits on.
+//! Serving one connection: hyper's settings, the protocol ALPN chose, the fast path then
+//! hyper on the same bytes, the header-read timeout until the first request, and the graceful
+//! shutdown of a connection when the worker stops, with the count of open connections that a
+//! drain waits on.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use hyper::body::{Body as HttpBody, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::server::conn::auto::{self, HttpServerConnExec};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::debug;
@@ -20,6 +23,7 @@ use tracing::debug;
 use crate::error::BoxError;
 use crate::http::body::Body;
 use crate::http::fast;
+use crate::http::h2::FloodGuard;
 use crate::http::{ResponseBody, WorkerService};
 
 /// Runs `spawn_local`: HTTP/2 streams of `!Send` services stay on the worker's one thread.
@@ -35,24 +39,170 @@ where
     }
 }
 
-type ConnBuilder = auto::Builder<LocalExec>;
+type ConnBuilder = Builders<LocalExec>;
+
+/// hyper's builders: the auto builder (HTTP/1 or HTTP/2, sniffed) and one per protocol for
+/// the connections whose protocol ALPN chose. The per-protocol builders take the same
+/// settings as the auto builder's halves (the macros below).
+pub(super) struct Builders<E> {
+    auto: auto::Builder<E>,
+    http1: http1::Builder,
+    http2: http2::Builder<E>,
+}
+
+/// hyper's HTTP/1 settings, for hyper's `http1::Builder` and hyper-util's `Http1Builder`
+/// alike (the same methods, no common trait).
+macro_rules! http1_settings {
+    ($builder:expr, $header_read_timeout:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($header_read_timeout)
+            // One write(2) of head and body beats writev(2) for the small responses that
+            // dominate (measured: about 8% less CPU per request under keep-alive load).
+            .writev(false)
+            // A client that shuts its side after sending still gets its answers (as from the
+            // fast path).
+            .half_close(true)
+            .keep_alive(true)
+    };
+}
+
+/// hyper's HTTP/2 settings, for hyper's `http2::Builder` and hyper-util's `Http2Builder`.
+macro_rules! http2_settings {
+    ($builder:expr) => {
+        $builder.timer(TokioTimer::new())
+    };
+}
 
 /// hyper's settings for the connections (or the rest of them) it serves.
-pub(super) fn conn_builder<E>(exec: E, header_read_timeout: Duration) -> auto::Builder<E> {
-    let mut builder = auto::Builder::new(exec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        // One write(2) of head and body beats writev(2) for the small responses that
-        // dominate (measured: about 8% less CPU per request under keep-alive load).
-        .writev(false)
-        // A client that shuts its side after sending still gets its answers (as from the
-        // fast path).
-        .half_close(true)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    builder
+pub(super) fn conn_builder<E: Clone>(exec: E, header_read_timeout: Duration) -> Builders<E> {
+    let mut auto = auto::Builder::new(exec.clone());
+    http1_settings!(auto.http1(), header_read_timeout);
+    http2_settings!(auto.http2());
+    let mut http1 = http1::Builder::new();
+    http1_settings!(http1, header_read_timeout);
+    let mut http2 = http2::Builder::new(exec);
+    http2_settings!(http2);
+    Builders { auto, http1, http2 }
+}
+
+/// The protocol of a connection, as TLS's ALPN chose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// No choice (cleartext, or a TLS client that offered no protocol we know): HTTP/1 or
+    /// HTTP/2 with prior knowledge, told apart by the first bytes.
+    Sniffed,
+    /// `http/1.1`: HTTP/1 only, so an HTTP/2 preface is a bad HTTP/1 request.
+    Http1,
+    /// `h2`: HTTP/2 only, so anything but the preface is an HTTP/2 connection error
+    /// (RFC 9113, section 3.3), never an HTTP/1 request.
+    Http2,
+}
+
+impl Protocol {
+    /// The protocol the ALPN identifier `alpn` names.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Sniffed,
+        }
+    }
+}
+
+impl<E> Builders<E> {
+    /// hyper serving `io` in `protocol`, HTTP/2 behind the flood guard of `h2.rs`; `tcp` is
+    /// the TCP socket under `io`, if it is one.
+    fn serve<I, S, B>(
+        &self,
+        io: I,
+        service: S,
+        protocol: Protocol,
+        tcp: Option<RawFd>,
+    ) -> HyperConn<'_, I, S, E>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>, Future: 'static>,
+        S::Error: Into<BoxError>,
+        B: HttpBody + 'static,
+        B::Error: Into<BoxError>,
+        E: HttpServerConnExec<S::Future, B>,
+    {
+        match protocol {
+            Protocol::Sniffed => HyperConn::Auto {
+                conn: self.auto.serve_connection_with_upgrades(
+                    TokioIo::new(FloodGuard::new(io, false, tcp)),
+                    service,
+                ),
+            },
+            Protocol::Http1 => HyperConn::Http1 {
+                conn: self
+                    .http1
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            },
+            Protocol::Http2 => HyperConn::Http2 {
+                conn: self
+                    .http2
+                    .serve_connection(TokioIo::new(FloodGuard::new(io, true, tcp)), service),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A hyper connection of any of the three builders.
+    #[project = HyperConnProj]
+    enum HyperConn<'a, I, S, E>
+    where
+        S: hyper::service::HttpService<Incoming>,
+    {
+        Auto { #[pin] conn: auto::UpgradeableConnection<'a, TokioIo<FloodGuard<I>>, S, E> },
+        Http1 { #[pin] conn: http1::UpgradeableConnection<TokioIo<I>, S> },
+        Http2 { #[pin] conn: http2::Connection<TokioIo<FloodGuard<I>>, S, E> },
+    }
+}
+
+impl<I, S, E, B> HyperConn<'_, I, S, E>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Future: 'static>,
+    S::Error: Into<BoxError>,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+    E: HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        match self.project() {
+            HyperConnProj::Auto { conn } => conn.graceful_shutdown(),
+            HyperConnProj::Http1 { conn } => conn.graceful_shutdown(),
+            HyperConnProj::Http2 { conn } => conn.graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, E, B> Future for HyperConn<'_, I, S, E>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Future: 'static>,
+    S::Error: Into<BoxError>,
+    B: HttpBody + 'static,
+    B::Error: Into<BoxError>,
+    E: HttpServerConnExec<S::Future, B>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            HyperConnProj::Auto { conn } => conn.poll(cx),
+            HyperConnProj::Http1 { conn } => conn.poll(cx).map_err(Into::into),
+            HyperConnProj::Http2 { conn } => conn.poll(cx).map_err(Into::into),
+        }
+    }
 }
 
 /// How long, at most, a connection accepted just before a graceful stop has to deliver its
@@ -119,6 +269,7 @@ where
     B: ResponseBody,
 {
     let _live = conns.enter();
+    let tcp = tcp_fd(&stream);
     #[cfg(feature = "tls")]
     if let Some(tls) = &conns.tls {
         // Boxed, so that the TLS state does not enlarge every plain connection's task.
@@ -126,7 +277,10 @@ where
             let handshake =
                 tokio::time::timeout(conns.timeouts.header_read, tls.accept(stream)).await;
             match handshake {
-                Ok(Ok(stream)) => serve_stream(stream, service, &conns).await,
+                Ok(Ok(stream)) => {
+                    let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                    serve_stream(stream, service, &conns, protocol, tcp).await
+                }
                 Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
                 Err(_) => debug!("TLS handshake timed out"),
             }
@@ -134,12 +288,28 @@ where
         .await;
         return;
     }
-    serve_stream(stream, service, &conns).await;
+    serve_stream(stream, service, &conns, Protocol::Sniffed, tcp).await;
 }
 
-/// Serves a connection with the fast path while it can, then with hyper.
-async fn serve_stream<I, S, B>(mut io: I, service: S, conns: &Conns<Tls>)
-where
+/// The socket of a TCP connection, for the HTTP/2 guard's TCP_NOTSENT_LOWAT. The acceptors
+/// hand over tokio's `TcpStream` or `UnixStream`; a downcast keeps them free of a bound
+/// that only this needs.
+fn tcp_fd<I: 'static>(stream: &I) -> Option<RawFd> {
+    let stream: &dyn std::any::Any = stream;
+    stream
+        .downcast_ref::<tokio::net::TcpStream>()
+        .map(AsRawFd::as_raw_fd)
+}
+
+/// Serves a connection with the fast path while it can, then with hyper; an HTTP/2 one
+/// (by ALPN) with hyper alone.
+async fn serve_stream<I, S, B>(
+    mut io: I,
+    service: S,
+    conns: &Conns<Tls>,
+    protocol: Protocol,
+    tcp: Option<RawFd>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
@@ -149,7 +319,7 @@ where
         inner: service,
         first: first.clone(),
     };
-    let read = if conns.fast_path {
+    let read = if conns.fast_path && protocol != Protocol::Http2 {
         match fast::serve(&mut io, &service, conns.timeouts, conns.stop.clone()).await {
             fast::Outcome::Closed => return,
             fast::Outcome::Handoff(read) => read,
@@ -158,7 +328,8 @@ where
         bytes::Bytes::new()
     };
     // Boxed: hyper's connection state is large, and most connections never need it.
-    Box::pin(drive(Prefixed { read, io }, service, first, conns)).await;
+    let io = Prefixed { read, io };
+    Box::pin(drive(io, service, first, conns, protocol, tcp)).await;
 }
 
 /// Runs hyper on a connection until it ends or the worker stops.
@@ -169,15 +340,19 @@ where
 /// ever. On a stop, a connection whose first request has not started gets a short grace to
 /// deliver it (it may be in flight: the client connected while this worker still accepted);
 /// then hyper finishes the request in progress and closes.
-async fn drive<I, S, B>(io: I, service: Started<S>, first: Rc<FirstRequest>, conns: &Conns<Tls>)
-where
+async fn drive<I, S, B>(
+    io: I,
+    service: Started<S>,
+    first: Rc<FirstRequest>,
+    conns: &Conns<Tls>,
+    protocol: Protocol,
+    tcp: Option<RawFd>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
 {
-    let conn = conns
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), ToBody(service));
+    let conn = conns.builder.serve(io, ToBody(service), protocol, tcp);
     tokio::pin!(conn);
     let mut stop = conns.stop.clone();
     let stopping = async move {
@@ -350,13 +525,18 @@ pub async fn __serve_connection<I, S, B>(
         header_read: header_read_timeout,
         first_request_grace: FIRST_REQUEST_GRACE,
     };
+    let tcp = tcp_fd(&io);
     let read = match fast::serve(&mut io, &service, timeouts, stop.clone()).await {
         fast::Outcome::Closed => return,
         fast::Outcome::Handoff(read) => read,
     };
     let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), header_read_timeout);
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(Prefixed { read, io }), ToBody(service));
+    let conn = builder.serve(
+        Prefixed { read, io },
+        ToBody(service),
+        Protocol::Sniffed,
+        tcp,
+    );
     tokio::pin!(conn);
     let mut stop = stop;
     tokio::select! {

@@ -9,6 +9,7 @@
 //! This file holds what the worker calls: [`serve`] and its [`HttpConfig`], the stop causes
 //! and the heartbeat to the master. `accept.rs` accepts connections; `conn.rs` serves each
 //! one (forklift's HTTP/1 fast path in `fast/`, then hyper) and shuts it down on a stop;
+//! `h2.rs` guards hyper's HTTP/2 connections against PING and SETTINGS floods;
 //! `guard.rs` and `access_log.rs` wrap the service; `body.rs` is the request body, `date.rs`
 //! the `Date` header, `tls.rs` the certificate.
 
@@ -19,6 +20,7 @@ mod conn;
 pub(crate) mod date;
 pub(crate) mod fast;
 pub(crate) mod guard;
+mod h2;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 

@@ -46,7 +46,8 @@ fn tls_error(reason: String) -> Error {
 }
 
 impl TlsSource {
-    /// Builds the rustls configuration, with ALPN for HTTP/2 and HTTP/1.1.
+    /// Builds the rustls configuration, with ALPN for HTTP/2 and HTTP/1.1 (each connection is
+    /// then served in the protocol chosen: `Protocol` in `conn.rs`).
     pub fn load(&self) -> Result<Arc<ServerConfig>> {
         let (certs, key, cert_name, key_name) = match self {
             TlsSource::Files { cert, key } => {
