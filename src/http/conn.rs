@@ -158,7 +158,8 @@ where
         bytes::Bytes::new()
     };
     // Boxed: hyper's connection state is large, and most connections never need it.
-    Box::pin(drive(Prefixed { read, io }, service, first, conns)).await;
+    let io = fast::Screened::new(Prefixed { read, io });
+    Box::pin(drive(io, service, first, conns)).await;
 }
 
 /// Runs hyper on a connection until it ends or the worker stops.
@@ -355,8 +356,8 @@ pub async fn __serve_connection<I, S, B>(
         fast::Outcome::Handoff(read) => read,
     };
     let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), header_read_timeout);
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(Prefixed { read, io }), ToBody(service));
+    let io = fast::Screened::new(Prefixed { read, io });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), ToBody(service));
     tokio::pin!(conn);
     let mut stop = stop;
     tokio::select! {

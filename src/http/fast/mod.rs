@@ -34,6 +34,7 @@
 mod conn;
 mod encode;
 mod parse;
+mod screen;
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -52,6 +53,7 @@ use tracing::debug;
 use self::conn::Conn;
 pub(crate) use self::parse::{parse, Parsed};
 use self::parse::{Head, MAX_HEAD};
+pub(crate) use self::screen::Screened;
 use crate::error::BoxError;
 use crate::http::body::Body;
 

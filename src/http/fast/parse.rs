@@ -1,6 +1,7 @@
 //! Parsing a request head for the fast path: what it serves itself ([`Parsed::Complete`]),
-//! what goes to hyper, and what no server should take ([`Parsed::Invalid`]), with the two
-//! rules forklift adds to httparse's.
+//! what goes to hyper, and what no server should take ([`Parsed::Invalid`]); the two rules
+//! forklift adds to httparse's, which [`screen`](super::screen) applies to the heads hyper
+//! reads as well.
 
 use std::mem::MaybeUninit;
 
