@@ -71,7 +71,8 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
             Err(_) => return Parsed::Invalid("malformed request head"),
         };
         if len > MAX_HEAD {
-            // hyper's, but a bare LF is not (the screen would find it: same answer).
+            // Too long for the fast path, so hyper's; one with a bare LF is answered here, as
+            // the screen in front of hyper would have it answered.
             return match bare_lf(&bytes[..len], 0) {
                 Some(_) => Parsed::Invalid(BARE_LF),
                 None => Parsed::Handoff,
@@ -166,6 +167,7 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
 /// to an HTTP/2 preface after HTTP/1 requests).
 pub(super) const H2_START: &[u8] = b"PRI * HTTP/2";
 
+/// Why a head with a bare LF is refused, for the log.
 pub(super) const BARE_LF: &str = "a line of the request head ends in a bare LF";
 
 /// Where the first LF not preceded by a CR is in `bytes`, `prev` being the byte before them.
