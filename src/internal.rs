@@ -52,6 +52,8 @@ pub mod fuzz {
         Partial,
         /// For hyper, with the bytes left as they were.
         Handoff,
+        /// Answered 400 at once, whatever follows (a bad byte, a bare LF, the `Host` rule).
+        Invalid,
     }
 
     /// Parses the head at the start of `bytes` as a worker's fast path does.
@@ -66,6 +68,7 @@ pub mod fuzz {
                 keep_alive: head.keep_alive,
             },
             crate::http::fast::Parsed::Partial => Http1Head::Partial,
+            crate::http::fast::Parsed::Invalid(_) => Http1Head::Invalid,
             crate::http::fast::Parsed::Handoff | crate::http::fast::Parsed::Rejected(_) => {
                 Http1Head::Handoff
             }

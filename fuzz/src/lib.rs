@@ -150,7 +150,8 @@ pub fn fd_name(data: &[u8]) {
 
 /// The HTTP/1 fast path's head parser: never panics; a request it takes is a prefix of the
 /// input, at most 16 KiB, that parses the same on its own and with anything after it; what
-/// it leaves to hyper or waits on is the whole input.
+/// it leaves to hyper or waits on is the whole input; what it answers 400 stays so with more
+/// bytes after it.
 pub fn http1_head(data: &[u8]) {
     use forklift::__fuzz::Http1Head;
     match forklift::__fuzz::http1_head(data) {
@@ -184,6 +185,13 @@ pub fn http1_head(data: &[u8]) {
                 forklift::__fuzz::http1_head(&more),
                 Http1Head::Request { len: l, .. } if l == len
             ));
+        }
+        // A head answered 400 stays so whatever follows it: nothing can make it right.
+        Http1Head::Invalid => {
+            let mut more = data.to_vec();
+            more.extend_from_slice(b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            let again = forklift::__fuzz::http1_head(&more);
+            assert_eq!(again, Http1Head::Invalid, "followed by more: {again:?}");
         }
         Http1Head::Partial | Http1Head::Handoff => {}
     }

@@ -114,7 +114,7 @@ impl Protocol {
 impl<E> Builders<E> {
     /// hyper serving `io` in `protocol`, HTTP/2 behind the flood guard of `h2.rs`; `tcp` is
     /// the TCP socket under `io`, if it is one.
-    fn serve<I, S, B>(
+    pub(super) fn serve<I, S, B>(
         &self,
         io: I,
         service: S,
@@ -154,7 +154,7 @@ impl<E> Builders<E> {
 pin_project_lite::pin_project! {
     /// A hyper connection of any of the three builders.
     #[project = HyperConnProj]
-    enum HyperConn<'a, I, S, E>
+    pub(super) enum HyperConn<'a, I, S, E>
     where
         S: hyper::service::HttpService<Incoming>,
     {
@@ -328,7 +328,9 @@ async fn serve_stream<I, S, B>(
         bytes::Bytes::new()
     };
     // Boxed: hyper's connection state is large, and most connections never need it.
-    let io = Prefixed { read, io };
+    // Screened: hyper's HTTP/1 heads follow the fast path's rules (a bad one is answered at
+    // once); the HTTP/2 preface turns the screen off.
+    let io = fast::Screened::new(Prefixed { read, io });
     Box::pin(drive(io, service, first, conns, protocol, tcp)).await;
 }
 
@@ -531,12 +533,8 @@ pub async fn __serve_connection<I, S, B>(
         fast::Outcome::Handoff(read) => read,
     };
     let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), header_read_timeout);
-    let conn = builder.serve(
-        Prefixed { read, io },
-        ToBody(service),
-        Protocol::Sniffed,
-        tcp,
-    );
+    let io = fast::Screened::new(Prefixed { read, io });
+    let conn = builder.serve(io, ToBody(service), Protocol::Sniffed, tcp);
     tokio::pin!(conn);
     let mut stop = stop;
     tokio::select! {

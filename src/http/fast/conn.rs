@@ -13,7 +13,7 @@ use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use super::encode::{encode_head, push_hex, write_trailers, Framing};
+use super::encode::{encode_bad_request, encode_head, push_hex, write_trailers, Framing};
 use super::parse::MAX_HEAD;
 use super::{poll_once, Outcome};
 use crate::error::BoxError;
@@ -66,6 +66,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
             let _ = self.io.shutdown().await;
         }
         Outcome::Closed
+    }
+
+    /// Answers a head no server should take as hyper answers a malformed head, after the
+    /// answers gathered, and closes. `last` is the version of the request before it.
+    pub(super) async fn bad_request(&mut self, last: Version) -> Outcome {
+        encode_bad_request(last, &mut self.wbuf);
+        self.close().await
     }
 
     /// Sends what is gathered and gives hyper `head` (a head taken out of the buffer, or

@@ -21,6 +21,19 @@ pub(super) struct Framed {
     pub(super) trailers: Option<Vec<HeaderName>>,
 }
 
+/// hyper's automatic answer to a malformed request head, byte for byte: a 400 without a
+/// body, in HTTP/1.0 (which closes by default) if the request before it was HTTP/1.0, else
+/// in HTTP/1.1 with `connection: close`. The connection closes after it.
+pub(super) fn encode_bad_request(last_version: Version, dst: &mut Vec<u8>) {
+    dst.extend_from_slice(if last_version == Version::HTTP_10 {
+        b"HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\ndate: "
+    } else {
+        b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: "
+    });
+    crate::http::date::extend(dst);
+    dst.extend_from_slice(b"\r\n\r\n");
+}
+
 /// Encodes the status line and headers as hyper does (see the [`fast`](super) module doc)
 /// into `dst`.
 pub(super) fn encode_head(

@@ -11,11 +11,16 @@
 //! known, chunked encoding otherwise (close-delimited for HTTP/1.0), no body for HEAD, 204 and
 //! 304, trailers only when the client sent `TE: trailers` and the response declared them.
 //!
-//! Everything else (a request with a body, an upgrade, the HTTP/2 preface, a malformed or
-//! oversized head, a client that sends bytes httparse rejects) goes to hyper with the bytes
-//! already read, so hyper's answer (a 400, a 431, a streamed body, an HTTP/2 connection) is
-//! exactly what it would have been without the fast path. `tests/fast_path.rs` sends the same
-//! bytes to both and compares the answers.
+//! What no server should take it answers at once with hyper's automatic 400 and closes: a
+//! head with a byte httparse rejects (as soon as that byte is in: hyper would wait for an
+//! empty line), a line ending in a bare LF, an HTTP/1.1 request without `Host`, a request
+//! with two (see [`Parsed::Invalid`]).
+//!
+//! Everything else (a request with a body, an upgrade, the HTTP/2 preface, an oversized head,
+//! a name or value `http` rejects) goes to hyper with the bytes already read, so hyper's
+//! answer (a 431, a streamed body, an HTTP/2 connection) is exactly what it would have been
+//! without the fast path. `tests/fast_path.rs` sends the same bytes to both and compares the
+//! answers.
 //!
 //! Why: under keep-alive load hyper's per-request work (its header-read timer, its 8 KiB read
 //! and write buffers, the dispatcher's state machine) was most of forklift's user CPU; see
@@ -29,6 +34,7 @@
 mod conn;
 mod encode;
 mod parse;
+mod screen;
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -47,6 +53,7 @@ use tracing::debug;
 use self::conn::Conn;
 pub(crate) use self::parse::{parse, Parsed};
 use self::parse::{Head, MAX_HEAD};
+pub(crate) use self::screen::Screened;
 use crate::error::BoxError;
 use crate::http::body::Body;
 
@@ -113,6 +120,8 @@ where
     };
     let mut timer = pin!(tokio::time::sleep_until(first_deadline));
     let mut served = 0u64;
+    // hyper answers a malformed head in the version of the request before it.
+    let mut last_version = http::Version::HTTP_11;
     loop {
         // Read until a complete head is buffered.
         let waiting_since = Instant::now();
@@ -120,6 +129,10 @@ where
             match parse(&mut conn.rbuf) {
                 Parsed::Complete(head) => break head,
                 Parsed::Rejected(bytes) => return conn.handoff(bytes, served).await,
+                Parsed::Invalid(why) => {
+                    debug!("{why}: answering 400");
+                    return conn.bad_request(last_version).await;
+                }
                 Parsed::Handoff => return conn.handoff(Bytes::new(), served).await,
                 Parsed::Partial if conn.rbuf.len() >= MAX_HEAD => {
                     return conn.handoff(Bytes::new(), served).await
@@ -178,6 +191,7 @@ where
         served += 1;
         let method = req.method().clone();
         let version = req.version();
+        last_version = version;
         // Run the handler; answers gathered so far go out before waiting on it.
         let mut call = pin!(service.call(req));
         let resp = match poll_once(call.as_mut()).await {
@@ -237,7 +251,7 @@ mod tests {
     async fn pipelined_requests_are_answered_in_order_then_a_body_goes_to_hyper() {
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         let (_stop_tx, stop) = watch::channel(false);
-        let input = b"GET /1 HTTP/1.1\r\n\r\nHEAD /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\nPOST /4 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
+        let input = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\nPOST /4 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
         client.write_all(input).await.unwrap();
         let timeouts = Timeouts {
             header_read: Duration::from_secs(5),
@@ -250,7 +264,7 @@ mod tests {
         };
         assert_eq!(
             &rest[..],
-            b"POST /4 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+            b"POST /4 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
         );
         drop(server);
         let mut out = String::new();
@@ -293,7 +307,10 @@ mod tests {
         // Served once, then idle: closes as the stop comes.
         let (mut client, mut server) = tokio::io::duplex(1024);
         let (stop_tx, stop) = watch::channel(false);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let stopper = async {
             tokio::time::sleep(Duration::from_secs(2)).await;
             stop_tx.send(true).unwrap();
@@ -311,5 +328,58 @@ mod tests {
             Outcome::Closed
         ));
         assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_bad_head_is_answered_400_at_once_after_the_answers_before_it() {
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(30),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let service = hyper::service::service_fn(answer);
+        for (input, last) in [
+            // A bad byte past the first 24, no blank line.
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\rZ"[..], None),
+            // A served request, then a bad head that never ends.
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: example.com\r\n\x05\n",
+                Some("GET /"),
+            ),
+            (b"GET / HTTP/1.1\r\n\r\n", None),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nDummy: x\nContent-Length: 23\r\n\r\n", None),
+            // hyper answers in HTTP/1.0 after an HTTP/1.0 request.
+            (
+                b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                Some("GET /a"),
+            ),
+        ] {
+            let (mut client, mut server) = tokio::io::duplex(1 << 16);
+            let (_stop_tx, stop) = watch::channel(false);
+            // The client's side stays open: the answer may not wait for more.
+            client.write_all(input).await.unwrap();
+            let start = Instant::now();
+            let outcome = serve(&mut server, &service, timeouts, stop).await;
+            assert!(matches!(outcome, Outcome::Closed));
+            assert_eq!(start.elapsed(), Duration::ZERO, "{}", input.escape_ascii());
+            drop(server);
+            let mut out = String::new();
+            client.read_to_string(&mut out).await.unwrap();
+            // The answer before it (its body says what it answered), then the 400.
+            let bad = match last {
+                Some(body) => match out.split_once(&format!("\r\n\r\n{body}HTTP/")) {
+                    Some((_, rest)) => format!("HTTP/{rest}"),
+                    None => panic!("no answer to {body}: {out:?}"),
+                },
+                None => out.clone(),
+            };
+            let http10 = input.starts_with(b"GET /a HTTP/1.0");
+            let head = if http10 {
+                "HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\ndate: "
+            } else {
+                "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: "
+            };
+            assert!(bad.starts_with(head), "{}: {out:?}", input.escape_ascii());
+            assert!(bad.ends_with(" GMT\r\n\r\n"), "{out:?}");
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Parsing a request head for the fast path: what it serves itself ([`Parsed::Complete`]) and
-//! what goes to hyper.
+//! Parsing a request head for the fast path: what it serves itself ([`Parsed::Complete`]),
+//! what goes to hyper, and what no server should take ([`Parsed::Invalid`]); the two rules
+//! forklift adds to httparse's, which [`screen`](super::screen) applies to the heads hyper
+//! reads as well.
 
 use std::mem::MaybeUninit;
 
@@ -34,6 +36,10 @@ pub(crate) enum Parsed {
     /// Not for the fast path after all: `http` rejected a name, value or URI that httparse
     /// let through. These are the head's bytes, taken out of the buffer.
     Rejected(Bytes),
+    /// A head no server should take, complete or not: httparse rejects a byte of it, a line
+    /// ends in a bare LF, or it breaks the `Host` rule. Answered at once, as hyper answers a
+    /// malformed head; the text says why.
+    Invalid(&'static str),
 }
 
 /// Parses the head at the start of `buf`, taking it out of `buf` if the fast path serves it;
@@ -50,40 +56,62 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         let bytes: &[u8] = buf;
         let len = match req.parse_with_uninit_headers(bytes, &mut fields) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::Handoff,
+            // httparse stops at the first byte it rejects, so a bad head is known as soon as
+            // that byte is in, blank line or not (hyper parses a partial head again only once
+            // an end of head has arrived).
+            Ok(httparse::Status::Partial) => {
+                return match bare_lf(bytes, 0) {
+                    Some(_) => Parsed::Invalid(BARE_LF),
+                    None => Parsed::Partial,
+                }
+            }
+            // hyper takes more fields (and answers 431 past its limit) and the HTTP/2 preface.
+            Err(httparse::Error::TooManyHeaders) => return Parsed::Handoff,
+            Err(_) if bytes.starts_with(H2_START) => return Parsed::Handoff,
+            Err(_) => return Parsed::Invalid("malformed request head"),
         };
         if len > MAX_HEAD {
-            return Parsed::Handoff;
+            // Too long for the fast path, so hyper's; one with a bare LF is answered here, as
+            // the screen in front of hyper would have it answered.
+            return match bare_lf(&bytes[..len], 0) {
+                Some(_) => Parsed::Invalid(BARE_LF),
+                None => Parsed::Handoff,
+            };
         }
         let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
             return Parsed::Handoff;
         };
+        let base = bytes.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u16;
+        // Every LF in a head httparse took ends a line, so checking the CR before each LF
+        // costs a byte per field: the one before each field's name, and the ends of the last
+        // field and of the blank line. Empty lines httparse skipped may come first.
+        let skipped = usize::from(offset(method.as_bytes()));
+        let mut crlf =
+            bytes[..len].ends_with(b"\r\n\r\n") && bare_lf(&bytes[..skipped], 0).is_none();
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
             return Parsed::Handoff;
         };
-        if method == Method::CONNECT {
-            return Parsed::Handoff;
-        }
+        let mut handoff = method == Method::CONNECT;
         let version = if version == 1 {
             Version::HTTP_11
         } else {
             Version::HTTP_10
         };
-        let base = bytes.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u16;
         let path_start = offset(path.as_bytes());
         let path = (path_start, path_start + path.len() as u16);
         let mut keep_alive = version == Version::HTTP_11;
         let mut te_trailers = false;
         let mut close = false;
+        let mut hosts = 0;
         for (h, slot) in req.headers.iter().zip(offsets.iter_mut()) {
             let name = h.name.as_bytes();
+            let ns = offset(name);
+            crlf &= bytes[usize::from(ns) - 2] == b'\r';
             let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
             if is("content-length") || is("transfer-encoding") || is("expect") || is("upgrade") {
-                return Parsed::Handoff;
-            }
-            if is("connection") {
+                handoff = true;
+            } else if is("connection") {
                 if close || bytes_list_token(h.value, "close") {
                     close = true;
                     keep_alive = false;
@@ -92,10 +120,20 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
                 }
             } else if is("te") {
                 te_trailers = te_trailers || bytes_list_token(h.value, "trailers");
+            } else if is("host") {
+                hosts += 1;
             }
-            let ns = offset(name);
             let vs = offset(h.value);
             *slot = (ns, ns + name.len() as u16, vs, vs + h.value.len() as u16);
+        }
+        if !crlf {
+            return Parsed::Invalid(BARE_LF);
+        }
+        if let Some(why) = host_rule(version == Version::HTTP_11, hosts) {
+            return Parsed::Invalid(why);
+        }
+        if handoff {
+            return Parsed::Handoff;
         }
         let count = req.headers.len();
         (len, method, path, version, count, keep_alive, te_trailers)
@@ -123,6 +161,39 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         keep_alive,
         te_trailers,
     })
+}
+
+/// What an HTTP/2 client sends first: a head that starts so is hyper's (HTTP/2, or its answer
+/// to an HTTP/2 preface after HTTP/1 requests).
+pub(super) const H2_START: &[u8] = b"PRI * HTTP/2";
+
+/// Why a head with a bare LF is refused, for the log.
+pub(super) const BARE_LF: &str = "a line of the request head ends in a bare LF";
+
+/// Where the first LF not preceded by a CR is in `bytes`, `prev` being the byte before them.
+///
+/// RFC 9112 §2.2 lets a recipient take a bare LF as a line end, and httparse and hyper do;
+/// forklift does not, since a front end that does not (llhttp, say) reads another head from
+/// the same bytes: `Dummy: x\nContent-Length: 23` is one field to it and two to httparse,
+/// which is how a request hides in a header.
+pub(super) fn bare_lf(bytes: &[u8], mut prev: u8) -> Option<usize> {
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && prev != b'\r' {
+            return Some(i);
+        }
+        prev = b;
+    }
+    None
+}
+
+/// RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without a `Host` field and to
+/// any request with more than one. `None` if `hosts` fields are fine.
+pub(super) fn host_rule(http11: bool, hosts: usize) -> Option<&'static str> {
+    match hosts {
+        0 if http11 => Some("an HTTP/1.1 request without Host"),
+        0 | 1 => None,
+        _ => Some("a request with more than one Host"),
+    }
 }
 
 /// Whether a comma-separated field value lists `token` (ASCII case-insensitive); like
@@ -167,11 +238,15 @@ mod tests {
             Parsed::Complete(h) => h.keep_alive,
             _ => panic!("not complete: {}", String::from_utf8_lossy(req)),
         };
-        assert!(ka(b"GET / HTTP/1.1\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert!(!ka(
-            b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n"
+        ));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, close\r\n\r\n"
+        ));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"
         ));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
@@ -183,16 +258,14 @@ mod tests {
     #[test]
     fn what_the_fast_path_does_not_take_goes_to_hyper() {
         for req in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
-            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            b"GET / HTTP/1.2\r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-            b"GET\x00 / HTTP/1.1\r\n\r\n",
         ] {
             let (parsed, rest) = head_of(req);
             assert!(
@@ -205,9 +278,102 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_head_is_invalid_as_soon_as_its_first_bad_byte_is_in() {
+        for req in [
+            // Complete.
+            &b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nBad Header: x\r\nHost: x\r\n\r\n",
+            b"GET\x00 / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+            // Partial: no blank line will ever make these right.
+            b"GET / HTTP/1.1\r\nHost: x\r\n\rZ",
+            b"GET /two HTTP/1.1\r\nHost: example.com\r\n\x05\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7f",
+            b"GET / HTTP/1.1\r\nHo\x00",
+            b"GET / HTTP/2",
+        ] {
+            let (parsed, rest) = head_of(req);
+            assert!(
+                matches!(parsed, Parsed::Invalid(_)),
+                "{}",
+                req.escape_ascii()
+            );
+            assert_eq!(&rest[..], req);
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_in_a_head_is_invalid_complete_or_not() {
+        for req in [
+            &b"GET / HTTP/1.1\nHost: x\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+            b"GET / HTTP/1.1\nHost: x\r\n\r\n",
+            b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            // llhttp's "Missing CR between headers": a body, and a request inside it, to
+            // whoever reads a bare LF as a line end.
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nDummy: x\nContent-Length: 23\r\n\r\n",
+            // Partial.
+            b"GET / HTTP/1.1\r\nHost: x\nX-A",
+            b"GET / HTTP/1.1\n",
+        ] {
+            assert!(
+                matches!(head_of(req).0, Parsed::Invalid(BARE_LF)),
+                "{}",
+                req.escape_ascii()
+            );
+        }
+        // Empty lines first are fine when they end in CRLF (RFC 9112 §2.2).
+        assert!(matches!(
+            head_of(b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").0,
+            Parsed::Complete(_)
+        ));
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host_and_no_request_may_have_two() {
+        let verdict = |req: &[u8]| match head_of(req).0 {
+            Parsed::Complete(_) => "complete",
+            Parsed::Handoff => "handoff",
+            Parsed::Invalid(_) => "invalid",
+            _ => "other",
+        };
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\n\r\n"), "invalid");
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            "invalid"
+        );
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            "invalid"
+        );
+        assert_eq!(
+            verdict(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"),
+            "invalid"
+        );
+        // Before the hand-off: hyper would serve these.
+        assert_eq!(
+            verdict(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"),
+            "invalid"
+        );
+        assert_eq!(verdict(b"CONNECT a:1 HTTP/1.1\r\n\r\n"), "invalid");
+        assert_eq!(verdict(b"GET http://a/ HTTP/1.1\r\n\r\n"), "invalid");
+        // Fine.
+        assert_eq!(verdict(b"GET / HTTP/1.0\r\n\r\n"), "complete");
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\nHOST: a\r\n\r\n"), "complete");
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), "complete");
+        assert_eq!(
+            verdict(b"GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "complete"
+        );
+    }
+
+    #[test]
     fn too_many_fields_go_to_hyper() {
-        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
-        for i in 0..=MAX_HEADERS {
+        let mut req = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
             req.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
         }
         req.extend_from_slice(b"\r\n");
@@ -216,7 +382,12 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_for_more() {
-        for req in [&b"G"[..], b"GET / HT", b"GET / HTTP/1.1\r\nHost: x\r\n"] {
+        for req in [
+            &b"G"[..],
+            b"GET / HT",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            b"GET / HTTP/1.1\r",
+        ] {
             assert!(matches!(head_of(req).0, Parsed::Partial));
         }
         // Not HTTP/1 as soon as the version says so: hyper reads the rest.
