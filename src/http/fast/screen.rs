@@ -238,6 +238,25 @@ impl Screen {
         Verdict::Pass
     }
 
+    /// Follows `input` read in pieces that end at `cuts` (ascending indices into it): whether
+    /// the screen rejects a head in it, with where its NUL goes (an index into `input`) and
+    /// why. For tests and the fuzz target.
+    pub(crate) fn feed_reads(
+        &mut self,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> Option<(Option<usize>, &'static str)> {
+        let mut from = 0;
+        for &to in cuts.iter().chain([&input.len()]) {
+            let to = to.clamp(from, input.len());
+            if let Verdict::Reject { nul_at, why } = self.feed(&input[from..to]) {
+                return Some((nul_at.map(|i| from + i), why));
+            }
+            from = to;
+        }
+        None
+    }
+
     fn stop(&mut self) {
         self.state = State::Off;
         self.head = Vec::new();
@@ -443,17 +462,10 @@ impl Chunk {
 mod tests {
     use super::*;
 
-    /// Feeds `input` in pieces cut at `cuts`; the verdict and where its NUL goes in `input`.
     fn feed_cut(input: &[u8], cuts: &[usize]) -> (Option<(Option<usize>, &'static str)>, Screen) {
         let mut screen = Screen::default();
-        let mut from = 0;
-        for &to in cuts.iter().chain([&input.len()]) {
-            if let Verdict::Reject { nul_at, why } = screen.feed(&input[from..to]) {
-                return (Some((nul_at.map(|i| from + i), why)), screen);
-            }
-            from = to;
-        }
-        (None, screen)
+        let verdict = screen.feed_reads(input, cuts);
+        (verdict, screen)
     }
 
     /// The verdict on `input` whole, after checking that every way of cutting it in two, and
