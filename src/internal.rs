@@ -56,6 +56,13 @@ pub mod fuzz {
         Invalid,
     }
 
+    /// What the screen in front of hyper makes of bytes a client sent, read in pieces that
+    /// end at `cuts`: `None` if it lets them through, else where it puts its NUL (an index
+    /// into `bytes`) and why it rejects a head.
+    pub fn http1_screen(bytes: &[u8], cuts: &[usize]) -> Option<(Option<usize>, &'static str)> {
+        crate::http::fast::Screen::default().feed_reads(bytes, cuts)
+    }
+
     /// Parses the head at the start of `bytes` as a worker's fast path does.
     pub fn http1_head(bytes: &[u8]) -> Http1Head {
         let mut buf = bytes::BytesMut::from(bytes);

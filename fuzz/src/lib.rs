@@ -197,16 +197,46 @@ pub fn http1_head(data: &[u8]) {
     }
 }
 
+/// The screen in front of hyper (`src/http/fast/screen.rs`): never panics; whether it
+/// rejects a head does not depend on how the bytes are cut into reads (the first input byte
+/// picks the cuts), for inputs under 16 KiB of fewer than 100 lines (past either, a bad byte
+/// or the field limit may be seen a read later or not at all, as in hyper); a NUL it puts
+/// lands on an LF or on a head's last byte.
+pub fn http1_screen(data: &[u8]) {
+    let Some((&pick, bytes)) = data.split_first() else {
+        return;
+    };
+    let whole = forklift::__fuzz::http1_screen(bytes, &[]);
+    let step = usize::from(pick % 32) + 1;
+    let cuts: Vec<usize> = (step..bytes.len()).step_by(step).collect();
+    let cut = forklift::__fuzz::http1_screen(bytes, &cuts);
+    for (nul, why) in [whole, cut].into_iter().flatten() {
+        if let Some(at) = nul {
+            assert!(at < bytes.len(), "NUL at {at} of {}: {why}", bytes.len());
+            assert_eq!(bytes[at], b'\n', "the NUL replaces an LF ({why})");
+        }
+    }
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+    if bytes.len() < 16 * 1024 && lines < 100 {
+        assert_eq!(
+            whole.is_some(),
+            cut.is_some(),
+            "whole: {whole:?}, in reads of {step}: {cut:?}"
+        );
+    }
+}
+
 /// A fuzz target: takes raw bytes, panics on a finding.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the runners.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("listen_addr", listen_addr),
     ("listen_fds", listen_fds),
     ("status_messages", status_messages),
     ("fd_name", fd_name),
     ("http1_head", http1_head),
+    ("http1_screen", http1_screen),
 ];
 
 /// Seed inputs per target (also written to `seeds/TARGET/` for cargo fuzz).
@@ -252,6 +282,15 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "\r\nGET http://x/y HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nX: \u{fe}\r\n\r\n",
+        ],
+        // The first byte picks how the rest is cut into reads.
+        "http1_screen" => &[
+            "\x03GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            "\x05POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\na\nbGET / HTTP/1.1\r\nHost: x\n\r\n",
+            "\x07POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\n\n\n\n\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\rZ",
+            "\x01GET / HTTP/1.1\r\nHost: localhost\r\nDummy: x\nContent-Length: 23\r\n\r\n",
+            "\x02PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "\x04GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nGET /\n",
         ],
         "fd_name" => &[
             "forklift.0.shared",

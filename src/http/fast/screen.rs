@@ -169,6 +169,8 @@ enum Chunk {
 
 /// A complete head as hyper frames what follows it.
 struct Framing {
+    /// No line of it ends in a bare LF.
+    crlf: bool,
     http11: bool,
     hosts: usize,
     /// Its body: `None` when hyper does not frame it as HTTP/1 (an upgrade, CONNECT) or
@@ -236,6 +238,25 @@ impl Screen {
         Verdict::Pass
     }
 
+    /// Follows `input` read in pieces that end at `cuts` (ascending indices into it): whether
+    /// the screen rejects a head in it, with where its NUL goes (an index into `input`) and
+    /// why. For tests and the fuzz target.
+    pub(crate) fn feed_reads(
+        &mut self,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> Option<(Option<usize>, &'static str)> {
+        let mut from = 0;
+        for &to in cuts.iter().chain([&input.len()]) {
+            let to = to.clamp(from, input.len());
+            if let Verdict::Reject { nul_at, why } = self.feed(&input[from..to]) {
+                return Some((nul_at.map(|i| from + i), why));
+            }
+            from = to;
+        }
+        None
+    }
+
     fn stop(&mut self) {
         self.state = State::Off;
         self.head = Vec::new();
@@ -260,7 +281,8 @@ impl Screen {
             } else {
                 Parse::Partial
             };
-            (parsed, head.starts_with(H2_START))
+            let h2 = matches!(parsed, Parse::Error) && head.starts_with(H2_START);
+            (parsed, h2)
         };
         match parsed {
             Parse::Partial => {
@@ -290,7 +312,11 @@ impl Screen {
                     // Not reached: the head was incomplete before these bytes.
                     return HeadStep::Off;
                 };
-                if let Some(i) = bare_lf(&new[..ends], prev) {
+                if !framing.crlf {
+                    // The LF is in these bytes: the head's earlier bytes had none.
+                    let Some(i) = bare_lf(&new[..ends], prev) else {
+                        return HeadStep::Off;
+                    };
                     return HeadStep::Reject {
                         nul_at: Some(i),
                         why: BARE_LF,
@@ -342,11 +368,17 @@ fn parse(head: &[u8]) -> Parse {
         Err(_) => return Parse::Error,
     };
     let http11 = req.version == Some(1);
+    // As the fast path checks it: every LF in a head httparse took ends a line, so the byte
+    // before each field's name, and the head's last four, tell a bare LF from a CRLF.
+    let base = head.as_ptr() as usize;
+    let skipped = req.method.map_or(0, |m| m.as_ptr() as usize - base);
+    let mut crlf = head[..len].ends_with(b"\r\n\r\n") && bare_lf(&head[..skipped], 0).is_none();
     let mut hosts = 0;
     let mut length: Option<Option<u64>> = None;
     let mut chunked = false;
     let mut upgrade = req.method == Some("CONNECT");
     for h in req.headers.iter() {
+        crlf &= head[h.name.as_ptr() as usize - base - 2] == b'\r';
         let is = |n: &str| h.name.eq_ignore_ascii_case(n);
         if is("host") {
             hosts += 1;
@@ -379,6 +411,7 @@ fn parse(head: &[u8]) -> Parse {
     Parse::Complete(
         len,
         Framing {
+            crlf,
             http11,
             hosts,
             next,
@@ -429,17 +462,10 @@ impl Chunk {
 mod tests {
     use super::*;
 
-    /// Feeds `input` in pieces cut at `cuts`; the verdict and where its NUL goes in `input`.
     fn feed_cut(input: &[u8], cuts: &[usize]) -> (Option<(Option<usize>, &'static str)>, Screen) {
         let mut screen = Screen::default();
-        let mut from = 0;
-        for &to in cuts.iter().chain([&input.len()]) {
-            if let Verdict::Reject { nul_at, why } = screen.feed(&input[from..to]) {
-                return (Some((nul_at.map(|i| from + i), why)), screen);
-            }
-            from = to;
-        }
-        (None, screen)
+        let verdict = screen.feed_reads(input, cuts);
+        (verdict, screen)
     }
 
     /// The verdict on `input` whole, after checking that every way of cutting it in two, and
@@ -499,9 +525,11 @@ mod tests {
             assert_eq!(verdict, None, "{}", input.escape_ascii());
             assert_eq!(screen.state, State::Head, "{}", input.escape_ascii());
             assert!(screen.head.is_empty());
-            let bytewise: Vec<usize> = (1..input.len()).collect();
-            let (verdict, screen) = feed_cut(&input, &bytewise);
-            assert_eq!(verdict, None, "{} byte by byte", input.escape_ascii());
+            // Byte by byte (a long head in pieces of a few bytes: each read parses it again).
+            let step = if input.len() > 4096 { 61 } else { 1 };
+            let pieces: Vec<usize> = (step..input.len()).step_by(step).collect();
+            let (verdict, screen) = feed_cut(&input, &pieces);
+            assert_eq!(verdict, None, "{} in pieces", input.escape_ascii());
             assert_eq!(screen.state, State::Head);
         }
     }
