@@ -4,6 +4,7 @@
 
 pub(crate) mod control;
 pub(crate) mod fd;
+pub(crate) mod file;
 pub(crate) mod listener;
 pub(crate) mod notify;
 pub(crate) mod output;
