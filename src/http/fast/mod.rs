@@ -29,6 +29,7 @@
 mod conn;
 mod encode;
 mod parse;
+mod sendfile;
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -82,7 +83,7 @@ pub(crate) async fn serve<I, S, B>(
     mut stop: watch::Receiver<bool>,
 ) -> Outcome
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: HttpBody,
