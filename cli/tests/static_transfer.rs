@@ -154,6 +154,9 @@ impl Drop for Certs {
     }
 }
 
+/// Status, headers and body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// GETs over one HTTPS connection speaking `alpn` (`h2` or `http/1.1`): status, headers
 /// and body of each.
 fn https(
@@ -161,7 +164,7 @@ fn https(
     certs: &Certs,
     alpn: &[u8],
     requests: &[(&str, &[(&str, &str)])],
-) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+) -> Vec<Answer> {
     let mut store = rustls::RootCertStore::empty();
     store.add(certs.der.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());

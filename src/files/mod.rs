@@ -238,7 +238,7 @@ impl StaticFiles {
     fn resolve(&self, path: &str) -> Result<Found, Refusal> {
         let rel = path::relative(path, "index.html").ok_or(Refusal::NotFound)?;
         let shared = &*self.shared;
-        let (file, _how) = open_beneath(shared.dir.as_fd(), &shared.root, &rel.path)
+        let file = open_beneath(shared.dir.as_fd(), &shared.root, &rel.path)
             .map_err(|e| refusal(&e, path))?;
         let meta = file.metadata().map_err(|e| refusal(&e, path))?;
         if meta.is_dir() {

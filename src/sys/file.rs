@@ -22,17 +22,6 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     owned(fd)
 }
 
-/// How [`open_beneath`] kept the open inside the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Beneath {
-    /// The kernel resolved the path and refused any step out of the directory
-    /// (openat2(2) with `RESOLVE_BENEATH`, Linux 5.6 and later).
-    Kernel,
-    /// The path was opened, then the opened file's own path was checked to lie inside the
-    /// directory (macOS, older kernels, sandboxes that refuse openat2).
-    Checked,
-}
-
 /// Opens `rel` (a relative path without `..`) beneath the directory `dir`, whose canonical
 /// path is `dir_path`, following symbolic links only as far as they stay inside it.
 ///
@@ -41,11 +30,7 @@ pub(crate) enum Beneath {
 /// Where openat2 is missing (`ENOSYS`, or `EPERM` from a seccomp filter) and on other systems
 /// it is openat(2), then the fd's own path ([`fd_path`]) must start with `dir_path`; that
 /// also admits absolute links that point inside. A file outside is reported as `EXDEV`.
-pub(crate) fn open_beneath(
-    dir: BorrowedFd<'_>,
-    dir_path: &Path,
-    rel: &str,
-) -> io::Result<(File, Beneath)> {
+pub(crate) fn open_beneath(dir: BorrowedFd<'_>, dir_path: &Path, rel: &str) -> io::Result<File> {
     let c = cstring(if rel.is_empty() { b"." } else { rel.as_bytes() })?;
     #[cfg(target_os = "linux")]
     {
@@ -66,12 +51,12 @@ pub(crate) fn open_beneath(
             )
         };
         match owned(fd as libc::c_int) {
-            Ok(fd) => return Ok((File::from(fd), Beneath::Kernel)),
+            Ok(fd) => return Ok(File::from(fd)),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {}
             Err(e) => return Err(e),
         }
     }
-    open_checked(dir, dir_path, &c).map(|f| (f, Beneath::Checked))
+    open_checked(dir, dir_path, &c)
 }
 
 /// openat(2), then the opened file's own path must lie inside `dir_path` (`EXDEV` if not).
@@ -113,9 +98,9 @@ pub(crate) fn fd_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
         }
         let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         buf.truncate(len);
-        Ok(PathBuf::from(std::ffi::OsString::from(
-            std::os::unix::ffi::OsStringExt::from_vec(buf),
-        )))
+        Ok(PathBuf::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(buf),
+        ))
     }
     #[cfg(not(any(
         target_os = "linux",
@@ -209,9 +194,9 @@ mod tests {
         std::os::unix::fs::symlink("../outside.txt", root.join("out-link")).unwrap();
         std::os::unix::fs::symlink(base.join("outside.txt"), root.join("abs-out")).unwrap();
         let dir = open_dir(&root).unwrap();
-        let (f, _) = open_beneath(dir.as_fd(), &root, "sub/a.txt").unwrap();
+        let f = open_beneath(dir.as_fd(), &root, "sub/a.txt").unwrap();
         assert_eq!(std::io::read_to_string(f).unwrap(), "a");
-        let (f, _) = open_beneath(dir.as_fd(), &root, "in-link").unwrap();
+        let f = open_beneath(dir.as_fd(), &root, "in-link").unwrap();
         assert_eq!(
             std::io::read_to_string(f).unwrap(),
             "a",
@@ -233,7 +218,7 @@ mod tests {
         }
         let e = open_beneath(dir.as_fd(), &root, "missing").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        let (d, _) = open_beneath(dir.as_fd(), &root, "").unwrap();
+        let d = open_beneath(dir.as_fd(), &root, "").unwrap();
         assert!(d.metadata().unwrap().is_dir(), "the root itself");
         assert_eq!(fd_path(d.as_fd()).unwrap(), root);
         std::fs::remove_dir_all(&base).unwrap();
