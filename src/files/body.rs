@@ -4,14 +4,16 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
+
+use crate::sys::file::pread_append;
 
 /// How much of a file one frame of a [`FileBody`] carries, read with one `pread(2)`.
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -156,10 +158,10 @@ impl Region {
         if n == 0 {
             return Ok(None);
         }
-        let mut buf = BytesMut::zeroed(n);
-        read_exact_at(&self.file, &mut buf, next)?;
+        let mut buf = Vec::new();
+        pread_append(self.file.as_fd(), &mut buf, n, next)?;
         self.next.store(next + n as u64, Ordering::Relaxed);
-        Ok(Some(buf.freeze()))
+        Ok(Some(Bytes::from(buf)))
     }
 }
 
@@ -167,21 +169,6 @@ impl fmt::Debug for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "bytes {}..{} of a file", self.next(), self.end)
     }
-}
-
-/// Fills `buf` from `file` at `offset` with pread(2), failing with `UnexpectedEof` if the file
-/// ends first.
-pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    file.read_exact_at(buf, offset).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file became shorter while it was being sent",
-            )
-        } else {
-            e
-        }
-    })
 }
 
 /// A response extension that hands the file behind a [`FileBody`] to the server, which may

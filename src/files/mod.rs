@@ -34,7 +34,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use tracing::debug;
 
 pub use self::body::FileBody;
-pub(crate) use self::body::{read_exact_at, FileRegion, Region};
+pub(crate) use self::body::{FileRegion, Region};
 use self::cache::{Cache, FileEntry, Found};
 use self::range::Ranged;
 use self::validators::Conditions;

@@ -157,6 +157,46 @@ pub(crate) fn send_more(out: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// pread(2) of exactly `n` bytes of `file` at `offset`, appended to `buf` without zeroing
+/// them first. `UnexpectedEof` if the file ends before; `buf` is as it was on any error.
+pub(crate) fn pread_append(
+    file: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    n: usize,
+    offset: u64,
+) -> io::Result<()> {
+    let start = buf.len();
+    buf.reserve(n);
+    let mut done = 0;
+    while done < n {
+        let spare = &mut buf.spare_capacity_mut()[done..n];
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        // SAFETY: pread(2) writes at most `spare.len()` bytes into the vector's spare
+        // capacity, which `reserve` made at least that long; the fd is open for the call.
+        let r =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match r {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file became shorter while it was being sent",
+                ))
+            }
+            r if r > 0 => done += r as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    // SAFETY: the `n` bytes after `start` were written by pread above.
+    unsafe { buf.set_len(start + n) };
+    Ok(())
+}
+
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -246,6 +286,21 @@ mod tests {
         let mut got = String::new();
         a.read_to_string(&mut got).unwrap();
         assert_eq!(got, "234!");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn pread_append_reads_exactly_or_fails_whole() {
+        let base = tempdir("pread");
+        let path = base.join("root/digits");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = File::open(&path).unwrap();
+        let mut buf = b"head:".to_vec();
+        pread_append(file.as_fd(), &mut buf, 4, 3).unwrap();
+        assert_eq!(buf, b"head:3456");
+        let e = pread_append(file.as_fd(), &mut buf, 4, 8).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(buf, b"head:3456", "unchanged on error");
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -19,7 +19,8 @@ use super::conn::{BodyEnd, Conn, WRITE_DIRECT};
 use super::encode::Framing;
 use super::poll_once;
 use crate::error::BoxError;
-use crate::files::{read_exact_at, Region};
+use crate::files::Region;
+use crate::sys::file::pread_append;
 
 /// Files up to this long are read into the write buffer (as body chunks this short are
 /// copied there); longer ones go by `sendfile`.
@@ -59,15 +60,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'_, I> {
     }
 
     fn read_into_buffer(&mut self, region: &Region, n: u64) -> BodyEnd {
-        let start = self.wbuf.len();
-        self.wbuf.resize(start + n as usize, 0);
-        match read_exact_at(region.file(), &mut self.wbuf[start..], region.next()) {
+        let file = std::os::fd::AsFd::as_fd(region.file());
+        match pread_append(file, &mut self.wbuf, n as usize, region.next()) {
             Ok(()) => {
                 region.advance_direct(n);
                 BodyEnd::Complete
             }
             Err(e) => {
-                self.wbuf.truncate(start);
                 debug!("reading the file failed: {e}");
                 BodyEnd::Failed
             }
