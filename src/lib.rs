@@ -94,6 +94,7 @@ mod addr;
 mod builder;
 mod config;
 mod error;
+mod files;
 mod hooks;
 mod http;
 mod internal;
@@ -110,6 +111,7 @@ pub use config::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_RECOVER_WINDOW, DEFAULT_WORKER_TIMEOUT,
 };
 pub use error::{BoxError, Error, Result};
+pub use files::{FileBody, StaticFiles};
 pub use hooks::{Event, WorkerInfo};
 pub use http::body::Body;
 #[doc(hidden)]

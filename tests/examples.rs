@@ -1,6 +1,7 @@
 //! The library's own forms, driven through its examples as real processes: the raw form with
 //! each way of spawning (fork, exec, a command producer), and `on_master_death` in the HTTP
-//! form. The examples are built by `cargo test`/`cargo nextest` before tests run.
+//! form, and `StaticFiles` in an axum application. The examples are built by
+//! `cargo test`/`cargo nextest` before tests run.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -240,4 +241,59 @@ fn on_master_death_runs_in_every_worker() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `GET` (with extra headers) over a new connection: the status line, the head, the body.
+#[cfg(feature = "axum")]
+fn http_get(port: u16, path: &str, headers: &str) -> (String, String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status = head.lines().next().unwrap().to_string();
+    (status, head, raw[end + 4..].to_vec())
+}
+
+#[cfg(feature = "axum")]
+#[test]
+fn static_files_mount_in_an_axum_router() {
+    let dir = std::env::temp_dir().join(format!("forklift-example-files-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    std::fs::write(dir.join("docs/index.html"), "<p>docs</p>").unwrap();
+    let p = Proc::start("static_files", &["127.0.0.1:0", dir.to_str().unwrap()]);
+    let port = p.port();
+    p.ready_pids();
+    let (status, _, body) = http_get(port, "/api/hello", "");
+    assert_eq!(
+        (status.as_str(), body.as_slice()),
+        ("http/1.1 200 ok", &b"hello from axum\n"[..])
+    );
+    let (status, head, body) = http_get(port, "/big.bin", "");
+    assert_eq!(status, "http/1.1 200 ok");
+    assert!(head.contains("etag: w/\""), "{head}");
+    assert!(body == big, "the file, {} bytes", body.len());
+    let (status, head, body) = http_get(port, "/big.bin", "Range: bytes=100000-\r\n");
+    assert_eq!(status, "http/1.1 206 partial content");
+    assert!(
+        head.contains("content-range: bytes 100000-199999/200000"),
+        "{head}"
+    );
+    assert!(body == big[100_000..]);
+    let (status, head, _) = http_get(port, "/docs", "");
+    assert_eq!(status, "http/1.1 307 temporary redirect");
+    assert!(head.contains("location: /docs/"), "{head}");
+    assert_eq!(http_get(port, "/docs/", "").2, b"<p>docs</p>");
+    assert_eq!(
+        http_get(port, "/../etc/passwd", "").0,
+        "http/1.1 404 not found"
+    );
+    assert_eq!(http_get(port, "/missing", "").0, "http/1.1 404 not found");
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -540,10 +540,10 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     let fault_file = args.fault_file.clone();
     let lab_routes = args.lab_routes;
     if let Some(dir) = &args.dir {
-        let root = static_files::check_root(dir)?;
-        server.serve_tower(move || {
+        let files = static_files::check_root(dir)?;
+        server.serve(move || {
             inject(fault, fault_file.as_deref());
-            static_files::service(&root)
+            static_files::service(&files)
         })?;
     } else {
         server.serve(move || {

@@ -32,6 +32,7 @@ where
             start: Instant::now(),
             status: StatusCode::OK,
             bytes: 0,
+            file: None,
         };
         LoggedFuture {
             inner: self.0.call(req),
@@ -46,6 +47,8 @@ struct Entry {
     start: Instant,
     status: StatusCode,
     bytes: u64,
+    /// A file the server may send without reading the body (`http/fast/sendfile.rs`).
+    file: Option<crate::files::FileRegion>,
 }
 
 impl Entry {
@@ -55,7 +58,7 @@ impl Entry {
             method = %self.method,
             path = %self.path,
             status = self.status.as_u16(),
-            bytes = self.bytes,
+            bytes = self.bytes + self.file.as_ref().map_or(0, |f| f.0.sent_directly()),
             duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
             "{outcome}"
         );
@@ -85,6 +88,7 @@ where
         Poll::Ready(match result {
             Ok(resp) => {
                 entry.status = resp.status();
+                entry.file = resp.extensions().get().cloned();
                 Ok(resp.map(|body| LoggedBody {
                     inner: body,
                     entry: Some(entry),

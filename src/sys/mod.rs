@@ -1,9 +1,11 @@
-//! Every fd and system call wrapper: fd flags and pipes, signals, sockets, the control
-//! socket, readiness notification, output relays, page trimming, process control and resource
-//! limits. Nothing here knows about HTTP or about the master's decisions.
+//! Every fd and system call wrapper: fd flags and pipes, files (opening beneath a directory,
+//! `sendfile`), signals, sockets, the control socket, readiness notification, output relays,
+//! page trimming, process control and resource limits. Nothing here knows about HTTP or about
+//! the master's decisions.
 
 pub(crate) mod control;
 pub(crate) mod fd;
+pub(crate) mod file;
 pub(crate) mod health;
 pub(crate) mod limits;
 pub(crate) mod listener;

@@ -7,7 +7,7 @@ use std::pin::{pin, Pin};
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::HeaderName;
+use http::header::{HeaderName, CONTENT_ENCODING};
 use http::{Method, Response, Version};
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -17,11 +17,12 @@ use super::encode::{encode_bad_request, encode_head, push_hex, write_trailers, F
 use super::parse::MAX_HEAD;
 use super::{poll_once, Outcome};
 use crate::error::BoxError;
+use crate::files::FileRegion;
 
 /// Response bytes gathered before they are written even if more pipelined responses follow.
 const WRITE_HIGH: usize = 64 * 1024;
 /// Body chunks at least this long are written from their own buffer, not copied.
-const WRITE_DIRECT: usize = 16 * 1024;
+pub(super) const WRITE_DIRECT: usize = 16 * 1024;
 
 /// What an HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -35,7 +36,7 @@ pub(super) struct Conn<'a, I> {
     pub(super) flushes: u64,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'_, I> {
     /// Makes room for the next read: at least a quarter of `next_read`, doubling it while
     /// reads fill the buffer.
     pub(super) fn reserve(&mut self) {
@@ -114,6 +115,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = resp.into_parts();
+        let region = parts.extensions.remove::<FileRegion>();
         let length = if body.is_end_stream() {
             None
         } else {
@@ -146,7 +148,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
                 } else {
                     None
                 };
-                match self.write_body(body, kind, trailers).await? {
+                let written = match (kind, region) {
+                    // A file: the server sends it by itself (see `sendfile.rs`).
+                    (Framing::Length(n), Some(FileRegion(region)))
+                        if region.remaining() == n
+                            && body.size_hint().exact() == Some(n)
+                            && !parts.headers.contains_key(CONTENT_ENCODING) =>
+                    {
+                        self.write_region(&region, n, body).await?
+                    }
+                    _ => self.write_body(body, kind, trailers).await?,
+                };
+                match written {
                     BodyEnd::Complete => {}
                     BodyEnd::Short => return Ok(false),
                     BodyEnd::Failed => {
@@ -169,7 +182,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
 
     /// Writes a body with its framing. A body longer than its length is cut at the length,
     /// and no more of it is polled (as hyper does).
-    async fn write_body<B>(
+    pub(super) async fn write_body<B>(
         &mut self,
         mut body: Pin<&mut B>,
         kind: Framing,
@@ -268,7 +281,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<'_, I> {
 }
 
 /// How a response body ended.
-enum BodyEnd {
+pub(super) enum BodyEnd {
     Complete,
     /// It ended before its Content-Length: the connection closes.
     Short,

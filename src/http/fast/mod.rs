@@ -35,6 +35,7 @@ mod conn;
 mod encode;
 mod parse;
 mod screen;
+mod sendfile;
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -89,7 +90,7 @@ pub(crate) async fn serve<I, S, B>(
     mut stop: watch::Receiver<bool>,
 ) -> Outcome
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: HttpBody,
