@@ -28,12 +28,13 @@
 //! the connection and the socket closes. Legitimate clients owe nothing for long: browsers,
 //! h2load and gRPC send a few PINGs and SETTINGS and read their ACKs.
 //!
-//! On TCP the guard also sets TCP_NOTSENT_LOWAT ([`UNSENT_LIMIT`]) once the preface shows
-//! HTTP/2: Linux grows a socket's send buffer towards `tcp_wmem`'s maximum (4 MiB) whatever
-//! the peer reads, so a flood's answers used to fill megabytes of it (a quarter of a million
-//! PING ACKs, a second of a debug build's worker) before a write blocked and the count could
-//! start. Multiplexed streams gain nothing from megabytes of queued frames either (H2O and
-//! Cloudflare lower the option for latency); HTTP/1 connections keep the kernel's default.
+//! On TCP, a connection that owes more than [`FLOOD_LIMIT`] answers also gets
+//! TCP_NOTSENT_LOWAT ([`UNSENT_LIMIT`]): Linux grows a socket's send buffer towards
+//! `tcp_wmem`'s maximum (4 MiB) whatever the peer reads, so a flood's answers used to fill
+//! megabytes of it (a quarter of a million PING ACKs, 1 to 5 s of a loaded debug-build
+//! worker) before a write blocked and the clock could start. Only suspects get it: on every
+//! HTTP/2 connection it cost 1.5 to 2 times the CPU for 10 MB responses over loopback TLS
+//! (the worker refills the socket in 128 KiB steps).
 //!
 //! Where the guard is not on the preface's path it costs a branch per read and write: it
 //! watches the first 24 bytes, and turns itself off if they are not the HTTP/2 preface (an
@@ -65,8 +66,8 @@ pub(super) const FLOOD_GRACE: Duration = Duration::from_millis(500);
 /// The most the guard reads on h2's behalf while a write is blocked.
 pub(super) const READ_AHEAD: usize = 16 * 1024;
 
-/// The most unsent bytes the kernel queues for an HTTP/2 connection (TCP_NOTSENT_LOWAT); the
-/// bytes in flight are not counted, so a fast link is not slowed.
+/// The most unsent bytes the kernel queues for a connection that owes more than
+/// [`FLOOD_LIMIT`] answers (TCP_NOTSENT_LOWAT; the bytes in flight are not counted).
 pub(super) const UNSENT_LIMIT: u32 = 128 * 1024;
 
 /// How long an answer may stay owed with no write progress. Longer than a TCP retransmission
@@ -151,7 +152,7 @@ enum Mode {
 #[derive(Debug)]
 pub(super) struct FloodGuard<I> {
     io: I,
-    /// The TCP socket under `io`, if it is one.
+    /// The TCP socket under `io`, if it is one, until it gets [`UNSENT_LIMIT`].
     tcp: Option<RawFd>,
     mode: Mode,
     inbound: Frames,
@@ -212,7 +213,6 @@ impl<I> FloodGuard<I> {
             }
             bytes = &bytes[n..];
             self.mode = if seen + n == PREFACE.len() {
-                self.limit_unsent();
                 Mode::On
             } else {
                 Mode::Preface {
@@ -235,6 +235,7 @@ impl<I> FloodGuard<I> {
         }
         if self.owed <= FLOOD_LIMIT && owed > FLOOD_LIMIT {
             self.over_since = Some(Instant::now());
+            self.limit_unsent();
         }
         (self.owed, self.last_stream) = (owed, last_stream);
         false
@@ -260,10 +261,10 @@ impl<I> FloodGuard<I> {
         self.blocked_since = None;
     }
 
-    /// Sets [`UNSENT_LIMIT`] on the TCP socket (Linux); a failure leaves the default.
-    fn limit_unsent(&self) {
+    /// Sets [`UNSENT_LIMIT`] on the TCP socket, once (Linux); a failure leaves the default.
+    fn limit_unsent(&mut self) {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        if let Some(fd) = self.tcp {
+        if let Some(fd) = self.tcp.take() {
             // SAFETY: `fd` is the socket under `self.io`, which is open while `self` lives.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             if let Err(e) = socket2::SockRef::from(&fd).set_tcp_notsent_lowat(UNSENT_LIMIT) {
@@ -610,17 +611,24 @@ mod tests {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
-    fn http2_on_tcp_gets_the_unsent_limit_and_http1_does_not() {
+    fn a_backlog_of_answers_limits_the_unsent_bytes_of_the_socket() {
         use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let lowat = |preface: &[u8]| {
+        let lowat = |input: &[u8]| {
             let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let mut g = FloodGuard::new((), false, Some(tcp.as_raw_fd()));
-            g.received(preface);
+            g.received(input);
             socket2::SockRef::from(&tcp).tcp_notsent_lowat().unwrap()
         };
-        assert_eq!(lowat(PREFACE), UNSENT_LIMIT);
-        assert_ne!(lowat(b"GET / HTTP/1.1\r\n\r\n"), UNSENT_LIMIT);
+        let mut flood = PREFACE.to_vec();
+        flood.extend(settings());
+        let quiet = lowat(&flood);
+        assert_ne!(quiet, UNSENT_LIMIT);
+        flood.extend(ping().repeat(FLOOD_LIMIT as usize));
+        assert_eq!(lowat(&flood), UNSENT_LIMIT);
+        let mut http1 = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        http1.extend(ping().repeat(200));
+        assert_eq!(lowat(&http1), quiet);
     }
 
     #[tokio::test(start_paused = true)]
