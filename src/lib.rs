@@ -62,13 +62,14 @@
 //!
 //! | signal | control socket | API | effect |
 //! |---|---|---|---|
-//! | TERM, QUIT | `stop` | `request_stop(true)` | graceful stop: workers stop accepting and finish in-flight requests within the graceful timeout, then are killed; `serve` returns `Ok` |
+//! | TERM, QUIT | `stop` | `request_stop(true)` | graceful stop: unready at once; after the shutdown delay (default none) workers stop accepting, serve what waits in the accept queue and finish in-flight requests within the graceful timeout, then are killed; `serve` returns `Ok` |
 //! | INT | | `request_stop(false)` | fast stop: workers drop their connections and exit; killed after 1 s |
 //! | HUP | `reload` | `request_reload()` | rolling reload: a new generation starts; the old one drains once all of it serves |
-//! | USR2 | | | binary upgrade: the binary runs again as a new master with the sockets; the old one drains once it serves |
+//! | USR2 | `upgrade` | | binary upgrade: the binary (as invoked) runs again as a new master with the sockets; the old one drains once it serves |
 //! | TTIN, TTOU | `incr`, `decr` | `request_scale(..)` | one worker more, one fewer |
 //! | CHLD | | | reap and respawn |
-//! | | `status` | | the master and one row per worker |
+//! | | `status`, `status-json` | | the master and one row per worker |
+//! | | `drain`, `undrain` | `request_drain(..)` | the health port's `/readyz` answers 503 (200 again) while the workers keep serving |
 //!
 //! ## Feature flags
 //!

@@ -4,7 +4,7 @@
 //! (TTIN/TTOU: one worker slot more or fewer).
 //!
 //! Nothing here stops a worker before its replacement serves; which workers to retire is
-//! [`policy::retirements`](super::policy::retirements), a pure function.
+//! [`policy::retirements`], a pure function.
 
 use std::time::Instant;
 
