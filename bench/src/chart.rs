@@ -276,6 +276,7 @@ mod tests {
                     p50_ms: Some(2.0),
                     p99_ms: Some(20.0),
                     errors: Errors::default(),
+                    bytes_read: None,
                 },
                 ready_ms: 3.0,
                 ready_by: ReadyBy::ReadyLine,
