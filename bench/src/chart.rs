@@ -7,7 +7,7 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
 use crate::report::{self, Meta, Row};
-use crate::run::{Run, ServerSpec, Workload};
+use crate::run::{Figure, Run, ServerSpec, Workload};
 
 const WHISKER: RGBColor = RGBColor(0x22, 0x22, 0x22);
 const ROW_PX: u32 = 30;
@@ -39,7 +39,7 @@ fn draw(
         .map(|&w| {
             let rows = report::rows(runs, w, servers)
                 .into_iter()
-                .filter(|r| r.rps.is_some())
+                .filter(|r| r.figure.is_some())
                 .collect();
             (w, rows)
         })
@@ -63,7 +63,7 @@ fn draw(
         (15, 12),
     )?;
     title.draw_text(
-        "bars: median req/s (whisker: min–max over rounds); right: p50 (dot) to p99 (diamond), log scale",
+        "bars: each workload's median figure (whisker: min–max over rounds); right: p50 (dot) to p99 (diamond), log scale",
         &("sans-serif", 13).into_font().color(&BLACK),
         (15, 38),
     )?;
@@ -128,11 +128,14 @@ where
 {
     let max = rows
         .iter()
-        .filter_map(|r| r.rps.map(|s| s.max))
+        .filter_map(|r| r.figure.map(|s| s.max))
         .fold(1.0, f64::max);
     let n = rows.len();
     let mut chart = ChartBuilder::on(area)
-        .caption(format!("{}: req/s", w.name()), ("sans-serif", 16))
+        .caption(
+            format!("{}: {}", w.name(), w.figure().unit()),
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(190)
@@ -144,10 +147,10 @@ where
         .y_labels(n)
         .y_label_formatter(&|v| label_of(rows, v))
         .x_labels(6)
-        .x_label_formatter(&|v| report::thousands(*v))
+        .x_label_formatter(&|v| axis_label(w.figure(), *v))
         .draw()?;
     for (i, r) in rows.iter().enumerate() {
-        let Some(s) = r.rps else { continue };
+        let Some(s) = r.figure else { continue };
         let y = seg(rows, i);
         let mut bar = Rectangle::new(
             [
@@ -168,12 +171,27 @@ where
             )))?;
         }
         chart.draw_series(std::iter::once(Text::new(
-            format!(" {}", report::thousands(s.median)),
+            format!(" {}", bar_label(w.figure(), s.median)),
             (s.max.max(s.median), SegmentValue::CenterOf(y)),
             ("sans-serif", 12),
         )))?;
     }
     Ok(())
+}
+
+/// Whole numbers with thousands separators; KiB per connection with decimals (they are small).
+fn axis_label(f: Figure, v: f64) -> String {
+    match f {
+        Figure::KibPerConn => format!("{v:.1}"),
+        _ => report::thousands(v),
+    }
+}
+
+fn bar_label(f: Figure, v: f64) -> String {
+    match f {
+        Figure::KibPerConn => format!("{v:.2}"),
+        _ => report::thousands(v),
+    }
 }
 
 fn latency<DB: DrawingBackend>(
@@ -276,6 +294,7 @@ mod tests {
                     p50_ms: Some(2.0),
                     p99_ms: Some(20.0),
                     errors: Errors::default(),
+                    bytes_read: None,
                 },
                 ready_ms: 3.0,
                 ready_by: ReadyBy::ReadyLine,
@@ -285,6 +304,7 @@ mod tests {
                 cpu_s: 1.0,
                 cpu_us_per_req: Some(8.0),
                 stop: None,
+                idle: None,
             })),
         }
     }

@@ -3,7 +3,8 @@
 //! - `forklift-bench` (src/main.rs) runs forklift, its peers and the ceiling side by side in
 //!   interleaved rounds: [`run`] starts each server and its load generator, [`parse`] reads
 //!   wrk's and oha's reports, [`stats`] and [`report`] summarise the rounds as markdown and
-//!   JSON, [`chart`] draws the SVG.
+//!   JSON, [`chart`] draws the SVG. The static workloads serve the files of [`docroot`]; the
+//!   idle workload's client is the harness itself ([`idle`]).
 //! - `forklift-chaos` (src/chaos/, one file per fault scenario) drives forklift through
 //!   forklift-testkit's server guard, client and /proc readers, the ones the CLI's integration
 //!   tests use.
@@ -14,6 +15,8 @@
 
 pub mod chart;
 pub mod clock;
+pub mod docroot;
+pub mod idle;
 pub mod machine;
 pub mod parse;
 pub mod procs;

@@ -10,8 +10,8 @@ use clap::Parser;
 use forklift_bench::clock::{file_stamp, utc_date_time};
 use forklift_bench::machine::{cpu_model, loadavg, read_trim};
 use forklift_bench::procs;
-use forklift_bench::run::{self, Plan, Run, ServerKind, ServerSpec, Workload, SERVERS};
-use forklift_bench::{chart, report};
+use forklift_bench::run::{self, Plan, Run, ServerKind, ServerSpec, Tool, Workload, SERVERS};
+use forklift_bench::{chart, docroot, report};
 use forklift_testkit::groups;
 
 /// Benchmark forklift against its peers (nginx, fasthttp) and the ceiling on 127.0.0.1.
@@ -21,11 +21,13 @@ use forklift_testkit::groups;
 #[derive(Debug, Parser)]
 #[command(name = "forklift-bench")]
 struct Args {
-    /// Short run: 1 round, 20000 requests for conn, 3 s for keepalive and sleep
+    /// Short run: 1 round, 20000 requests for conn, 3 s for the wrk workloads; by default only
+    /// conn, keepalive and sleep
     #[arg(long, conflicts_with = "full")]
     quick: bool,
 
-    /// Full run (the default): 3 rounds, 100000 requests for conn, 10 s for keepalive and sleep
+    /// Full run (the default): 3 rounds, 100000 requests for conn, 10 s for the wrk workloads;
+    /// every workload
     #[arg(long)]
     full: bool,
 
@@ -41,7 +43,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     servers: Vec<String>,
 
-    /// Workloads to run, comma-separated [default: all]: conn, keepalive, sleep
+    /// Workloads to run, comma-separated [default: all when full, conn,keepalive,sleep when
+    /// quick]: conn, keepalive, sleep, static-small, static-big, idle
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     workloads: Vec<String>,
 
@@ -49,9 +52,16 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
 
-    /// Seconds per keepalive and sleep run (wrk -d), overriding the mode's
+    /// Seconds per keepalive, sleep, static-small and static-big run (wrk -d), overriding the
+    /// mode's
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration: Option<u64>,
+
+    /// Connections the idle workload holds (at most 19000: nginx-static.conf.in lets one
+    /// nginx worker take 20000)
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=19_000))]
+    idle_connections: u64,
 
     /// Directory for the results [default: bench/results in the repository]
     #[arg(long, value_name = "DIR")]
@@ -176,7 +186,7 @@ fn bench(args: Args) -> Result<ExitCode, String> {
                     continue;
                 }
             }
-            ServerKind::Peer | ServerKind::NginxWith(_) => {
+            ServerKind::Peer | ServerKind::NginxPeer(_) | ServerKind::NginxWith(_) => {
                 if let Err(why) = &peers_ready {
                     let n = format!("{} skipped: {why}", s.name);
                     eprintln!("forklift-bench: {n}");
@@ -193,46 +203,119 @@ fn bench(args: Args) -> Result<ExitCode, String> {
 
     // Workloads and their tools.
     let mut workloads: Vec<Workload> = if args.workloads.is_empty() {
-        Workload::ALL.to_vec()
+        if quick {
+            Workload::QUICK.to_vec()
+        } else {
+            Workload::ALL.to_vec()
+        }
     } else {
         args.workloads
             .iter()
             .map(|w| {
-                Workload::parse(w.trim())
-                    .ok_or_else(|| format!("unknown workload {w:?}; known: conn, keepalive, sleep"))
+                Workload::parse(w.trim()).ok_or_else(|| {
+                    format!(
+                        "unknown workload {w:?}; known: {}",
+                        Workload::ALL.map(Workload::name).join(", ")
+                    )
+                })
             })
             .collect::<Result<_, _>>()?
     };
     workloads.dedup();
     let oha = find_oha();
     let wrk = procs::on_path("wrk");
-    if oha.is_none() && workloads.contains(&Workload::Conn) {
-        let n = "conn skipped: oha not found (cargo install oha --locked)".to_string();
-        eprintln!("forklift-bench: {n}");
-        notices.push(n);
-        workloads.retain(|w| *w != Workload::Conn);
-    }
-    if wrk.is_none() {
-        let n = "keepalive and sleep skipped: wrk not found (../shared/peers/setup.sh installs it)";
-        if workloads.iter().any(|w| *w != Workload::Conn) {
-            eprintln!("forklift-bench: {n}");
-            notices.push(n.to_string());
+    let missing = |tool: Tool| match tool {
+        Tool::Oha => oha
+            .is_none()
+            .then_some("oha not found (cargo install oha --locked)"),
+        Tool::Wrk => wrk
+            .is_none()
+            .then_some("wrk not found (../shared/peers/setup.sh installs it)"),
+        Tool::Harness => None,
+    };
+    let mut runnable = Vec::new();
+    for w in workloads {
+        match missing(w.tool()) {
+            Some(why) => {
+                let n = format!("{} skipped: {why}", w.name());
+                eprintln!("forklift-bench: {n}");
+                notices.push(n);
+            }
+            None => runnable.push(w),
         }
-        workloads.retain(|w| *w == Workload::Conn);
     }
+    let mut workloads = runnable;
     if workloads.is_empty() {
         return Err("no workload to run".into());
     }
-    if workloads.contains(&Workload::Sleep) && servers.iter().any(|s| !s.serves(Workload::Sleep)) {
-        notices.push(
-            "peers and the ceiling have no /sleep endpoint: the sleep workload runs forklift only"
-                .into(),
-        );
+    for w in &workloads {
+        let skipped: Vec<String> = servers
+            .iter()
+            .filter_map(|s| s.skip_reason(*w).map(|why| format!("{} ({why})", s.name)))
+            .collect();
+        if !skipped.is_empty() {
+            notices.push(format!("{}: skipped {}", w.name(), skipped.join(", ")));
+        }
     }
 
     let target_dir = exe_dir
         .parent()
         .map_or_else(|| repo.join("target"), Path::to_path_buf);
+    let log_dir = target_dir.join("bench-logs");
+    let files = workloads.iter().any(|w| w.serves_files());
+    let docroot = if files {
+        std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+        let root = docroot::create(&log_dir).map_err(|e| {
+            format!(
+                "cannot write the document root in {}: {e}",
+                log_dir.display()
+            )
+        })?;
+        notices.push(format!(
+            "document root of the static workloads: {} (4k.bin, 1m.bin: random bytes)",
+            root.display()
+        ));
+        root
+    } else {
+        log_dir.join("docroot")
+    };
+    let idle_connections = args.idle_connections as usize;
+    if workloads.contains(&Workload::Idle) {
+        // The harness holds every connection and each server may hold them all in one worker;
+        // the servers inherit the harness's limit (nginx sets its own, worker_rlimit_nofile).
+        let want = (idle_connections as u64 + 1024).max(20_000);
+        match procs::raise_nofile(want) {
+            Ok((old, new)) if new >= idle_connections as u64 + 256 => {
+                notices.push(format!(
+                    "idle: RLIMIT_NOFILE of the harness and the servers it starts {}",
+                    if old == new {
+                        format!("{new} (already enough)")
+                    } else {
+                        format!("raised from {old} to {new}")
+                    }
+                ));
+            }
+            Ok((_, new)) => {
+                let n = format!(
+                    "idle skipped: RLIMIT_NOFILE is {new}, too few for {idle_connections} \
+                     connections (raise the hard limit)"
+                );
+                eprintln!("forklift-bench: {n}");
+                notices.push(n);
+                workloads.retain(|w| *w != Workload::Idle);
+            }
+            Err(e) => {
+                let n = format!("idle skipped: cannot read or raise RLIMIT_NOFILE: {e}");
+                eprintln!("forklift-bench: {n}");
+                notices.push(n);
+                workloads.retain(|w| *w != Workload::Idle);
+            }
+        }
+        if workloads.is_empty() {
+            return Err("no workload to run".into());
+        }
+    }
+
     let plan = Plan {
         rounds,
         servers,
@@ -246,7 +329,9 @@ fn bench(args: Args) -> Result<ExitCode, String> {
             .requests
             .unwrap_or(if quick { 20_000 } else { 100_000 }),
         wrk_secs: args.duration.unwrap_or(if quick { 3 } else { 10 }),
-        log_dir: target_dir.join("bench-logs"),
+        idle_connections,
+        docroot,
+        log_dir,
     };
 
     let mut tools = vec![format!("forklift {}", forklift.display())];
@@ -284,7 +369,13 @@ fn bench(args: Args) -> Result<ExitCode, String> {
         load_commands: plan
             .workloads
             .iter()
-            .map(|&w| (w, load_command_text(&plan, w)))
+            .map(|&w| {
+                let text = match w.tool() {
+                    Tool::Harness => plan.idle_text(),
+                    Tool::Oha | Tool::Wrk => format!("`{}`", load_command_text(&plan, w)),
+                };
+                (w, text)
+            })
             .collect(),
         notices,
     };
@@ -409,8 +500,11 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim().to_string()
 }
 
+/// The load generator's command line, with PORT for the port (empty for the idle workload).
 fn load_command_text(plan: &Plan, w: Workload) -> String {
-    let (prog, args) = plan.load_command(w, 0);
+    let Some((prog, args)) = plan.load_command(w, 0) else {
+        return String::new();
+    };
     let prog = prog.file_name().map_or_else(
         || prog.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -455,6 +549,8 @@ mod tests {
             wrk: "/usr/bin/wrk".into(),
             conn_requests: 100_000,
             wrk_secs: 10,
+            idle_connections: 10_000,
+            docroot: "/tmp/docroot".into(),
             log_dir: "/tmp".into(),
         };
         assert_eq!(
@@ -469,5 +565,15 @@ mod tests {
             load_command_text(&plan, Workload::Sleep),
             "wrk -t 2 -c 512 -d 10 --latency 'http://127.0.0.1:PORT/sleep?ms=100'"
         );
+        assert_eq!(
+            load_command_text(&plan, Workload::StaticSmall),
+            "wrk -t 2 -c 256 -d 10 --latency http://127.0.0.1:PORT/4k.bin"
+        );
+        assert_eq!(
+            load_command_text(&plan, Workload::StaticBig),
+            "wrk -t 2 -c 32 -d 10 --latency http://127.0.0.1:PORT/1m.bin"
+        );
+        assert_eq!(load_command_text(&plan, Workload::Idle), "");
+        assert!(plan.idle_text().contains("10000 connections"));
     }
 }

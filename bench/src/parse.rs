@@ -18,6 +18,20 @@ pub struct LoadReport {
     /// 99th-percentile latency in milliseconds, when any request completed.
     pub p99_ms: Option<f64>,
     pub errors: Errors,
+    /// Bytes read from the server, heads included (wrk's "read"; not given by oha).
+    #[serde(default)]
+    pub bytes_read: Option<u64>,
+}
+
+/// Bytes in a MiB, the unit of wrk's "MB" and of the static-big table.
+pub const MIB: f64 = 1024.0 * 1024.0;
+
+impl LoadReport {
+    /// Throughput in MiB (2^20 bytes) per second: the bytes read over the load's wall time.
+    pub fn mib_per_s(&self) -> Option<f64> {
+        let bytes = self.bytes_read?;
+        (self.duration_s > 0.0).then(|| bytes as f64 / MIB / self.duration_s)
+    }
 }
 
 /// Failed requests, by kind.
@@ -79,6 +93,7 @@ pub fn parse_wrk(text: &str) -> Result<LoadReport, String> {
     let mut rps = None;
     let mut p50_ms = None;
     let mut p99_ms = None;
+    let mut bytes_read = None;
     let mut errors = Errors::default();
     let mut in_distribution = false;
 
@@ -125,10 +140,16 @@ pub fn parse_wrk(text: &str) -> Result<LoadReport, String> {
         } else if let Some((n, rest)) = line.split_once(" requests in ") {
             // "1000 requests in 10.00s, 120.00KB read"
             requests = Some(parse_num(n.trim(), "requests")? as u64);
-            let d = rest.split(',').next().unwrap_or("").trim();
+            let (d, read) = rest.split_once(',').unwrap_or((rest, ""));
+            let d = d.trim();
             duration_s = Some(
                 parse_wrk_time_ms(d).ok_or_else(|| format!("wrk: bad duration {d:?}"))? / 1000.0,
             );
+            if let Some(size) = read.trim().strip_suffix(" read") {
+                bytes_read = Some(
+                    parse_wrk_bytes(size).ok_or_else(|| format!("wrk: bad size {size:?}"))? as u64,
+                );
+            }
         }
     }
 
@@ -146,6 +167,7 @@ pub fn parse_wrk(text: &str) -> Result<LoadReport, String> {
         p50_ms,
         p99_ms,
         errors,
+        bytes_read,
     })
 }
 
@@ -168,6 +190,19 @@ fn parse_wrk_time_ms(s: &str) -> Option<f64> {
         _ => return None,
     };
     Some(v * factor)
+}
+
+/// wrk's sizes: a number with two decimals and a unit of B, KB, MB, GB, TB or PB, each 1024
+/// times the one before (wrk's `format_binary`). Returns bytes, to within the rounding of the
+/// last decimal (0.5% at worst, from 1.00 of a unit up).
+fn parse_wrk_bytes(s: &str) -> Option<f64> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    let power = ["B", "KB", "MB", "GB", "TB", "PB"]
+        .iter()
+        .position(|u| *u == unit)?;
+    Some(v * 1024f64.powi(power as i32))
 }
 
 /// The parts of oha's `--output-format json` report the harness reads.
@@ -232,6 +267,7 @@ pub fn parse_oha(json: &str) -> Result<LoadReport, String> {
         p50_ms: pct("p50"),
         p99_ms: pct("p99"),
         errors,
+        bytes_read: None,
     })
 }
 
@@ -283,6 +319,7 @@ Transfer/sec:    102.40KB
         assert!((r.p99_ms.unwrap() - 0.812).abs() < 1e-9);
         assert_eq!(r.errors.total(), 0);
         assert_eq!(r.errors.breakdown(), "");
+        assert_eq!(r.bytes_read, Some((36.2 * MIB) as u64));
     }
 
     #[test]
@@ -296,10 +333,59 @@ Transfer/sec:    102.40KB
         assert_eq!((e.connect, e.read, e.write, e.timeout), (3, 12, 1, 40));
         assert_eq!(e.non_2xx, 7);
         assert_eq!(e.total(), 63);
+        assert_eq!(r.bytes_read, Some((6.0 * MIB) as u64));
         assert_eq!(
             e.breakdown(),
             "non-2xx 7, connect 3, read 12, write 1, timeout 40"
         );
+    }
+
+    /// static-big: 1 MiB files, so gigabytes read.
+    const WRK_BIG: &str = "\
+Running 3s test @ http://127.0.0.1:20001/1m.bin
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    14.10ms    3.00ms  40.00ms   75.00%
+    Req/Sec     1.13k    80.00     1.30k    70.00%
+  Latency Distribution
+     50%   13.50ms
+     75%   15.80ms
+     90%   18.00ms
+     99%   27.40ms
+  6800 requests in 3.00s, 6.64GB read
+Requests/sec:   2266.67
+Transfer/sec:      2.21GB
+";
+
+    #[test]
+    fn wrk_bytes_read_give_mib_per_s() {
+        let r = parse_wrk(WRK_BIG).unwrap();
+        assert_eq!(r.requests, 6800);
+        assert_eq!(r.bytes_read, Some((6.64 * 1024.0 * MIB) as u64));
+        // 6.64 GiB in 3 s.
+        let mib_s = r.mib_per_s().unwrap();
+        assert!((mib_s - 6.64 * 1024.0 / 3.0).abs() < 1e-3, "{mib_s}");
+        // Within wrk's rounding of the size of 6,800 responses of 1 MiB and their heads.
+        assert!((mib_s / (6800.0 / 3.0) - 1.0).abs() < 0.005, "{mib_s}");
+        // No bytes, no MiB/s; no time, no MiB/s.
+        let mut none = r.clone();
+        none.bytes_read = None;
+        assert_eq!(none.mib_per_s(), None);
+        none.bytes_read = Some(1);
+        none.duration_s = 0.0;
+        assert_eq!(none.mib_per_s(), None);
+    }
+
+    #[test]
+    fn wrk_size_units() {
+        assert_eq!(parse_wrk_bytes("512.00B"), Some(512.0));
+        assert_eq!(parse_wrk_bytes("120.00KB"), Some(120.0 * 1024.0));
+        assert_eq!(parse_wrk_bytes("1.50MB"), Some(1.5 * MIB));
+        assert_eq!(parse_wrk_bytes("2.00GB"), Some(2.0 * 1024.0 * MIB));
+        assert_eq!(parse_wrk_bytes("1.00TB"), Some(MIB * MIB));
+        assert_eq!(parse_wrk_bytes("12"), None);
+        assert_eq!(parse_wrk_bytes("3.0XB"), None);
+        assert_eq!(parse_wrk_bytes("MB"), None);
     }
 
     #[test]
@@ -356,6 +442,7 @@ Transfer/sec:    102.40KB
         assert_eq!(r.errors.non_2xx, 20);
         assert_eq!(r.errors.aborted_by_deadline, 5);
         assert_eq!(r.errors.total(), 35);
+        assert_eq!((r.bytes_read, r.mib_per_s()), (None, None));
     }
 
     #[test]

@@ -127,3 +127,39 @@ pub fn is_executable(p: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// Raises this process's soft RLIMIT_NOFILE to at least `want` (children inherit it): up to
+/// the hard limit, and the hard limit too when allowed (root). Returns the soft limit before
+/// and after; never lowers it.
+pub fn raise_nofile(want: u64) -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    if old >= want {
+        return Ok((old, old));
+    }
+    let set = |cur: u64, max: u64| {
+        let l = libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: max,
+        };
+        // SAFETY: setrlimit(2) reads the struct we pass.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 }
+    };
+    let new = if lim.rlim_max < want && set(want, want) {
+        want
+    } else {
+        let cur = want.min(lim.rlim_max);
+        if !set(cur, lim.rlim_max) {
+            return Err(io::Error::last_os_error());
+        }
+        cur
+    };
+    Ok((old, new))
+}

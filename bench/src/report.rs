@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::idle;
 use crate::parse::Errors;
-use crate::run::{Outcome, ReadyBy, Run, ServerSpec, Workload};
+use crate::run::{Figure, Outcome, ReadyBy, Run, Sample, ServerSpec, Workload};
 use crate::stats::Spread;
 
 /// The server the ratio column divides by.
@@ -31,7 +32,8 @@ pub struct Meta {
     pub loadavg_before: String,
     pub loadavg_after: String,
     pub tools: Vec<String>,
-    /// The load commands, with PORT standing for the server's port.
+    /// The load commands (in backquotes, with PORT standing for the server's port), or what
+    /// the harness does as the client.
     pub load_commands: Vec<(Workload, String)>,
     /// Servers skipped and why, and other remarks.
     pub notices: Vec<String>,
@@ -52,22 +54,50 @@ pub struct Row {
     pub skipped: Option<String>,
     pub ok_rounds: usize,
     pub failures: Vec<(usize, String)>,
+    /// The workload's [`Figure`] (req/s, MiB/s or KiB per idle connection).
+    pub figure: Option<Spread>,
+    /// The figure by round, for ratios paired within a round.
+    pub figure_by_round: BTreeMap<usize, f64>,
     pub rps: Option<Spread>,
-    /// req/s by round, for ratios paired within a round.
-    pub rps_by_round: BTreeMap<usize, f64>,
     pub p50_ms: Option<Spread>,
     pub p99_ms: Option<Spread>,
     pub errors: Errors,
     pub cpu_us_per_req: Option<Spread>,
+    /// CPU µs per request by round, for ratios paired within a round.
+    pub cpu_by_round: BTreeMap<usize, f64>,
     pub master_rss_mib: Option<Spread>,
     pub worker_idle_mib: Option<Spread>,
     pub worker_peak_mib: Option<Spread>,
     pub workers: usize,
     pub ready_ms: Option<Spread>,
     pub ready_by: Option<ReadyBy>,
+    /// The idle workload's memory figures.
+    pub idle: Option<IdleRow>,
 }
 
-/// `reference / row` req/s, round by round (rounds where both served), summarised: a ratio
+/// The idle workload's figures over the rounds (PSS in MiB, summed over the server's
+/// processes).
+#[derive(Debug, Clone)]
+pub struct IdleRow {
+    pub connections: usize,
+    /// The fewest connections held in any round.
+    pub held_min: usize,
+    pub before_mib: Option<Spread>,
+    pub with_mib: Option<Spread>,
+    pub after_mib: Option<Spread>,
+    pub after_over_before: Option<Spread>,
+}
+
+/// A sample's value of its workload's figure.
+pub fn figure_of(w: Workload, x: &Sample) -> Option<f64> {
+    match w.figure() {
+        Figure::ReqPerSec => Some(x.load.rps),
+        Figure::MibPerSec => x.load.mib_per_s(),
+        Figure::KibPerConn => x.idle.as_ref()?.kib_per_conn,
+    }
+}
+
+/// `reference / row`, round by round (rounds where both have the figure), summarised: a ratio
 /// taken within one round is spared the drift between rounds that a ratio of medians is not.
 pub fn paired_ratio(
     reference: &BTreeMap<usize, f64>,
@@ -91,13 +121,14 @@ pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
                 .iter()
                 .filter(|r| r.workload == w && r.server == s.name)
                 .collect();
-            let samples: Vec<_> = mine
+            let by_round: Vec<(usize, &Sample)> = mine
                 .iter()
                 .filter_map(|r| match &r.outcome {
-                    Outcome::Ok(x) => Some(x.as_ref()),
+                    Outcome::Ok(x) => Some((r.round, x.as_ref())),
                     Outcome::Failed(_) => None,
                 })
                 .collect();
+            let samples: Vec<&Sample> = by_round.iter().map(|(_, x)| *x).collect();
             let failures = mine
                 .iter()
                 .filter_map(|r| match &r.outcome {
@@ -105,29 +136,42 @@ pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
                     Outcome::Ok(_) => None,
                 })
                 .collect();
-            let rps_by_round: BTreeMap<usize, f64> = mine
+            let figure_by_round: BTreeMap<usize, f64> = by_round
                 .iter()
-                .filter_map(|r| match &r.outcome {
-                    Outcome::Ok(x) => Some((r.round, x.load.rps)),
-                    Outcome::Failed(_) => None,
-                })
+                .filter_map(|&(round, x)| figure_of(w, x).map(|v| (round, v)))
+                .collect();
+            let cpu_by_round: BTreeMap<usize, f64> = by_round
+                .iter()
+                .filter_map(|&(round, x)| x.cpu_us_per_req.map(|v| (round, v)))
                 .collect();
             let mib = |kib: u64| kib as f64 / 1024.0;
             let mut errors = Errors::default();
             for x in &samples {
                 add_errors(&mut errors, &x.load.errors);
             }
+            let idles: Vec<&idle::Figures> =
+                samples.iter().filter_map(|x| x.idle.as_ref()).collect();
+            let idle = (!idles.is_empty()).then(|| IdleRow {
+                connections: idles.iter().map(|i| i.connections).max().unwrap_or(0),
+                held_min: idles.iter().map(|i| i.held).min().unwrap_or(0),
+                before_mib: Spread::of(idles.iter().map(|i| mib(i.before.pss_kib))),
+                with_mib: Spread::of(idles.iter().map(|i| mib(i.with.pss_kib))),
+                after_mib: Spread::of(idles.iter().map(|i| mib(i.after.pss_kib))),
+                after_over_before: Spread::of(idles.iter().filter_map(|i| i.after_over_before)),
+            });
             Row {
                 server: s.name.to_string(),
-                skipped: (!s.serves(w)).then(|| "no /sleep endpoint".to_string()),
+                skipped: s.skip_reason(w).map(str::to_string),
                 ok_rounds: samples.len(),
                 failures,
-                rps: Spread::of(rps_by_round.values().copied()),
-                rps_by_round,
+                figure: Spread::of(figure_by_round.values().copied()),
+                figure_by_round,
+                rps: Spread::of(samples.iter().map(|x| x.load.rps)),
                 p50_ms: Spread::of(samples.iter().filter_map(|x| x.load.p50_ms)),
                 p99_ms: Spread::of(samples.iter().filter_map(|x| x.load.p99_ms)),
                 errors,
-                cpu_us_per_req: Spread::of(samples.iter().filter_map(|x| x.cpu_us_per_req)),
+                cpu_us_per_req: Spread::of(cpu_by_round.values().copied()),
+                cpu_by_round,
                 master_rss_mib: Spread::of(samples.iter().map(|x| mib(x.rss_kib.master_peak))),
                 worker_idle_mib: Spread::of(
                     samples
@@ -146,6 +190,7 @@ pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
                     .unwrap_or(0),
                 ready_ms: Spread::of(samples.iter().map(|x| x.ready_ms)),
                 ready_by: samples.first().map(|x| x.ready_by),
+                idle,
             }
         })
         .collect()
@@ -164,6 +209,99 @@ fn add_errors(sum: &mut Errors, e: &Errors) {
 }
 
 const DASH: &str = "—";
+
+/// A column of a workload's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Col {
+    /// The workload's figure, median and min–max.
+    Figure,
+    /// forklift's figure over this server's, paired within rounds.
+    Ratio,
+    Rps,
+    P50,
+    P99,
+    Errors,
+    Cpu,
+    /// forklift's CPU per request over this server's, paired within rounds.
+    CpuRatio,
+    Rss,
+    /// Idle: connections held.
+    Held,
+    /// Idle: PSS before, with and after the connections.
+    Memory,
+    /// Idle: PSS after close over PSS before.
+    AfterClose,
+    Ready,
+}
+
+/// The columns of `w`'s table after the server's name. The static workloads pair CPU per
+/// request too, the figure their targets compare besides throughput.
+fn columns(w: Workload) -> &'static [Col] {
+    use Col::*;
+    match w {
+        Workload::Conn | Workload::Keepalive | Workload::Sleep => {
+            &[Figure, Ratio, P50, P99, Errors, Cpu, Rss, Ready]
+        }
+        Workload::StaticSmall => &[Figure, Ratio, P50, P99, Errors, Cpu, CpuRatio, Rss, Ready],
+        Workload::StaticBig => &[
+            Figure, Ratio, Rps, P50, P99, Errors, Cpu, CpuRatio, Rss, Ready,
+        ],
+        Workload::Idle => &[
+            Figure, Ratio, Held, Memory, AfterClose, Errors, Cpu, P99, Ready,
+        ],
+    }
+}
+
+fn header(c: Col, w: Workload) -> String {
+    let idle = w == Workload::Idle;
+    match c {
+        Col::Figure => format!("{} (median, min–max)", w.figure().unit()),
+        Col::Ratio if w.figure().higher_is_better() => "forklift / this".into(),
+        Col::Ratio => "forklift / this (below 1: forklift holds less)".into(),
+        Col::Rps => "req/s".into(),
+        Col::P50 if idle => "connect + GET p50".into(),
+        Col::P50 => "p50".into(),
+        Col::P99 if idle => "connect + GET p99".into(),
+        Col::P99 => "p99".into(),
+        Col::Errors => "errors".into(),
+        Col::Cpu if idle => "CPU µs/conn".into(),
+        Col::Cpu => "CPU µs/req".into(),
+        Col::CpuRatio => "CPU/req forklift / this".into(),
+        Col::Rss => "RSS master / worker idle / worker peak".into(),
+        Col::Held => "connections held".into(),
+        Col::Memory => "PSS before / with / after close (MiB)".into(),
+        Col::AfterClose => "PSS after close / before".into(),
+        Col::Ready => "ready in".into(),
+    }
+}
+
+/// What a table's figures are, where the general explanation at the top does not say.
+fn explanation(w: Workload) -> Option<&'static str> {
+    match w {
+        Workload::StaticSmall | Workload::StaticBig => Some(
+            "forklift runs `forklift serve --dir ROOT --workers 2`; nginx runs \
+             bench/peers/nginx-static.conf.in (2 workers, `sendfile on; tcp_nopush on;`); ROOT \
+             holds 4k.bin and 1m.bin of random bytes, made by this run and checked byte for \
+             byte on each server before its load. MiB/s: the bytes wrk read (heads included, \
+             2^20 bytes to the MiB) over its wall time. forklift / this: above 1, forklift \
+             served more; CPU/req forklift / this: below 1, forklift spent less CPU per \
+             request; both paired within rounds. Servers that serve no files are skipped.",
+        ),
+        Workload::Idle => Some(
+            "The harness opens the connections itself, each answered (`GET /4k.bin`) before the \
+             next, and holds them idle. KiB per idle connection: the growth of the server's PSS \
+             (/proc/PID/smaps_rollup, summed over the master and its workers) from before the \
+             connections (after a warm-up of 64) to when all are open and answered, divided by \
+             the connections held (still open on both sides). forklift / this: below 1, \
+             forklift holds less per connection (paired within rounds). PSS after close: once \
+             the client has closed them all and the server its side (/proc/net/tcp), when the \
+             PSS stops moving; after close / before: 1.00 means it gave everything back. CPU \
+             µs/conn: the server's CPU from the warm-up to the end, per connection answered; \
+             connect + GET: the client's time to connect and get the answer.",
+        ),
+        _ => None,
+    }
+}
 
 /// The whole markdown report.
 pub fn markdown(
@@ -189,7 +327,7 @@ pub fn markdown(
     let _ = writeln!(md, "- command: `{}`", meta.command);
     let _ = writeln!(md, "- tools: {}", meta.tools.join("; "));
     for (w, cmd) in &meta.load_commands {
-        let _ = writeln!(md, "- {}: `{cmd}`", w.name());
+        let _ = writeln!(md, "- {}: {cmd}", w.name());
     }
     for n in &meta.notices {
         let _ = writeln!(md, "- note: {n}");
@@ -197,9 +335,9 @@ pub fn markdown(
     let _ = writeln!(
         md,
         "\nEach round runs every workload on every server in turn (a fresh server each time); \
-         figures are medians over the rounds, req/s also with min–max. \
-         forklift / this: forklift's req/s divided by this server's in the same round, the \
-         median (and min–max) over the rounds. \
+         figures are medians over the rounds, the first also with min–max. \
+         forklift / this: forklift's figure (req/s, MiB/s or KiB per connection) divided by \
+         this server's in the same round, the median (and min–max) over the rounds. \
          RSS in MiB: master peak during the load / largest worker RSS idle (right before the \
          load) / largest worker peak during the load. CPU µs/req: the server's user+sys CPU \
          (master and workers) during the load divided by the requests completed. Errors: \
@@ -208,88 +346,113 @@ pub fn markdown(
 
     for &w in workloads {
         let rows = rows(runs, w, servers);
-        let reference = rows
-            .iter()
-            .find(|r| r.server == REFERENCE)
-            .map(|r| r.rps_by_round.clone());
+        let cols = columns(w);
+        let reference = rows.iter().find(|r| r.server == REFERENCE);
         let _ = writeln!(md, "\n## {}\n", w.title());
-        let _ = writeln!(
-            md,
-            "| server | req/s (median, min–max) | forklift / this | p50 | p99 | errors | CPU µs/req | RSS master / worker idle / worker peak | ready in |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        if let Some(text) = explanation(w) {
+            let _ = writeln!(md, "{text}\n");
+        }
+        let heads: Vec<String> = cols.iter().map(|&c| header(c, w)).collect();
+        let _ = writeln!(md, "| server | {} |", heads.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(cols.len()));
+        let dashes = vec![DASH; cols.len() - 1].join(" | ");
         let mut footnotes = Vec::new();
         let mut first_response_used = false;
         for r in &rows {
             if let Some(why) = &r.skipped {
-                let _ = writeln!(
-                    md,
-                    "| {} | skipped: {why} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
-                    r.server
-                );
+                let _ = writeln!(md, "| {} | skipped: {why} | {dashes} |", r.server);
                 continue;
             }
             for (round, e) in &r.failures {
                 footnotes.push(format!("{} failed in round {round}: {e}", r.server));
             }
-            let Some(rps) = r.rps else {
+            let Some(figure) = r.figure else {
                 let why = if r.failures.is_empty() {
                     "not run".to_string()
                 } else {
                     "**failed** (see below)".to_string()
                 };
-                let _ = writeln!(
-                    md,
-                    "| {} | {why} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} |",
-                    r.server
-                );
+                let _ = writeln!(md, "| {} | {why} | {dashes} |", r.server);
                 continue;
             };
-            let mut rps_cell = fmt_rps(rps);
-            if !r.failures.is_empty() {
-                rps_cell.push_str(&format!(
-                    " ({} of {} rounds failed)",
-                    r.failures.len(),
-                    r.failures.len() + r.ok_rounds
-                ));
-            }
-            let ratio = reference
-                .as_ref()
-                .and_then(|f| paired_ratio(f, &r.rps_by_round))
-                .map_or_else(|| DASH.to_string(), |x| fmt_ratio(&x));
-            let errors = match r.errors.total() {
-                0 => "0".to_string(),
-                n => format!("{n} ({})", r.errors.breakdown()),
-            };
-            let rss = format!(
-                "{} / {} / {}{}",
-                fmt_mib(r.master_rss_mib),
-                fmt_mib(r.worker_idle_mib),
-                fmt_mib(r.worker_peak_mib),
-                match r.workers {
-                    0 => " (one process)".to_string(),
-                    // Its first process serves too: "master" is one of n + 1 servers.
-                    n if r.server == CEILING => format!(" ({} processes, all serve)", n + 1),
-                    n => format!(" ({n} workers)"),
-                }
-            );
-            let ready = match (r.ready_ms, r.ready_by) {
-                (Some(s), Some(ReadyBy::FirstResponse)) => {
-                    first_response_used = true;
-                    format!("{}¹", fmt_ms(s.median))
-                }
-                (Some(s), _) => fmt_ms(s.median),
-                _ => DASH.to_string(),
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {rps_cell} | {ratio} | {} | {} | {errors} | {} | {rss} | {ready} |",
-                r.server,
-                r.p50_ms.map_or(DASH.to_string(), |s| fmt_ms(s.median)),
-                r.p99_ms.map_or(DASH.to_string(), |s| fmt_ms(s.median)),
-                r.cpu_us_per_req
-                    .map_or(DASH.to_string(), |s| format!("{:.1}", s.median)),
-            );
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|&c| match c {
+                    Col::Figure => {
+                        let mut cell = fmt_figure(w.figure(), figure);
+                        if !r.failures.is_empty() {
+                            cell.push_str(&format!(
+                                " ({} of {} rounds failed)",
+                                r.failures.len(),
+                                r.failures.len() + r.ok_rounds
+                            ));
+                        }
+                        cell
+                    }
+                    Col::Ratio => reference
+                        .and_then(|f| paired_ratio(&f.figure_by_round, &r.figure_by_round))
+                        .map_or_else(|| DASH.to_string(), |x| fmt_ratio(&x)),
+                    Col::CpuRatio => reference
+                        .and_then(|f| paired_ratio(&f.cpu_by_round, &r.cpu_by_round))
+                        .map_or_else(|| DASH.to_string(), |x| fmt_ratio(&x)),
+                    Col::Rps => r.rps.map_or(DASH.to_string(), |s| thousands(s.median)),
+                    Col::P50 => r.p50_ms.map_or(DASH.to_string(), |s| fmt_ms(s.median)),
+                    Col::P99 => r.p99_ms.map_or(DASH.to_string(), |s| fmt_ms(s.median)),
+                    Col::Errors => match r.errors.total() {
+                        0 => "0".to_string(),
+                        n => format!("{n} ({})", r.errors.breakdown()),
+                    },
+                    Col::Cpu => r
+                        .cpu_us_per_req
+                        .map_or(DASH.to_string(), |s| format!("{:.1}", s.median)),
+                    Col::Rss => format!(
+                        "{} / {} / {}{}",
+                        fmt_mib(r.master_rss_mib),
+                        fmt_mib(r.worker_idle_mib),
+                        fmt_mib(r.worker_peak_mib),
+                        match r.workers {
+                            0 => " (one process)".to_string(),
+                            // Its first process serves too: "master" is one of n + 1 servers.
+                            n if r.server == CEILING =>
+                                format!(" ({} processes, all serve)", n + 1),
+                            n => format!(" ({n} workers)"),
+                        }
+                    ),
+                    Col::Held => r.idle.as_ref().map_or(DASH.to_string(), |i| {
+                        if i.held_min == i.connections {
+                            thousands(i.held_min as f64)
+                        } else {
+                            format!(
+                                "{} of {} (fewest in a round)",
+                                thousands(i.held_min as f64),
+                                thousands(i.connections as f64)
+                            )
+                        }
+                    }),
+                    Col::Memory => r.idle.as_ref().map_or(DASH.to_string(), |i| {
+                        format!(
+                            "{} / {} / {}",
+                            fmt_mib(i.before_mib),
+                            fmt_mib(i.with_mib),
+                            fmt_mib(i.after_mib)
+                        )
+                    }),
+                    Col::AfterClose => r
+                        .idle
+                        .as_ref()
+                        .and_then(|i| i.after_over_before)
+                        .map_or(DASH.to_string(), |s| fmt_ratio(&s)),
+                    Col::Ready => match (r.ready_ms, r.ready_by) {
+                        (Some(s), Some(ReadyBy::FirstResponse)) => {
+                            first_response_used = true;
+                            format!("{}¹", fmt_ms(s.median))
+                        }
+                        (Some(s), _) => fmt_ms(s.median),
+                        _ => DASH.to_string(),
+                    },
+                })
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", r.server, cells.join(" | "));
         }
         let ceiling_ran = rows
             .iter()
@@ -313,6 +476,18 @@ pub fn markdown(
         }
     }
     md
+}
+
+/// A workload's figure: req/s and MiB/s as whole numbers with thousands separators, KiB per
+/// connection to two decimals; the range when there is more than one round.
+pub fn fmt_figure(f: Figure, s: Spread) -> String {
+    match f {
+        Figure::ReqPerSec | Figure::MibPerSec => fmt_rps(s),
+        Figure::KibPerConn if s.n > 1 => {
+            format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
+        }
+        Figure::KibPerConn => format!("{:.2}", s.median),
+    }
 }
 
 /// req/s with thousands separators; the range when there is more than one round.
@@ -413,6 +588,7 @@ mod tests {
                     p50_ms: Some(2.0),
                     p99_ms: Some(20.0),
                     errors: Errors::default(),
+                    bytes_read: None,
                 },
                 ready_ms: 3.0,
                 ready_by: ReadyBy::FirstResponse,
@@ -422,6 +598,7 @@ mod tests {
                 cpu_s: 1.0,
                 cpu_us_per_req: Some(8.0),
                 stop: None,
+                idle: None,
             }))
         };
         let meta = Meta {
@@ -478,5 +655,170 @@ mod tests {
         assert_eq!(fmt_rps(one), "1,500");
         let three = Spread::of([1500.0, 1000.0, 2000.0]).unwrap();
         assert_eq!(fmt_rps(three), "1,500 (1,000–2,000)");
+    }
+
+    /// A round of the static and idle workloads: forklift and nginx with the figures given,
+    /// the fasthttp peer and the ceiling skipped.
+    fn static_runs(round: usize, forklift: (f64, f64, f64), nginx: (f64, f64, f64)) -> Vec<Run> {
+        use crate::parse::{LoadReport, MIB};
+        use crate::run::Rss;
+        let sample = |w: Workload, (figure, cpu, kib_before): (f64, f64, f64)| {
+            let duration_s = 2.0;
+            let (rps, bytes_read, idle) = match w.figure() {
+                Figure::ReqPerSec => (figure, Some((figure * duration_s * 4200.0) as u64), None),
+                Figure::MibPerSec => (figure, Some((figure * duration_s * MIB) as u64), None),
+                Figure::KibPerConn => {
+                    // A thousandth of the figure, in KiB per connection.
+                    let before = kib_before as u64;
+                    let with = before + (figure * 10.0) as u64;
+                    let mem = |k| idle::Memory {
+                        rss_kib: k,
+                        pss_kib: k,
+                    };
+                    (
+                        5000.0,
+                        None,
+                        Some(idle::Figures {
+                            connections: 10_000,
+                            held: 10_000,
+                            server_side_open: 10_000,
+                            open_s: duration_s,
+                            before: mem(before),
+                            with: mem(with),
+                            after: mem(with),
+                            kib_per_conn: idle::per_connection_kib(before, with, 10_000),
+                            kib_per_conn_rss: idle::per_connection_kib(before, with, 10_000),
+                            after_over_before: idle::after_over_before(before, with),
+                            server_closed_ms: Some(300.0),
+                            fd_limits: vec!["20000".into()],
+                        }),
+                    )
+                }
+            };
+            Outcome::Ok(Box::new(Sample {
+                load: LoadReport {
+                    requests: (rps * duration_s) as u64,
+                    duration_s,
+                    rps,
+                    p50_ms: Some(2.0),
+                    p99_ms: Some(20.0),
+                    errors: Errors::default(),
+                    bytes_read,
+                },
+                ready_ms: 3.0,
+                ready_by: ReadyBy::ReadyLine,
+                master_pid: 1,
+                worker_pids: vec![2, 3],
+                rss_kib: Rss::default(),
+                cpu_s: 1.0,
+                cpu_us_per_req: Some(cpu),
+                stop: None,
+                idle,
+            }))
+        };
+        let mut runs = Vec::new();
+        for w in [Workload::StaticSmall, Workload::StaticBig, Workload::Idle] {
+            for (server, figures) in [("forklift", forklift), ("nginx", nginx)] {
+                runs.push(Run {
+                    round,
+                    workload: w,
+                    server: server.into(),
+                    port: 20_000,
+                    outcome: sample(w, figures),
+                });
+            }
+        }
+        runs
+    }
+
+    #[test]
+    fn static_and_idle_tables_lead_with_their_figure_and_pair_it() {
+        use crate::run::SERVERS;
+        let meta = Meta {
+            date_utc: String::new(),
+            command: String::new(),
+            mode: "full".into(),
+            rounds: 2,
+            nproc: 2,
+            kernel: String::new(),
+            cpu_model: String::new(),
+            loadavg_before: String::new(),
+            loadavg_after: String::new(),
+            tools: vec![],
+            load_commands: vec![],
+            notices: vec![],
+        };
+        // (figure, CPU µs/req, PSS before in KiB). Round 2 runs at half speed for both.
+        let mut runs = static_runs(1, (1000.0, 40.0, 5000.0), (4000.0, 10.0, 20_000.0));
+        runs.extend(static_runs(
+            2,
+            (500.0, 40.0, 5000.0),
+            (2000.0, 10.0, 20_000.0),
+        ));
+        let ws = [Workload::StaticSmall, Workload::StaticBig, Workload::Idle];
+        let servers: Vec<ServerSpec> = SERVERS
+            .iter()
+            .filter(|s| ["forklift", "nginx", "fasthttp-prefork", "ceiling"].contains(&s.name))
+            .copied()
+            .collect();
+        let md = markdown(&meta, &runs, &servers, &ws);
+        let table = |w: Workload| {
+            md.split(&format!("## {}", w.name()))
+                .nth(1)
+                .unwrap()
+                .split("\n## ")
+                .next()
+                .unwrap()
+                .to_string()
+        };
+
+        let small = table(Workload::StaticSmall);
+        assert!(small.contains("| server | req/s (median, min–max) | forklift / this |"));
+        assert!(small.contains("| CPU µs/req | CPU/req forklift / this |"));
+        // Paired: 0.25 in both rounds though the rounds differ by half; CPU 4× nginx's.
+        assert!(
+            small.contains("| nginx | 3,000 (2,000–4,000) | 0.25 (0.25–0.25) |"),
+            "{small}"
+        );
+        assert!(small.contains("| 10.0 | 4.00 (4.00–4.00) |"), "{small}");
+        assert!(small.contains("| fasthttp-prefork | skipped: serves no files | — |"));
+        assert!(small.contains("| ceiling | skipped: serves no files |"));
+        // Every row has as many cells as the header.
+        let cells = |line: &str| line.matches(" | ").count();
+        let lines: Vec<&str> = small.lines().filter(|l| l.starts_with("| ")).collect();
+        assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{small}");
+
+        let big = table(Workload::StaticBig);
+        assert!(big.contains("| server | MiB/s (median, min–max) | forklift / this | req/s |"));
+        assert!(
+            big.contains("| forklift | 750 (500–1,000) | 1.00 (1.00–1.00) | 750 |"),
+            "{big}"
+        );
+
+        let idle = table(Workload::Idle);
+        assert!(idle.contains(
+            "| KiB per idle connection (median, min–max) | forklift / this (below 1: forklift holds less) |"
+        ));
+        // forklift: 1 then 0.5 KiB per connection; nginx 4 then 2: forklift holds a quarter.
+        assert!(
+            idle.contains("| forklift | 0.75 (0.50–1.00) | 1.00 (1.00–1.00) | 10,000 |"),
+            "{idle}"
+        );
+        assert!(
+            idle.contains("| nginx | 3.00 (2.00–4.00) | 0.25 (0.25–0.25) | 10,000 |"),
+            "{idle}"
+        );
+        // PSS before / with / after (MiB) and after over before.
+        assert!(
+            idle.contains("| 4.9 / 12.2 / 12.2 | 2.50 (2.00–3.00) |"),
+            "{idle}"
+        );
+        assert!(
+            idle.contains("| 19.5 / 48.8 / 48.8 | 2.50 (2.00–3.00) |"),
+            "{idle}"
+        );
+        assert!(idle.contains("CPU µs/conn"));
+        let lines: Vec<&str> = idle.lines().filter(|l| l.starts_with("| ")).collect();
+        assert!(lines.iter().all(|l| cells(l) == cells(lines[0])), "{idle}");
     }
 }

@@ -10,11 +10,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use forklift_testkit::{groups, process};
+use forklift_testkit::{groups, http, process};
 use serde::Serialize;
 
 use crate::parse::{self, LoadReport};
 use crate::procs::{Group, Stopped};
+use crate::{docroot, idle};
 
 /// How long a server may take to serve after it is started.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -27,21 +28,74 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Workload {
     Conn,
     Keepalive,
     Sleep,
+    /// `/4k.bin` from the document root, 256 keep-alive connections.
+    StaticSmall,
+    /// `/1m.bin` from the document root, 32 keep-alive connections.
+    StaticBig,
+    /// 10,000 keep-alive connections held idle by the harness (bench/src/idle.rs).
+    Idle,
+}
+
+/// The figure a workload's table leads with, and the one its ratio column pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    /// Responses per second (higher is better).
+    ReqPerSec,
+    /// MiB read per second (higher is better).
+    MibPerSec,
+    /// KiB of server memory (PSS) per idle connection (lower is better).
+    KibPerConn,
+}
+
+impl Figure {
+    pub fn unit(self) -> &'static str {
+        match self {
+            Figure::ReqPerSec => "req/s",
+            Figure::MibPerSec => "MiB/s",
+            Figure::KibPerConn => "KiB per idle connection",
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        self != Figure::KibPerConn
+    }
+}
+
+/// What a workload needs that not every load tool or server has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Oha,
+    Wrk,
+    /// The harness is the client (the idle workload).
+    Harness,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 3] = [Workload::Conn, Workload::Keepalive, Workload::Sleep];
+    pub const ALL: [Workload; 6] = [
+        Workload::Conn,
+        Workload::Keepalive,
+        Workload::Sleep,
+        Workload::StaticSmall,
+        Workload::StaticBig,
+        Workload::Idle,
+    ];
+    /// `--quick` without `--workloads`: the static ones only on request, so the quick run of
+    /// every server stays under a minute.
+    pub const QUICK: [Workload; 3] = [Workload::Conn, Workload::Keepalive, Workload::Sleep];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Conn => "conn",
             Workload::Keepalive => "keepalive",
             Workload::Sleep => "sleep",
+            Workload::StaticSmall => "static-small",
+            Workload::StaticBig => "static-big",
+            Workload::Idle => "idle",
         }
     }
 
@@ -50,11 +104,55 @@ impl Workload {
             Workload::Conn => "conn: a new connection per request (oha)",
             Workload::Keepalive => "keepalive: 512 keep-alive connections, GET / (wrk)",
             Workload::Sleep => "sleep: 512 keep-alive connections, GET /sleep?ms=100 (wrk)",
+            Workload::StaticSmall => {
+                "static-small: 256 keep-alive connections, GET /4k.bin from a document root (wrk)"
+            }
+            Workload::StaticBig => {
+                "static-big: 32 keep-alive connections, GET /1m.bin from a document root (wrk)"
+            }
+            Workload::Idle => {
+                "idle: 10,000 keep-alive connections, one GET /4k.bin each, then idle (the harness)"
+            }
         }
     }
 
     pub fn parse(s: &str) -> Option<Workload> {
         Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+
+    /// Served from the document root: forklift `serve --dir`, nginx with
+    /// bench/peers/nginx-static.conf.in.
+    pub fn serves_files(self) -> bool {
+        matches!(
+            self,
+            Workload::StaticSmall | Workload::StaticBig | Workload::Idle
+        )
+    }
+
+    pub fn figure(self) -> Figure {
+        match self {
+            Workload::StaticBig => Figure::MibPerSec,
+            Workload::Idle => Figure::KibPerConn,
+            _ => Figure::ReqPerSec,
+        }
+    }
+
+    pub fn tool(self) -> Tool {
+        match self {
+            Workload::Conn => Tool::Oha,
+            Workload::Idle => Tool::Harness,
+            _ => Tool::Wrk,
+        }
+    }
+
+    /// The path asked for, and for the static workloads the file it is.
+    fn target(self) -> (String, Option<docroot::File>) {
+        match self {
+            Workload::Conn | Workload::Keepalive => ("/".into(), None),
+            Workload::Sleep => ("/sleep?ms=100".into(), None),
+            Workload::StaticSmall | Workload::Idle => (docroot::SMALL.path(), Some(docroot::SMALL)),
+            Workload::StaticBig => (docroot::BIG.path(), Some(docroot::BIG)),
+        }
     }
 }
 
@@ -64,6 +162,10 @@ pub enum ServerKind {
     Forklift(&'static [&'static str]),
     /// A peer from ../shared/peers, started with its start.sh.
     Peer,
+    /// nginx from ../shared/peers' start.sh, whose nginx.conf.in it fills in with these
+    /// `listen` options; for the static workloads, bench/peers/nginx-static.conf.in with the
+    /// same options.
+    NginxPeer(&'static str),
     /// nginx from ../shared/peers' nginx.conf.in, with these extra `listen` options (start.sh
     /// knows only the plain and reuseport forms).
     NginxWith(&'static str),
@@ -78,9 +180,25 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
-    /// Only forklift's demo has `/sleep` (the ceiling would answer it at once).
+    /// Why this server does not run workload `w`, if it does not: only forklift's demo has
+    /// `/sleep` (the ceiling would answer it at once); only forklift's prefork server and nginx
+    /// serve files.
+    pub fn skip_reason(&self, w: Workload) -> Option<&'static str> {
+        match (w, self.kind) {
+            (Workload::Sleep, ServerKind::Forklift(_)) => None,
+            (Workload::Sleep, _) => Some("no /sleep endpoint"),
+            (w, ServerKind::Forklift(extra)) if w.serves_files() => extra
+                .contains(&"--single-process")
+                .then_some("--single-process serves the demo only (no --dir)"),
+            (w, ServerKind::Peer | ServerKind::Ceiling) if w.serves_files() => {
+                Some("serves no files")
+            }
+            _ => None,
+        }
+    }
+
     pub fn serves(&self, w: Workload) -> bool {
-        w != Workload::Sleep || matches!(self.kind, ServerKind::Forklift(_))
+        self.skip_reason(w).is_none()
     }
 }
 
@@ -105,11 +223,11 @@ pub const SERVERS: [ServerSpec; 11] = [
     },
     ServerSpec {
         name: "nginx",
-        kind: ServerKind::Peer,
+        kind: ServerKind::NginxPeer(""),
     },
     ServerSpec {
         name: "nginx-reuseport",
-        kind: ServerKind::Peer,
+        kind: ServerKind::NginxPeer(" reuseport"),
     },
     // forklift's listeners use TCP_DEFER_ACCEPT; this is nginx with the same option.
     ServerSpec {
@@ -135,6 +253,9 @@ pub const SERVERS: [ServerSpec; 11] = [
     },
 ];
 
+/// nginx's config for the static workloads, filled in by [`nginx_static_conf`].
+const NGINX_STATIC_CONF: &str = include_str!("../peers/nginx-static.conf.in");
+
 /// Everything a run needs to know, resolved up front.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -151,14 +272,26 @@ pub struct Plan {
     pub conn_requests: u64,
     /// wrk's `-d` in seconds.
     pub wrk_secs: u64,
+    /// Connections the idle workload holds.
+    pub idle_connections: usize,
+    /// The static workloads' files ([`docroot::create`]).
+    pub docroot: PathBuf,
     pub log_dir: PathBuf,
 }
 
 impl Plan {
-    /// The load generator's command line for `w` against `port`.
-    pub fn load_command(&self, w: Workload, port: u16) -> (PathBuf, Vec<String>) {
+    /// The load generator's command line for `w` against `port`; None for the idle workload,
+    /// whose client is the harness itself.
+    pub fn load_command(&self, w: Workload, port: u16) -> Option<(PathBuf, Vec<String>)> {
         let base = format!("http://127.0.0.1:{port}");
         let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let wrk = |connections: &str| {
+            let mut a = strs(&["-t", "2", "-c", connections, "-d"]);
+            a.push(self.wrk_secs.to_string());
+            a.push("--latency".into());
+            a.push(format!("{base}{}", w.target().0));
+            (self.wrk.clone(), a)
+        };
         match w {
             Workload::Conn => {
                 let mut a = strs(&["-c", "500", "-n"]);
@@ -170,43 +303,63 @@ impl Plan {
                     "json",
                 ]));
                 a.push(format!("{base}/"));
-                (self.oha.clone(), a)
+                Some((self.oha.clone(), a))
             }
-            Workload::Keepalive | Workload::Sleep => {
-                let mut a = strs(&["-t", "2", "-c", "512", "-d"]);
-                a.push(self.wrk_secs.to_string());
-                a.push("--latency".into());
-                a.push(if w == Workload::Sleep {
-                    format!("{base}/sleep?ms=100")
-                } else {
-                    format!("{base}/")
-                });
-                (self.wrk.clone(), a)
-            }
+            Workload::Keepalive | Workload::Sleep => Some(wrk("512")),
+            Workload::StaticSmall => Some(wrk("256")),
+            Workload::StaticBig => Some(wrk("32")),
+            Workload::Idle => None,
         }
     }
 
-    /// The wall-clock bound of one load-generator run.
-    fn load_deadline(&self, w: Workload) -> Duration {
-        match w {
+    /// What the idle workload does, for the report's header.
+    pub fn idle_text(&self) -> String {
+        format!(
+            "forklift-bench itself: {} connections ({} threads, each opening its next connection \
+             once the last is answered), one keep-alive `GET {}` each, then idle; {} warm-up \
+             connections first",
+            self.idle_connections,
+            idle::OPEN_THREADS,
+            docroot::SMALL.path(),
+            idle::WARM_UP,
+        )
+    }
+
+    /// The wall-clock bound of one load-generator run (None for the idle workload: idle.rs
+    /// bounds each of its steps).
+    fn load_deadline(&self, w: Workload) -> Option<Duration> {
+        match w.tool() {
             // Generous: even 500 req/s finishes in time.
-            Workload::Conn => Duration::from_secs(60 + self.conn_requests / 500),
-            Workload::Keepalive | Workload::Sleep => Duration::from_secs(self.wrk_secs + 30),
+            Tool::Oha => Some(Duration::from_secs(60 + self.conn_requests / 500)),
+            Tool::Wrk => Some(Duration::from_secs(self.wrk_secs + 30)),
+            Tool::Harness => None,
         }
     }
 
-    /// The server's command line on `port`.
-    pub fn server_command(&self, s: &ServerSpec, port: u16) -> Command {
-        match s.kind {
+    /// The server's command line on `port` for workload `w`. For nginx and the static
+    /// workloads, it writes the config first.
+    pub fn server_command(
+        &self,
+        s: &ServerSpec,
+        w: Workload,
+        port: u16,
+    ) -> Result<Command, String> {
+        let files = w.serves_files();
+        Ok(match s.kind {
             ServerKind::Forklift(extra) => {
                 let mut c = Command::new(&self.forklift);
-                c.arg("serve")
-                    .arg("--listen")
+                c.arg("serve");
+                if files {
+                    c.arg("--dir").arg(&self.docroot);
+                }
+                c.arg("--listen")
                     .arg(format!("127.0.0.1:{port}"))
                     .args(extra);
                 c
             }
-            ServerKind::Peer => {
+            ServerKind::NginxPeer(opts) if files => self.nginx_static(s, opts, port)?,
+            ServerKind::NginxWith(opts) if files => self.nginx_static(s, opts, port)?,
+            ServerKind::Peer | ServerKind::NginxPeer(_) => {
                 let mut c = Command::new(&self.peers_start);
                 c.arg(s.name).arg(port.to_string());
                 c
@@ -237,8 +390,47 @@ impl Plan {
                     .arg(conf_in);
                 c
             }
-        }
+        })
     }
+
+    /// nginx from bench/peers/nginx-static.conf.in, its config and run directory in the log
+    /// directory.
+    fn nginx_static(
+        &self,
+        s: &ServerSpec,
+        listen_opts: &str,
+        port: u16,
+    ) -> Result<Command, String> {
+        let rundir = self.log_dir.join(format!("{}-static-{port}", s.name));
+        std::fs::create_dir_all(rundir.join("tmp"))
+            .map_err(|e| format!("{}: {e}", rundir.display()))?;
+        let conf = rundir.join("nginx.conf");
+        let text = nginx_static_conf(NGINX_STATIC_CONF, port, listen_opts, &rundir, &self.docroot);
+        std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        let mut c = Command::new("nginx");
+        c.arg("-p")
+            .arg(format!("{}/", rundir.display()))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(rundir.join("error.log"));
+        Ok(c)
+    }
+}
+
+/// Fills in nginx-static.conf.in's `@PORT@`, `@LISTEN_OPTS@`, `@RUNDIR@` and `@ROOT@`.
+pub fn nginx_static_conf(
+    template: &str,
+    port: u16,
+    listen_opts: &str,
+    rundir: &Path,
+    root: &Path,
+) -> String {
+    template
+        .replace("@PORT@", &port.to_string())
+        .replace("@LISTEN_OPTS@", listen_opts)
+        .replace("@RUNDIR@", &rundir.display().to_string())
+        .replace("@ROOT@", &root.display().to_string())
 }
 
 /// How the readiness time was measured.
@@ -275,9 +467,12 @@ pub struct Sample {
     pub rss_kib: Rss,
     /// Server CPU (user + sys, master and workers) spent during the load, in seconds.
     pub cpu_s: f64,
-    /// `cpu_s` per completed request, in microseconds.
+    /// `cpu_s` per completed request, in microseconds (idle: per connection opened).
     pub cpu_us_per_req: Option<f64>,
     pub stop: Option<Stopped>,
+    /// The idle workload's memory figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<idle::Figures>,
 }
 
 /// One server under one workload in one round.
@@ -309,7 +504,7 @@ pub fn run_all(plan: &Plan) -> Vec<Run> {
                     return runs;
                 }
                 eprint!(
-                    "[round {round}/{}] {:<9} {:<27} ",
+                    "[round {round}/{}] {:<12} {:<27} ",
                     plan.rounds,
                     w.name(),
                     s.name
@@ -319,15 +514,7 @@ pub fn run_all(plan: &Plan) -> Vec<Run> {
                     Err(e) => (0, Outcome::Failed(format!("no free port: {e}"))),
                 };
                 match &outcome {
-                    Outcome::Ok(x) => eprintln!(
-                        "{:>9.0} req/s  p50 {}  p99 {}  errors {}  cpu {} µs/req",
-                        x.load.rps,
-                        fmt_opt_ms(x.load.p50_ms),
-                        fmt_opt_ms(x.load.p99_ms),
-                        x.load.errors.total(),
-                        x.cpu_us_per_req
-                            .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
-                    ),
+                    Outcome::Ok(x) => eprintln!("{}", progress_line(w, x)),
                     Outcome::Failed(_) if groups::interrupted() => return runs,
                     Outcome::Failed(e) => eprintln!("FAILED: {e}"),
                 }
@@ -342,6 +529,36 @@ pub fn run_all(plan: &Plan) -> Vec<Run> {
         }
     }
     runs
+}
+
+/// One line of progress for a measurement: its workload's figure first.
+fn progress_line(w: Workload, x: &Sample) -> String {
+    let cpu = x
+        .cpu_us_per_req
+        .map_or_else(|| "-".into(), |v| format!("{v:.1}"));
+    let tail = format!(
+        "p50 {}  p99 {}  errors {}",
+        fmt_opt_ms(x.load.p50_ms),
+        fmt_opt_ms(x.load.p99_ms),
+        x.load.errors.total()
+    );
+    match (w.figure(), &x.idle) {
+        (Figure::KibPerConn, Some(i)) => format!(
+            "{} KiB/conn ({} held)  PSS {:.1} → {:.1} → {:.1} MiB  {tail}  cpu {cpu} µs/conn",
+            i.kib_per_conn
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            i.held,
+            i.before.pss_kib as f64 / 1024.0,
+            i.with.pss_kib as f64 / 1024.0,
+            i.after.pss_kib as f64 / 1024.0,
+        ),
+        (Figure::MibPerSec, _) => format!(
+            "{:>7.0} MiB/s  {:.0} req/s  {tail}  cpu {cpu} µs/req",
+            x.load.mib_per_s().unwrap_or(0.0),
+            x.load.rps
+        ),
+        _ => format!("{:>9.0} req/s  {tail}  cpu {cpu} µs/req", x.load.rps),
+    }
 }
 
 fn fmt_opt_ms(v: Option<f64>) -> String {
@@ -393,7 +610,7 @@ fn try_measure(
     let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let err_log = log.try_clone().map_err(|e| e.to_string())?;
 
-    let mut cmd = plan.server_command(s, port);
+    let mut cmd = plan.server_command(s, w, port)?;
     cmd.stdin(Stdio::null()).stderr(err_log);
     let forklift = matches!(s.kind, ServerKind::Forklift(_));
     if forklift {
@@ -445,7 +662,13 @@ fn serve_and_load(
     ready_rx: Option<mpsc::Receiver<(Instant, Vec<u32>)>>,
     log_path: &Path,
 ) -> Result<Sample, String> {
-    let (ready_ms, ready_by) = wait_ready(server, port, started, ready_rx, log_path)?;
+    let (path, file) = w.target();
+    // Only `GET /` answers 200 on every server; the static workloads' roots have no index.
+    let probe = if file.is_some() { path.as_str() } else { "/" };
+    let (ready_ms, ready_by) = wait_ready(server, port, probe, started, ready_rx, log_path)?;
+    if w.serves_files() {
+        check_files(plan, port)?;
+    }
     let master = server.pid();
 
     // Idle figures, right before the load.
@@ -457,7 +680,21 @@ fn serve_and_load(
     let cpu_before = process::tree_cpu_secs(master);
 
     let sampler = RssSampler::start(master);
-    let load = run_load(plan, w, port);
+    let (load, idle_figures) = match w.tool() {
+        Tool::Harness => {
+            let spec = idle::Spec {
+                port,
+                connections: plan.idle_connections,
+                path,
+                body_len: file.map_or(0, |f| f.len),
+            };
+            match idle::run(master, &spec) {
+                Ok((load, figures)) => (Ok(load), Some(figures)),
+                Err(e) => (Err(e), None),
+            }
+        }
+        Tool::Oha | Tool::Wrk => (run_load(plan, w, port), None),
+    };
     let peak = sampler.finish();
     let cpu_s = process::tree_cpu_secs(master) - cpu_before;
     let load = load?;
@@ -500,7 +737,31 @@ fn serve_and_load(
         cpu_s,
         cpu_us_per_req,
         stop: None,
+        idle: idle_figures,
     })
+}
+
+/// Does the server answer each file of the document root with its bytes? wrk counts any 2xx
+/// as served; this makes sure a 200 is the file.
+fn check_files(plan: &Plan, port: u16) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for f in docroot::FILES {
+        let want = std::fs::read(plan.docroot.join(f.name))
+            .map_err(|e| format!("{}: {e}", plan.docroot.join(f.name).display()))?;
+        let got = http::http_get_timeout(addr, &f.path(), Duration::from_secs(5))
+            .map_err(|e| format!("GET {}: {e}", f.path()))?;
+        if got.status != 200 || got.body != want {
+            return Err(format!(
+                "GET {} answered {} with {} bytes, not the {} bytes of {}",
+                f.path(),
+                got.status,
+                got.body.len(),
+                want.len(),
+                plan.docroot.join(f.name).display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the server serves: forklift's ready line plus an HTTP answer, or for peers
@@ -508,6 +769,7 @@ fn serve_and_load(
 fn wait_ready(
     server: &mut Group,
     port: u16,
+    probe: &str,
     started: Instant,
     ready_rx: Option<mpsc::Receiver<(Instant, Vec<u32>)>>,
     log_path: &Path,
@@ -528,7 +790,7 @@ fn wait_ready(
                 ready_line = Some(t);
             }
         }
-        if first_ok.is_none() && http_ok(port) {
+        if first_ok.is_none() && http_ok(port, probe) {
             first_ok = Some(Instant::now());
         }
         match (&ready_rx, ready_line, first_ok) {
@@ -550,17 +812,16 @@ fn wait_ready(
     }
 }
 
-/// Does `GET /` on the port answer 200?
-pub fn http_ok(port: u16) -> bool {
+/// Does `GET path` on the port answer 200?
+pub fn http_ok(port: u16, path: &str) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
         return false;
     }
     let mut head = [0u8; 12];
@@ -582,7 +843,10 @@ fn log_tail(path: &Path) -> String {
 
 /// Runs the load generator for `w`, bounded in time, and parses its report.
 fn run_load(plan: &Plan, w: Workload, port: u16) -> Result<LoadReport, String> {
-    let (prog, args) = plan.load_command(w, port);
+    let (Some((prog, args)), Some(deadline)) = (plan.load_command(w, port), plan.load_deadline(w))
+    else {
+        return Err(format!("{} has no load generator", w.name()));
+    };
     let name = prog.file_name().map_or_else(
         || "load generator".into(),
         |n| n.to_string_lossy().into_owned(),
@@ -595,7 +859,6 @@ fn run_load(plan: &Plan, w: Workload, port: u16) -> Result<LoadReport, String> {
     let mut g = Group::spawn(&mut cmd).map_err(|e| format!("cannot start {name}: {e}"))?;
     let out = read_in_background(g.child_mut().stdout.take());
     let err = read_in_background(g.child_mut().stderr.take());
-    let deadline = plan.load_deadline(w);
     let status = g.wait_or_kill(deadline);
     let out = out.join().unwrap_or_default();
     let err = err.join().unwrap_or_default();
@@ -611,9 +874,9 @@ fn run_load(plan: &Plan, w: Workload, port: u16) -> Result<LoadReport, String> {
             deadline.as_secs()
         )),
         Some(s) if !s.success() => Err(format!("{name} failed ({s}): {err_line}")),
-        Some(_) => match w {
-            Workload::Conn => parse::parse_oha(&out),
-            Workload::Keepalive | Workload::Sleep => parse::parse_wrk(&out),
+        Some(_) => match w.tool() {
+            Tool::Oha => parse::parse_oha(&out),
+            Tool::Wrk | Tool::Harness => parse::parse_wrk(&out),
         },
     }
 }
@@ -659,5 +922,160 @@ impl RssSampler {
     fn finish(self) -> BTreeMap<u32, u64> {
         let _ = self.stop.send(());
         self.handle.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(log_dir: &Path) -> Plan {
+        Plan {
+            rounds: 1,
+            servers: SERVERS.to_vec(),
+            workloads: Workload::ALL.to_vec(),
+            forklift: "/x/forklift".into(),
+            ceiling: "/x/forklift-ceiling".into(),
+            peers_start: "/peers/start.sh".into(),
+            oha: "oha".into(),
+            wrk: "wrk".into(),
+            conn_requests: 1000,
+            wrk_secs: 3,
+            idle_connections: 10_000,
+            docroot: "/run/docroot".into(),
+            log_dir: log_dir.to_path_buf(),
+        }
+    }
+
+    fn spec(name: &str) -> ServerSpec {
+        *SERVERS.iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn workload_names_round_trip_and_quick_leaves_out_the_static_ones() {
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(w.name()), Some(w));
+        }
+        assert!(Workload::QUICK.iter().all(|w| !w.serves_files()));
+        assert_eq!(Workload::ALL.iter().filter(|w| w.serves_files()).count(), 3);
+        assert_eq!(Workload::StaticBig.figure(), Figure::MibPerSec);
+        assert!(!Workload::Idle.figure().higher_is_better());
+        assert_eq!(Workload::Idle.tool(), Tool::Harness);
+    }
+
+    #[test]
+    fn only_forklifts_prefork_server_and_nginx_serve_files() {
+        for w in [Workload::StaticSmall, Workload::StaticBig, Workload::Idle] {
+            let serving: Vec<&str> = SERVERS
+                .iter()
+                .filter(|s| s.serves(w))
+                .map(|s| s.name)
+                .collect();
+            assert_eq!(
+                serving,
+                [
+                    "forklift",
+                    "forklift-reuseport",
+                    "forklift-pinned",
+                    "nginx",
+                    "nginx-reuseport",
+                    "nginx-deferred"
+                ]
+            );
+        }
+        assert_eq!(
+            spec("ceiling").skip_reason(Workload::Idle),
+            Some("serves no files")
+        );
+        assert!(spec("forklift-single")
+            .skip_reason(Workload::StaticSmall)
+            .unwrap()
+            .contains("--single-process"));
+        // The greeting workloads as before.
+        assert!(SERVERS.iter().all(|s| s.serves(Workload::Keepalive)));
+        assert_eq!(
+            spec("nginx").skip_reason(Workload::Sleep),
+            Some("no /sleep endpoint")
+        );
+    }
+
+    #[test]
+    fn static_servers_serve_the_document_root() {
+        let dir = std::env::temp_dir().join(format!("forklift-bench-run-{}", std::process::id()));
+        let plan = plan(&dir);
+        let c = plan
+            .server_command(&spec("forklift-reuseport"), Workload::StaticSmall, 20_001)
+            .unwrap();
+        assert_eq!(
+            args(&c),
+            [
+                "serve",
+                "--dir",
+                "/run/docroot",
+                "--listen",
+                "127.0.0.1:20001",
+                "--workers",
+                "2",
+                "--reuse-port"
+            ]
+        );
+        // The greeting workloads keep the demo.
+        let c = plan
+            .server_command(&spec("forklift"), Workload::Keepalive, 20_001)
+            .unwrap();
+        assert_eq!(
+            args(&c),
+            ["serve", "--listen", "127.0.0.1:20001", "--workers", "2"]
+        );
+        // nginx-reuseport: its config written into the log directory, with its listen option.
+        let c = plan
+            .server_command(&spec("nginx-reuseport"), Workload::Idle, 20_002)
+            .unwrap();
+        assert_eq!(c.get_program(), "nginx");
+        let rundir = dir.join("nginx-reuseport-static-20002");
+        let conf = std::fs::read_to_string(rundir.join("nginx.conf")).unwrap();
+        assert!(conf.contains("listen 127.0.0.1:20002 reuseport;"), "{conf}");
+        assert!(conf.contains("root /run/docroot;"));
+        assert!(conf.contains(&format!("pid {}/nginx.pid;", rundir.display())));
+        assert!(!conf.contains('@'), "{conf}");
+        assert!(rundir.join("tmp").is_dir());
+        // Without the static workloads nginx is start.sh's.
+        let c = plan
+            .server_command(&spec("nginx"), Workload::Keepalive, 20_003)
+            .unwrap();
+        assert_eq!(c.get_program(), "/peers/start.sh");
+        assert_eq!(args(&c), ["nginx", "20003"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_static_nginx_config_is_what_the_issue_asks_for() {
+        for line in [
+            "worker_processes 2;",
+            "worker_rlimit_nofile 20000;",
+            "worker_connections 20000;",
+            "sendfile on;",
+            "tcp_nopush on;",
+            "keepalive_requests 10000;",
+            "access_log off;",
+            "root @ROOT@;",
+            "listen 127.0.0.1:@PORT@@LISTEN_OPTS@;",
+        ] {
+            assert!(NGINX_STATIC_CONF.contains(line), "{line}");
+        }
+        let conf = nginx_static_conf(
+            "listen 1:@PORT@@LISTEN_OPTS@; root @ROOT@; pid @RUNDIR@/p;",
+            20_001,
+            " deferred",
+            Path::new("/r"),
+            Path::new("/d"),
+        );
+        assert_eq!(conf, "listen 1:20001 deferred; root /d; pid /r/p;");
     }
 }
