@@ -326,6 +326,7 @@ impl Master {
         }
         self.ready_by_delay(now);
         self.retire_replaced();
+        self.term_retired(now);
         self.check_limits(now);
         self.start_recycle(now);
         self.murder(now);
@@ -361,6 +362,9 @@ impl Master {
                     }
                     if let Some(at) = w.aborted_at {
                         deadline = deadline.min(at + ABORT_GRACE);
+                    }
+                    if let Some(at) = w.term_at {
+                        deadline = deadline.min(at);
                     }
                 }
             }

@@ -77,6 +77,8 @@ pub(super) struct Entry {
     pub(super) requests: u64,
     /// When the master sent SIGABRT for a missed heartbeat.
     pub(super) aborted_at: Option<Instant>,
+    /// A retired worker drains until then, and gets its SIGTERM.
+    pub(super) term_at: Option<Instant>,
     /// The worker's NOTIFY_SOCKET (Readiness::Notify).
     pub(super) notify: Option<notify::NotifyListener>,
     /// The worker's stdout and stderr, when relayed.
@@ -96,6 +98,7 @@ impl Entry {
             last_heartbeat: None,
             requests: 0,
             aborted_at: None,
+            term_at: None,
             notify: None,
             relays: Vec::new(),
         }
@@ -190,13 +193,19 @@ impl Entry {
     }
 
     /// Asks it to drain and exit (SIGTERM), unless it was asked to stop already.
-    pub(super) fn retire(&mut self, why: &str) {
+    ///
+    /// Its replacement serves already, so first it drains for [`RETIRE_DRAIN`]: its HTTP/1
+    /// responses say `Connection: close` and its clients move on by themselves, instead of
+    /// racing the close of an idle keep-alive connection at the TERM (sent by
+    /// [`Master::term_retired`]).
+    pub(super) fn retire(&mut self, why: &str, now: Instant) {
         if self.mark_stopping() {
             debug!(
                 "retiring worker {} (pid {}): {why}",
                 self.info.id, self.info.pid
             );
-            process::kill(self.info.pid, libc::SIGTERM);
+            self.tell_drain();
+            self.term_at = Some(now + RETIRE_DRAIN);
         }
     }
 
@@ -234,6 +243,10 @@ impl Entry {
         Message::drain(&mut self.inbuf)
     }
 }
+
+/// How long a retired worker (its generation replaced, recycled, its slot removed) answers with
+/// `Connection: close` before its SIGTERM.
+pub(super) const RETIRE_DRAIN: Duration = Duration::from_millis(500);
 
 /// One worker slot: what its next spawn waits for.
 pub(super) struct SlotState {
@@ -339,6 +352,16 @@ impl Master {
                 old.pid, info.pid
             );
             self.emit(Event::WorkerRecovered { old, new: info });
+        }
+    }
+
+    /// Sends SIGTERM to the retired workers whose drain is over.
+    pub(super) fn term_retired(&mut self, now: Instant) {
+        for w in &mut self.workers {
+            if w.term_at.is_some_and(|t| now >= t) {
+                w.term_at = None;
+                process::kill(w.info.pid, libc::SIGTERM);
+            }
         }
     }
 

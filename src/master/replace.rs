@@ -146,11 +146,12 @@ impl Master {
     /// slot of the new one is ready, a recycled worker once its slot's replacement is, and
     /// the workers of slots removed by TTOU.
     pub(super) fn retire_replaced(&mut self) {
+        let now = Instant::now();
         let generation = self.generation;
         let ready_slots = policy::ready_slots(&self.workers, generation, self.slots.len());
         let reload_done = self.reload.is_some() && ready_slots.iter().all(|&r| r);
         for (i, why) in policy::retirements(&self.workers, generation, &ready_slots, reload_done) {
-            self.workers[i].retire(why);
+            self.workers[i].retire(why, now);
         }
         if reload_done {
             self.reload = None;

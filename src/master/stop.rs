@@ -102,6 +102,7 @@ impl Master {
     fn signal_all(&mut self, sig: libc::c_int) {
         for w in &mut self.workers {
             w.mark_stopping();
+            w.term_at = None;
             process::kill(w.info.pid, sig);
         }
     }

@@ -290,9 +290,11 @@ fn leaking_route(ctx: &Ctx, sec: &mut Section) {
             tally.total()
         ),
     );
+    // The master reads memory once a second and the replacement boots before the leaker is
+    // retired: about 2 s in which the leaker may take every 16 MiB leak (64 MiB/s).
     sec.check(
-        "leak: no worker grows far past the limit",
-        peak_kib < (LIMIT_MIB + 64) * 1024,
+        "leak: no worker grows past the limit + 2 s of leaking (128 MiB)",
+        peak_kib < (LIMIT_MIB + 128) * 1024,
         format!("peak {:.0} MiB", peak_kib as f64 / 1024.0),
     );
     server.stop(Duration::from_secs(10));
