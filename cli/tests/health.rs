@@ -153,17 +153,17 @@ fn drain_and_term_turn_readyz_to_503_at_once() {
     let health = health_addr(&s);
     readyz_becomes(health, 200, Duration::from_secs(10)).expect("ready");
     assert_eq!(forklift_control(&sock.0, "drain").trim(), "draining");
-    let drained = readyz_becomes(health, 503, Duration::from_secs(1));
+    let drained = readyz_becomes(health, 503, Duration::from_secs(5));
     let r = get(health, "/readyz");
     assert_eq!(r.status, 503);
     assert_eq!(r.body_str(), "draining\n");
     // The workers keep serving meanwhile.
     assert_greeting(&http_get(s.addr(), "/").unwrap());
     assert_eq!(forklift_control(&sock.0, "undrain").trim(), "not draining");
-    assert!(readyz_becomes(health, 200, Duration::from_secs(1)).is_some());
+    assert!(readyz_becomes(health, 200, Duration::from_secs(5)).is_some());
     // TERM: unready at once, while the workers drain.
     s.send_signal(libc::SIGTERM);
-    let stopping = readyz_becomes(health, 503, Duration::from_secs(1));
+    let stopping = readyz_becomes(health, 503, Duration::from_secs(5));
     println!("/readyz 503 after drain: {drained:?}; after TERM: {stopping:?}");
     assert!(drained.is_some() && stopping.is_some());
 }

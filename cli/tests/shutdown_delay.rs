@@ -87,7 +87,7 @@ fn unready_then_close(extra: &[&str]) {
         "--health",
         "127.0.0.1:0",
         "--shutdown-delay",
-        "2",
+        "4",
     ];
     args.extend_from_slice(extra);
     let mut s = Server::start_ready(&args);
@@ -111,7 +111,7 @@ fn unready_then_close(extra: &[&str]) {
     let unready = t0.elapsed();
     // The worker hears of the delay on its channel; its next response says close.
     assert!(
-        poll_until(t0 + Duration::from_secs(1), || {
+        poll_until(t0 + Duration::from_secs(3), || {
             s.stderr_text()
                 .matches("draining: connections close")
                 .count()
@@ -137,7 +137,7 @@ fn unready_then_close(extra: &[&str]) {
     );
     let st = s.wait_exit(t0 + Duration::from_secs(15));
     let stopped = t0.elapsed();
-    println!("unready after {unready:?}; exited after {stopped:?} (delay 2 s)");
+    println!("unready after {unready:?}; exited after {stopped:?} (delay 4 s)");
     assert!(st.success(), "{}", describe_status(&st));
     assert!(
         stopped >= Duration::from_secs(2),

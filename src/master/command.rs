@@ -340,8 +340,14 @@ impl Master {
             return;
         }
         if let Some(new) = self.upgrade {
+            // The new master serves: this one's workers drain as retired ones do (HTTP/1
+            // responses say Connection: close), then stop.
             info!("handing over to the new master (pid {new})");
             self.hand_over_sockets();
+            if self.running() && self.shutdown_at.is_none() {
+                self.begin_shutdown_delay(super::pool::RETIRE_DRAIN);
+                return;
+            }
         } else if let Some(at) = self.shutdown_at {
             info!(
                 "graceful stop requested by {origin}: already stopping in {:?}",

@@ -83,7 +83,9 @@ impl Master {
         if let Some(c) = &mut self.control {
             c.hand_over();
         }
-        // Only the new master answers health checks from now on: this one is going.
+        // Only the new master answers the control socket and health checks from now on:
+        // this one is going (its copies close; the socket file stays the new master's).
+        self.control = None;
         self.health = None;
     }
 
