@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -78,24 +77,10 @@ fn reload_wait_succeeds_once_the_generation_serves_and_fails_with_the_reason() {
     assert_greeting(&http_get(s.addr(), "/").unwrap());
 }
 
-fn install(dir: &Path, content: Option<&[u8]>) -> std::path::PathBuf {
-    let target = dir.join("forklift");
-    let tmp = dir.join(".forklift.new");
-    match content {
-        Some(bytes) => std::fs::write(&tmp, bytes).unwrap(),
-        None => {
-            std::fs::copy(forklift_bin(), &tmp).unwrap();
-        }
-    }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, &target).unwrap();
-    target
-}
-
 #[test]
 fn upgrade_wait_reports_the_new_master_or_why_it_failed() {
     let dir = TempDir::new("upgrade-wait");
-    let bin = install(&dir.0, None);
+    let bin = install_binary(&dir.0, None);
     let ctl = dir.0.join("ctl.sock");
     let ctl_str = ctl.to_str().unwrap();
     let mut s = Server::start_program(
@@ -112,7 +97,7 @@ fn upgrade_wait_reports_the_new_master_or_why_it_failed() {
     );
     s.wait_ready();
     // A broken binary: the new master fails, the old one keeps serving, --wait says so.
-    install(
+    install_binary(
         &dir.0,
         Some(b"#!/bin/sh\necho broken release >&2\nexit 7\n"),
     );
@@ -125,7 +110,7 @@ fn upgrade_wait_reports_the_new_master_or_why_it_failed() {
     );
     assert_eq!(status_json(&ctl)["master_pid"].as_u64(), Some(s.pid as u64));
     // A good one: --wait returns once the new master serves.
-    install(&dir.0, None);
+    install_binary(&dir.0, None);
     let ok = forklift(&["upgrade", "--wait", "--control", ctl_str]);
     assert!(ok.status.success(), "{}", text(&ok));
     let st = status_json(&ctl);

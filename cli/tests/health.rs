@@ -9,15 +9,6 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// The health port's address, from the master's `health port on http://ADDR/` line.
-fn health_addr(s: &Server) -> SocketAddr {
-    let line = s
-        .wait_stderr_contains("health port on http://", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no health port line; stderr:\n{}", s.stderr_text()));
-    let rest = line.split("health port on http://").nth(1).unwrap();
-    rest.split('/').next().unwrap().parse().unwrap()
-}
-
 fn get(addr: SocketAddr, path: &str) -> Response {
     http_get_timeout(addr, path, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("GET {path} on the health port: {e}"))

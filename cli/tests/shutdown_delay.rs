@@ -6,16 +6,8 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-fn health_addr(s: &Server) -> SocketAddr {
-    let line = s
-        .wait_stderr_contains("health port on http://", Duration::from_secs(10))
-        .expect("a health port line");
-    let rest = line.split("health port on http://").nth(1).unwrap();
-    rest.split('/').next().unwrap().parse().unwrap()
-}
 
 /// Sends `GET /` on `s` (keep-alive) and reads one response: (status, Connection header).
 fn get_on(s: &mut TcpStream) -> (u16, Option<String>) {

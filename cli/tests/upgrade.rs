@@ -15,28 +15,12 @@ use common::*;
 const SPREAD: usize = 1000;
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// Install `content` (or a copy of the forklift binary) at `dir/forklift` atomically: write a
-/// temporary file beside it, then rename it over the target, as a package manager does.
-fn install(dir: &Path, content: Option<&[u8]>) -> PathBuf {
-    let target = dir.join("forklift");
-    let tmp = dir.join(".forklift.new");
-    match content {
-        Some(bytes) => std::fs::write(&tmp, bytes).expect("write the new binary"),
-        None => {
-            std::fs::copy(forklift_bin(), &tmp).expect("copy the forklift binary");
-        }
-    }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, &target).expect("rename the new binary into place");
-    target
-}
 
 /// The inode of the file a process executes (/proc/PID/exe follows to it even when the
 /// file has been replaced).
@@ -164,7 +148,7 @@ fn client(addr: SocketAddr, stats: &LoadStats, stop: &AtomicBool, until: Instant
 
 fn upgrade_under_load(extra: &[&str]) {
     let dir = TempDir::new("upgrade");
-    let bin = install(&dir.0, None);
+    let bin = install_binary(&dir.0, None);
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--workers", "2"];
     args.extend_from_slice(extra);
     let mut s = Server::start_program(&bin, &args);
@@ -183,7 +167,7 @@ fn upgrade_under_load(extra: &[&str]) {
     );
 
     // the new binary: a fresh copy renamed over the running one
-    let bin2 = install(&dir.0, None);
+    let bin2 = install_binary(&dir.0, None);
     assert_eq!(bin, bin2);
     let new_inode = std::fs::metadata(&bin).unwrap().ino();
     assert_ne!(old_inode, new_inode, "the replacement must be a new file");
@@ -375,7 +359,7 @@ const BROKEN: &str = "#!/bin/sh\necho 'broken-forklift: refusing to start' >&2\n
 #[test]
 fn usr2_upgrade_failure_keeps_old_master() {
     let dir = TempDir::new("upgrade-fail");
-    let bin = install(&dir.0, None);
+    let bin = install_binary(&dir.0, None);
     let mut s = Server::start_program(
         &bin,
         &["serve", "--listen", "127.0.0.1:0", "--workers", "2"],
@@ -384,7 +368,7 @@ fn usr2_upgrade_failure_keeps_old_master() {
     let target = Listen::Tcp(s.addr());
     assert_served_by(&target, &old, SPREAD);
 
-    install(&dir.0, Some(BROKEN.as_bytes()));
+    install_binary(&dir.0, Some(BROKEN.as_bytes()));
     s.send_signal(libc::SIGUSR2);
     let upgrading = s.expect_line(
         "`upgrading new_master_pid=...`",
@@ -441,7 +425,7 @@ fn usr2_upgrade_failure_keeps_old_master() {
     );
 
     // a later upgrade with a good binary still works
-    install(&dir.0, None);
+    install_binary(&dir.0, None);
     s.send_signal(libc::SIGUSR2);
     assert!(
         poll_until(Instant::now() + READY_TIMEOUT, || ready_lines(&s).len()
@@ -463,7 +447,7 @@ fn usr2_upgrade_failure_keeps_old_master() {
 #[test]
 fn usr2_upgrade_hands_over_the_control_socket() {
     let dir = TempDir::new("upgrade-ctl");
-    let bin = install(&dir.0, None);
+    let bin = install_binary(&dir.0, None);
     let ctl = dir.0.join("ctl.sock");
     let ctl_str = ctl.to_str().unwrap();
     let mut s = Server::start_program(
@@ -480,7 +464,7 @@ fn usr2_upgrade_hands_over_the_control_socket() {
     );
     s.wait_ready();
     let old_master = s.pid;
-    install(&dir.0, None);
+    install_binary(&dir.0, None);
     s.send_signal(libc::SIGUSR2);
     let upgrading = s.expect_line(
         "`upgrading new_master_pid=...`",
@@ -524,7 +508,7 @@ fn usr2_after_a_symlink_swap_upgrades_to_the_new_release() {
     let release = |name: &str| {
         let d = dir.0.join("releases").join(name);
         std::fs::create_dir_all(&d).unwrap();
-        install(&d, None)
+        install_binary(&d, None)
     };
     let (old, new) = (release("a"), release("b"));
     let current = dir.0.join("current");
@@ -542,15 +526,7 @@ fn usr2_after_a_symlink_swap_upgrades_to_the_new_release() {
         ],
     );
     s.wait_ready();
-    let health_line = s
-        .wait_stderr_contains("health port on http://", Duration::from_secs(5))
-        .expect("a health port line");
-    let health: std::net::SocketAddr = health_line
-        .split("health port on http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("the health address");
+    let health = health_addr(&s);
     let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
     assert_eq!(exe_inode(s.pid), Some(inode(&old)));
     // Swap the symlink atomically, as deploy tools do.

@@ -372,3 +372,29 @@ impl Drop for Clients {
         self.finish();
     }
 }
+
+/// The master's health port, from its `health port on http://ADDR/` log line.
+pub fn health_addr(s: &Server) -> std::net::SocketAddr {
+    let line = s
+        .wait_stderr_contains("health port on http://", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no health port line; stderr:\n{}", s.stderr_text()));
+    let rest = line.split("health port on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Installs `content` (or a copy of the forklift binary) at `dir/forklift` atomically: a
+/// temporary file beside it renamed over the target, as a package manager does.
+pub fn install_binary(dir: &Path, content: Option<&[u8]>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let target = dir.join("forklift");
+    let tmp = dir.join(".forklift.new");
+    match content {
+        Some(bytes) => std::fs::write(&tmp, bytes).expect("write the new binary"),
+        None => {
+            std::fs::copy(forklift_bin(), &tmp).expect("copy the forklift binary");
+        }
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &target).expect("rename the new binary into place");
+    target
+}
