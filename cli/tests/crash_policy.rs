@@ -269,6 +269,8 @@ fn ten_failed_boots_in_a_row_stop_the_server() {
     kill_pid(victim, libc::SIGKILL);
     // 10 tries with the slot's backoff take about 30 s.
     let st = s.wait_exit(Instant::now() + Duration::from_secs(90));
+    // Its last lines may still be in the pipe: read to the end before looking.
+    s.wait_output_closed(Instant::now() + Duration::from_secs(5));
     assert!(!st.success(), "{}", describe_status(&st));
     let err = error_line(&s).expect("a `forklift: error: ` line");
     assert!(err.contains("10 starts in a row failed"), "{err}");
