@@ -115,6 +115,7 @@ pub use error::{BoxError, Error, Result};
 pub use files::{FileBody, StaticFiles};
 pub use hooks::{Event, WorkerInfo};
 pub use http::body::Body;
+pub use http::client::ClientAddr;
 #[doc(hidden)]
 pub use internal::{
     defer_accept as __defer_accept, fuzz as __fuzz, serve_connection as __serve_connection,

@@ -16,6 +16,7 @@
 pub(crate) mod accept;
 pub(crate) mod access_log;
 pub(crate) mod body;
+pub(crate) mod client;
 mod conn;
 pub(crate) mod date;
 pub(crate) mod fast;
