@@ -54,6 +54,8 @@ use crate::worker::Worker;
 #[derive(Debug, Clone)]
 pub(crate) struct HttpConfig {
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1 connection may wait idle between requests; zero: no keep-alive.
+    pub keep_alive_timeout: Duration,
     pub graceful_timeout: Duration,
     pub access_log: bool,
     /// Replace the worker after this many requests plus up to this many more.
@@ -73,6 +75,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             header_read_timeout: crate::config::DEFAULT_HEADER_READ_TIMEOUT,
+            keep_alive_timeout: crate::config::DEFAULT_KEEP_ALIVE_TIMEOUT,
             graceful_timeout: crate::config::DEFAULT_GRACEFUL_TIMEOUT,
             access_log: false,
             max_requests: None,
@@ -174,13 +177,15 @@ where
     // HTTP/1 responses close their connection while the accept loops go on.)
     let (stop_tx, stop_rx) = watch::channel(false);
     let (until_tx, until_rx) = watch::channel(false);
+    let timeouts = fast::Timeouts {
+        header_read: cfg.header_read_timeout,
+        keep_alive: cfg.keep_alive_timeout,
+        first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
+    };
     let conns = Rc::new(Conns {
-        builder: conn_builder(LocalExec, cfg.header_read_timeout),
+        builder: conn_builder(LocalExec, &timeouts),
         tls,
-        timeouts: fast::Timeouts {
-            header_read: cfg.header_read_timeout,
-            first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
-        },
+        timeouts,
         fast_path: cfg.fast_path,
         stop: stop_rx,
         live: Cell::new(0),
