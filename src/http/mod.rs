@@ -209,7 +209,13 @@ where
     let limit = cfg
         .max_requests
         .map(|(n, jitter)| n + random_below(jitter + 1));
-    let heartbeat = tokio::task::spawn_local(heartbeat(to_master, served, limit));
+    let open = conns.clone();
+    let heartbeat = tokio::task::spawn_local(heartbeat(
+        to_master,
+        served,
+        move || open.live.get() as u64,
+        limit,
+    ));
 
     let master_pid = worker.master_pid();
     let master_died = |why: &str| {
@@ -256,12 +262,13 @@ where
     Ok(())
 }
 
-/// Tells the master, every second, that this worker's event loop runs and how many requests
-/// it served; asks once to be replaced when it reaches `limit`. A task on the worker's own
+/// Tells the master, every second, that this worker's event loop runs, how many requests
+/// it served and how many connections it holds; asks once to be replaced when it reaches `limit`. A task on the worker's own
 /// runtime, so a handler that blocks the loop stops the heartbeat and is caught.
 async fn heartbeat(
     to_master: tokio::net::unix::OwnedWriteHalf,
     served: Rc<Cell<u64>>,
+    connections: impl Fn() -> u64,
     limit: Option<u64>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -270,7 +277,11 @@ async fn heartbeat(
         tick.tick().await;
         let requests = served.get();
         // A full channel means the master is behind: skip this beat rather than block.
-        let _ = to_master.try_write(&Message::Heartbeat { requests }.encode());
+        let beat = Message::Heartbeat {
+            requests,
+            connections: connections(),
+        };
+        let _ = to_master.try_write(&beat.encode());
         if let (Some(limit), false) = (limit, asked) {
             if requests >= limit {
                 info!("served {requests} requests (limit {limit}): asking to be replaced");
