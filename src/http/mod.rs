@@ -262,9 +262,10 @@ where
     Ok(())
 }
 
-/// Tells the master, every second, that this worker's event loop runs, how many requests
-/// it served and how many connections it holds; asks once to be replaced when it reaches `limit`. A task on the worker's own
-/// runtime, so a handler that blocks the loop stops the heartbeat and is caught.
+/// Tells the master, every second, that this worker's event loop runs, how many requests it
+/// served and how many connections it holds; asks once to be replaced when it reaches
+/// `limit`; gives the heap's free pages back after many connections closed. A task on the
+/// worker's own runtime, so a handler that blocks the loop stops the heartbeat and is caught.
 async fn heartbeat(
     to_master: tokio::net::unix::OwnedWriteHalf,
     served: Rc<Cell<u64>>,
@@ -273,13 +274,23 @@ async fn heartbeat(
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut asked = false;
+    // The most connections open since the heap was last trimmed.
+    let mut peak = 0;
     loop {
         tick.tick().await;
         let requests = served.get();
+        let open = connections();
+        peak = peak.max(open);
+        if peak - open >= TRIM_AFTER_CLOSED {
+            // A burst ended: what its connections held is free but still resident (the
+            // allocator keeps freed memory below live allocations).
+            crate::sys::trim::release_free_heap();
+            peak = open;
+        }
         // A full channel means the master is behind: skip this beat rather than block.
         let beat = Message::Heartbeat {
             requests,
-            connections: connections(),
+            connections: open,
         };
         let _ = to_master.try_write(&beat.encode());
         if let (Some(limit), false) = (limit, asked) {
@@ -293,6 +304,10 @@ async fn heartbeat(
 
 /// How often a worker sends a heartbeat.
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Connections closed since the busiest moment after which a worker gives its heap's free
+/// pages back (a few MiB's worth: each held some KiB).
+const TRIM_AFTER_CLOSED: u64 = 512;
 
 /// A number below `n` (n > 0), random enough to spread worker restarts.
 fn random_below(n: u64) -> u64 {

@@ -31,6 +31,7 @@
 //! [`serve`] here runs the loop: read a head, call the service, answer, until hyper takes over
 //! or the connection ends.
 
+mod buffers;
 mod conn;
 mod encode;
 mod parse;
@@ -42,11 +43,11 @@ use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Body as HttpBody;
 use hyper::service::Service;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -101,13 +102,7 @@ where
     B: HttpBody,
     B::Error: Into<BoxError>,
 {
-    let mut conn = Conn {
-        io,
-        rbuf: BytesMut::new(),
-        wbuf: Vec::new(),
-        next_read: READ_INIT,
-        flushes: 0,
-    };
+    let mut conn = Conn::new(io, READ_INIT);
     let stop_flag = stop.clone();
     let mut stopping = *stop.borrow_and_update();
     let now = Instant::now();
@@ -162,10 +157,9 @@ where
             if !conn.wbuf.is_empty() && conn.write_out().await.is_err() {
                 return Outcome::Closed;
             }
-            conn.reserve();
             let read = tokio::select! {
                 biased;
-                read = conn.io.read_buf(&mut conn.rbuf) => read,
+                read = poll_fn(|cx| conn.poll_read(cx)) => read,
                 _ = &mut stopped, if !stopping => {
                     stopping = true;
                     grace_until = Some(Instant::now() + timeouts.first_request_grace);
@@ -269,7 +263,7 @@ async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
