@@ -170,6 +170,17 @@ fn field(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Gives the heap's free pages back to the kernel (glibc's `malloc_trim(0)`): after a burst
+/// of connections has closed, what they held is free but stays resident, as glibc returns
+/// memory only from the top of the heap on its own. A no-op with other C libraries.
+pub(crate) fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and advises glibc's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,16 +261,5 @@ Anonymous:             0 kB
         // The code that was paged out comes back when it runs again.
         let again = candidates(&std::fs::read_to_string("/proc/self/smaps").unwrap());
         assert!(!again.is_empty());
-    }
-}
-
-/// Gives the heap's free pages back to the kernel (glibc's `malloc_trim(0)`): after a burst
-/// of connections has closed, what they held is free but stays resident, as glibc returns
-/// memory only from the top of the heap on its own. A no-op with other C libraries.
-pub(crate) fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and advises glibc's own free lists; any thread may call it.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

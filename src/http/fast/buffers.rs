@@ -1,10 +1,12 @@
-//! A worker's spare connection buffers. A fast-path connection that waits for its next
-//! request with nothing buffered gives its read and write buffers back here and takes them
-//! again when the request arrives, so an idle keep-alive connection holds no buffer (nginx
-//! frees them likewise); under load the same few buffers go round the busy connections
-//! without a trip through the allocator. One set per thread: a worker has one.
+//! A worker's spare connection buffers. When the worker holds many connections, a fast-path
+//! connection that waits for its next request with nothing buffered gives its read and write
+//! buffers back here and takes them again when the request arrives, so an idle keep-alive
+//! connection holds no buffer (nginx frees them likewise) and the same few buffers go round
+//! the busy ones. With fewer connections they keep their buffers: a trip through the spares
+//! costs a few per cent of a small request's instructions, and saves nothing worth it.
+//! One set per thread: a worker has one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bytes::BytesMut;
 
@@ -14,12 +16,18 @@ const MAX_SPARE: usize = 64;
 /// not kept.
 const MAX_KEPT: usize = 64 * 1024;
 
+/// Connections a worker holds before the waiting ones give their buffers back: about
+/// 2.5 MiB of buffers at 2.5 KiB each.
+const PARK_ABOVE: usize = 1024;
+
 struct Spare {
     reads: Vec<BytesMut>,
     writes: Vec<Vec<u8>>,
 }
 
 thread_local! {
+    /// Fast-path connections open on this thread.
+    static OPEN: Cell<usize> = const { Cell::new(0) };
     static SPARE: RefCell<Spare> = const {
         RefCell::new(Spare {
             reads: Vec::new(),
@@ -28,42 +36,41 @@ thread_local! {
     };
 }
 
-/// A read buffer: a spare one, or an empty one that allocates on its first reserve.
-pub(super) fn take_read() -> BytesMut {
-    SPARE
-        .with_borrow_mut(|s| s.reads.pop())
-        .unwrap_or_default()
+/// Counts a connection opened.
+pub(super) fn opened() {
+    OPEN.set(OPEN.get() + 1);
 }
 
-/// A write buffer: a spare one, or an empty one.
-pub(super) fn take_write() -> Vec<u8> {
-    SPARE
-        .with_borrow_mut(|s| s.writes.pop())
-        .unwrap_or_default()
+/// Counts a connection closed.
+pub(super) fn closed() {
+    OPEN.set(OPEN.get() - 1);
 }
 
-/// Keeps `buf` (emptied) for another connection, or frees it.
-pub(super) fn give_read(mut buf: BytesMut) {
-    if buf.capacity() == 0 || buf.capacity() > MAX_KEPT {
-        return;
-    }
-    buf.clear();
+/// Whether waiting connections give their buffers back: the thread holds many.
+pub(super) fn crowded() -> bool {
+    OPEN.get() > PARK_ABOVE
+}
+
+/// A read and a write buffer: spare ones, or empty ones that allocate when first used.
+pub(super) fn take() -> (BytesMut, Vec<u8>) {
     SPARE.with_borrow_mut(|s| {
-        if s.reads.len() < MAX_SPARE {
-            s.reads.push(buf);
+        (
+            s.reads.pop().unwrap_or_default(),
+            s.writes.pop().unwrap_or_default(),
+        )
+    })
+}
+
+/// Keeps `read` and `write` (emptied) for other connections, or frees them.
+pub(super) fn give(mut read: BytesMut, mut write: Vec<u8>) {
+    SPARE.with_borrow_mut(|s| {
+        if (1..=MAX_KEPT).contains(&read.capacity()) && s.reads.len() < MAX_SPARE {
+            read.clear();
+            s.reads.push(read);
         }
-    });
-}
-
-/// Keeps `buf` (emptied) for another connection, or frees it.
-pub(super) fn give_write(mut buf: Vec<u8>) {
-    if buf.capacity() == 0 || buf.capacity() > MAX_KEPT {
-        return;
-    }
-    buf.clear();
-    SPARE.with_borrow_mut(|s| {
-        if s.writes.len() < MAX_SPARE {
-            s.writes.push(buf);
+        if (1..=MAX_KEPT).contains(&write.capacity()) && s.writes.len() < MAX_SPARE {
+            write.clear();
+            s.writes.push(write);
         }
     });
 }
@@ -74,20 +81,20 @@ mod tests {
 
     #[test]
     fn buffers_go_round_emptied_and_large_or_surplus_ones_are_freed() {
-        let mut w = take_write();
+        let (r, mut w) = take();
         w.extend_from_slice(b"answer");
         let cap = w.capacity();
-        give_write(w);
-        let again = take_write();
+        give(r, w);
+        let (_, again) = take();
         assert!(again.is_empty());
         assert_eq!(again.capacity(), cap);
-        give_write(Vec::with_capacity(MAX_KEPT + 1));
-        assert_eq!(take_write().capacity(), 0, "a large buffer is not kept");
+        give(BytesMut::new(), Vec::with_capacity(MAX_KEPT + 1));
+        assert_eq!(take().1.capacity(), 0, "a large buffer is not kept");
         for _ in 0..MAX_SPARE + 10 {
-            give_read(BytesMut::with_capacity(16));
+            give(BytesMut::with_capacity(16), Vec::new());
         }
         let kept = std::iter::from_fn(|| {
-            let b = take_read();
+            let (b, _) = take();
             (b.capacity() > 0).then_some(b)
         })
         .count();

@@ -3,6 +3,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
@@ -25,6 +26,10 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// Body chunks at least this long are written from their own buffer, not copied.
 pub(super) const WRITE_DIRECT: usize = 16 * 1024;
 
+/// The stack buffer an idle connection reads into: the size of a first read (most request
+/// heads fit).
+const IDLE_READ: usize = super::READ_INIT;
+
 /// What an HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -42,51 +47,52 @@ pub(super) struct Conn<'a, I> {
 impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
     /// A connection on `io`, with buffers from the worker's spares.
     pub(super) fn new(io: &'a mut I, first_read: usize) -> Self {
+        buffers::opened();
+        let (rbuf, wbuf) = buffers::take();
         Conn {
             io,
-            rbuf: buffers::take_read(),
-            wbuf: buffers::take_write(),
+            rbuf,
+            wbuf,
             next_read: first_read,
             flushes: 0,
             parked: false,
         }
     }
 
-    /// Reads what has arrived into the read buffer. When nothing has and nothing is
-    /// buffered either way (a keep-alive connection between requests), the buffers go back
-    /// to the worker's spares until the socket is readable, so an idle connection holds
-    /// none; on sockets whose readiness tokio cannot tell apart from a read (TLS), they stay.
+    /// Reads what has arrived into the read buffer. In a worker that holds many connections
+    /// (see `buffers.rs`), a connection with nothing buffered either way (a keep-alive
+    /// connection between requests) first gives its buffers back to the worker's spares and
+    /// reads into a buffer on the stack, taking them again only once bytes arrive: so a
+    /// connection that waits idle holds no buffer, and one that is busy makes the same system
+    /// calls as before.
     pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            if self.parked {
-                ready!(poll_read_ready(&*self.io, cx).unwrap_or(Poll::Ready(Ok(()))))?;
-                self.rbuf = buffers::take_read();
-                self.wbuf = buffers::take_write();
-                self.parked = false;
+        if self.rbuf.is_empty() && self.wbuf.is_empty() && (self.parked || buffers::crowded()) {
+            if !self.parked {
+                buffers::give(
+                    std::mem::take(&mut self.rbuf),
+                    std::mem::take(&mut self.wbuf),
+                );
+                self.parked = true;
             }
-            self.reserve();
-            let len = self.rbuf.len();
-            let mut buf = ReadBuf::uninit(self.rbuf.spare_capacity_mut());
-            match Pin::new(&mut *self.io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) => {
-                    let n = buf.filled().len();
-                    // SAFETY: the reader initialised the `n` bytes it filled, right after
-                    // the buffer's `len` bytes.
-                    unsafe { self.rbuf.set_len(len + n) };
-                    return Poll::Ready(Ok(n));
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    let idle = self.rbuf.is_empty() && self.wbuf.is_empty();
-                    if !idle || poll_read_ready(&*self.io, cx).is_none() {
-                        return Poll::Pending;
-                    }
-                    buffers::give_read(std::mem::take(&mut self.rbuf));
-                    buffers::give_write(std::mem::take(&mut self.wbuf));
-                    self.parked = true;
-                }
-            }
+            let mut stack = [MaybeUninit::<u8>::uninit(); IDLE_READ];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *self.io).poll_read(cx, &mut buf))?;
+            let read = buf.filled();
+            (self.rbuf, self.wbuf) = buffers::take();
+            self.parked = false;
+            self.rbuf.reserve(self.next_read.max(read.len()));
+            self.rbuf.extend_from_slice(read);
+            return Poll::Ready(Ok(read.len()));
         }
+        self.reserve();
+        let len = self.rbuf.len();
+        let mut buf = ReadBuf::uninit(self.rbuf.spare_capacity_mut());
+        ready!(Pin::new(&mut *self.io).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        // SAFETY: the reader initialised the `n` bytes it filled, right after the buffer's
+        // `len` bytes.
+        unsafe { self.rbuf.set_len(len + n) };
+        Poll::Ready(Ok(n))
     }
 
     /// Makes room for the next read: at least a quarter of `next_read`, doubling it while
@@ -343,18 +349,10 @@ pub(super) enum BodyEnd {
 
 impl<I> Drop for Conn<'_, I> {
     fn drop(&mut self) {
-        buffers::give_read(std::mem::take(&mut self.rbuf));
-        buffers::give_write(std::mem::take(&mut self.wbuf));
+        buffers::closed();
+        buffers::give(
+            std::mem::take(&mut self.rbuf),
+            std::mem::take(&mut self.wbuf),
+        );
     }
-}
-
-/// Whether `io` is readable, for the sockets whose readiness tokio tracks apart from reads
-/// (plain TCP and Unix sockets); `None` for any other stream.
-fn poll_read_ready<I: 'static>(io: &I, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
-    let io: &dyn std::any::Any = io;
-    if let Some(tcp) = io.downcast_ref::<tokio::net::TcpStream>() {
-        return Some(tcp.poll_read_ready(cx));
-    }
-    io.downcast_ref::<tokio::net::UnixStream>()
-        .map(|unix| unix.poll_read_ready(cx))
 }

@@ -60,7 +60,7 @@ use crate::error::BoxError;
 use crate::http::body::Body;
 
 /// The first read reserves this much; the buffer doubles while reads fill it.
-const READ_INIT: usize = 2048;
+pub(super) const READ_INIT: usize = 2048;
 
 /// Timeouts of a fast-path connection.
 #[derive(Debug, Clone, Copy)]
