@@ -46,6 +46,12 @@ pub(super) fn closed() {
     OPEN.set(OPEN.get() - 1);
 }
 
+/// Makes this thread count `n` more connections (or fewer), for tests of a crowded worker.
+#[cfg(test)]
+pub(super) fn pretend_open(n: isize) {
+    OPEN.set(OPEN.get().wrapping_add_signed(n));
+}
+
 /// Whether waiting connections give their buffers back: the thread holds many.
 pub(super) fn crowded() -> bool {
     OPEN.get() > PARK_ABOVE

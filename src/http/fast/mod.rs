@@ -308,6 +308,62 @@ mod tests {
         assert_eq!(out.matches("content-length: 7").count(), 1, "{out}");
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_crowded_worker_parks_idle_buffers_and_answers_the_same() {
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(75),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let service = hyper::service::service_fn(answer);
+        let mut answers = Vec::new();
+        for crowded in [false, true] {
+            buffers::pretend_open(if crowded { 5000 } else { 0 });
+            let (mut client, mut server) = tokio::io::duplex(64);
+            let (_stop_tx, stop) = watch::channel(false);
+            let client = async move {
+                let mut out = Vec::new();
+                // One request at a time (each waits idle for the next), one split in three
+                // writes, one long enough to outgrow the first read.
+                let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(3000));
+                let reqs: [&[&[u8]]; 3] = [
+                    &[b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"],
+                    &[b"GET /2 HT", b"TP/1.1\r\nHo", b"st: x\r\n\r\n"],
+                    &[long.as_bytes()],
+                ];
+                for req in reqs {
+                    for part in req {
+                        client.write_all(part).await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    let mut buf = [0u8; 8192];
+                    let n = client.read(&mut buf).await.unwrap();
+                    out.extend_from_slice(&buf[..n]);
+                    while !out.ends_with(b"/1") && !out.ends_with(b"/2") && !out.ends_with(b"aaa") {
+                        let n = client.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "closed early: {}", out.escape_ascii());
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                }
+                drop(client);
+                out
+            };
+            let (outcome, out) = tokio::join!(serve(&mut server, &service, timeouts, stop), client);
+            assert!(matches!(outcome, Outcome::Closed));
+            buffers::pretend_open(if crowded { -5000 } else { 0 });
+            let text = String::from_utf8_lossy(&out).to_string();
+            // Dates differ between the runs; the rest must not.
+            let text: String = text
+                .split("\r\n")
+                .filter(|l| !l.starts_with("date:"))
+                .collect::<Vec<_>>()
+                .join("\r\n");
+            answers.push(text);
+        }
+        assert!(answers[0].contains("GET /2"), "{}", answers[0]);
+        assert_eq!(answers[0], answers[1]);
+    }
+
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
         let (_client, mut server) = tokio::io::duplex(1024);
