@@ -297,3 +297,46 @@ fn bad_trusted_ranges_are_refused_with_the_fix() {
         s.stderr_text()
     );
 }
+
+#[test]
+fn on_a_tls_listener_the_header_comes_before_the_handshake() {
+    let dir = TempDir::new("proxy-tls");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let s = Server::start_ready(&serve_args(
+        "1",
+        &[
+            "--proxy-protocol",
+            "--trusted-proxies",
+            "127.0.0.1",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(s.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.4 127.0.0.1 7000 443\r\n")
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(get_client(true).as_bytes()).unwrap();
+    let mut got = Vec::new();
+    // The server closes without close_notify after `Connection: close`; what came is enough.
+    let _ = tls.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(client_lines(&text), ["203.0.113.4:7000"], "{text}");
+}

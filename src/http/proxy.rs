@@ -172,8 +172,8 @@ pub(crate) fn parse(buf: &[u8]) -> Header {
         if buf.len() >= MAX_V1 {
             return Header::Invalid(format!("no end of the PROXY v1 line in {MAX_V1} bytes"));
         }
-        if !buf.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-            return Header::Invalid("a control byte in a PROXY v1 line".into());
+        if buf.contains(&b'\n') {
+            return Header::Invalid("a bare LF in a PROXY v1 line".into());
         }
         return Header::Partial;
     }
@@ -194,6 +194,11 @@ pub(crate) fn parse(buf: &[u8]) -> Header {
     }
     match result {
         HeaderResult::V1(Ok(h)) => {
+            // ppp takes "PROXY UNKNOWN \n\r" for a whole line (the "\n" as its end).
+            let line = h.header.as_bytes();
+            if !line.ends_with(b"\r\n") || line.iter().filter(|&&b| b == b'\n').count() != 1 {
+                return Header::Invalid("a PROXY v1 line not ended by its only CRLF".into());
+            }
             let client = match h.addresses {
                 v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
                 v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
@@ -480,7 +485,8 @@ mod tests {
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
             b"PROXY TCP4 1.2.3.4\r\nGET / HTTP/1.1\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\r",
-            b"PROXY TCP4 1.2\x00",
+            b"PROXY UNKNOWN \n\r\n",
+            b"PROXY UNKNOWN \n\r",
         ] {
             assert!(
                 matches!(parse(input), Header::Invalid(_)),
