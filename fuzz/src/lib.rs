@@ -242,7 +242,11 @@ pub fn proxy_header(data: &[u8]) {
             assert_eq!(proxy_header(&more), Ok(Some((len, client))));
             for end in 0..len {
                 let part = proxy_header(&data[..end]);
-                assert_eq!(part, Ok(None), "the first {end} bytes of a {len}-byte header");
+                assert_eq!(
+                    part,
+                    Ok(None),
+                    "the first {end} bytes of a {len}-byte header"
+                );
             }
         }
         Ok(None) => {}
