@@ -328,11 +328,19 @@ async fn proxy_header<I: 'static>(
 ) -> Option<SocketAddr> {
     let stream: &mut dyn std::any::Any = stream;
     let stream = stream.downcast_mut::<tokio::net::TcpStream>()?;
-    let mut timeout = conns.timeouts.header_read;
-    if *conns.stop.borrow() {
-        timeout = timeout.min(conns.timeouts.first_request_grace);
+    let timeout = conns.timeouts.header_read;
+    let mut stop = conns.stop.clone();
+    let grace_over = async {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(conns.timeouts.first_request_grace).await;
+    };
+    tokio::select! {
+        client = proxy::accept(stream, peer, proxy, &conns.refusals, timeout) => client,
+        _ = grace_over => {
+            debug!("no PROXY header from {peer} within the first-request grace of a stop");
+            None
+        }
     }
-    proxy::accept(stream, peer, proxy, &conns.refusals, timeout).await
 }
 
 /// The socket of a TCP connection, for the HTTP/2 guard's TCP_NOTSENT_LOWAT. The acceptors
