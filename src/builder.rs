@@ -429,6 +429,24 @@ impl Prefork {
         self
     }
 
+    /// How long an HTTP/1 connection may wait idle between requests before it is closed
+    /// (default 75 s, [`DEFAULT_KEEP_ALIVE_TIMEOUT`](crate::DEFAULT_KEEP_ALIVE_TIMEOUT)).
+    /// Set it above the idle timeout of the balancer in front (AWS ALB: 60 s; Envoy: 1 h),
+    /// so that the balancer never sends a request on a connection the server is closing.
+    /// The time runs from the moment the previous response is sent to the next request's
+    /// first byte; from there the [header-read timeout](Prefork::header_read_timeout)
+    /// applies. Zero turns keep-alive off: each connection closes after one response.
+    ///
+    /// ```
+    /// let envoy = std::time::Duration::from_secs(3600 + 5);
+    /// let server = forklift::Prefork::new().keep_alive_timeout(envoy);
+    /// # let _ = server;
+    /// ```
+    pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.http.keep_alive_timeout = timeout;
+        self
+    }
+
     /// Whether workers accept a TCP connection only once the client has sent its first bytes
     /// (default: on; Linux's `TCP_DEFER_ACCEPT`, nginx's `listen ... deferred`). A worker
     /// then never wakes up for a connection with nothing to read, which saves about a sixth

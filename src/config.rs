@@ -75,6 +75,21 @@ pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// ```
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an HTTP/1 keep-alive connection may wait idle for its next request before it is
+/// closed: 75 s, nginx's default
+/// ([`Prefork::keep_alive_timeout`](crate::Prefork::keep_alive_timeout)). Longer than the
+/// idle timeouts of the balancers in front (AWS ALB: 60 s), so the balancer, not the
+/// backend, closes an idle connection and never sends a request on one the backend is
+/// closing.
+///
+/// ```
+/// use forklift::{Prefork, DEFAULT_KEEP_ALIVE_TIMEOUT};
+/// // Behind a balancer whose idle timeout is 120 s.
+/// let server = Prefork::new().keep_alive_timeout(DEFAULT_KEEP_ALIVE_TIMEOUT * 2);
+/// # let _ = server;
+/// ```
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+
 /// The number of CPUs this process may run on: its affinity mask and cgroup CPU quota count.
 /// The default number of workers ([`Prefork::workers`](crate::Prefork::workers)).
 ///

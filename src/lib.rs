@@ -109,7 +109,8 @@ pub use addr::{ListenAddr, Network};
 pub use builder::Prefork;
 pub use config::{
     default_workers, DEFAULT_BACKLOG, DEFAULT_BOOT_TIMEOUT, DEFAULT_GRACEFUL_TIMEOUT,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_RECOVER_WINDOW, DEFAULT_WORKER_TIMEOUT,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_RECOVER_WINDOW,
+    DEFAULT_WORKER_TIMEOUT,
 };
 pub use error::{BoxError, Error, Result};
 pub use files::{FileBody, StaticFiles};

@@ -51,10 +51,14 @@ pub(crate) enum Message {
     Ready,
     /// The worker cannot boot, and why.
     BootError(String),
-    /// The worker's event loop is alive; it has served this many requests.
+    /// The worker's event loop is alive; it has served this many requests and holds this
+    /// many connections open.
     Heartbeat {
         /// Requests served since the worker started.
         requests: u64,
+        /// Connections open now (0 from a worker that does not count them: `forklift run`'s
+        /// programs send no heartbeat, a newer worker may send more fields).
+        connections: u64,
     },
     /// The worker reached its request limit and asks to be replaced.
     Recycle,
@@ -64,7 +68,10 @@ impl Message {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Message::Ready => b"ready\n".to_vec(),
-            Message::Heartbeat { requests } => format!("hb {requests}\n").into_bytes(),
+            Message::Heartbeat {
+                requests,
+                connections,
+            } => format!("hb {requests} {connections}\n").into_bytes(),
             Message::Recycle => b"recycle\n".to_vec(),
             Message::BootError(text) => {
                 let mut line = String::from("boot-error ");
@@ -92,9 +99,15 @@ impl Message {
                 out.push(Message::Ready);
             } else if line == "recycle" {
                 out.push(Message::Recycle);
-            } else if let Some(n) = line.strip_prefix("hb ") {
-                if let Ok(requests) = n.parse() {
-                    out.push(Message::Heartbeat { requests });
+            } else if let Some(fields) = line.strip_prefix("hb ") {
+                // `hb REQUESTS [CONNECTIONS ...]`: fields a newer worker adds are ignored.
+                let mut fields = fields.split(' ').map(str::parse::<u64>);
+                if let Some(Ok(requests)) = fields.next() {
+                    let connections = fields.next().and_then(Result::ok).unwrap_or(0);
+                    out.push(Message::Heartbeat {
+                        requests,
+                        connections,
+                    });
                 }
             } else if let Some(text) = line.strip_prefix("boot-error ") {
                 out.push(Message::BootError(unescape(text)));
@@ -162,17 +175,34 @@ mod tests {
         let mut buf = Vec::new();
         buf.extend(Message::Ready.encode());
         buf.extend(Message::BootError("line one\nback\\slash".into()).encode());
-        buf.extend(Message::Heartbeat { requests: 42 }.encode());
+        buf.extend(
+            Message::Heartbeat {
+                requests: 42,
+                connections: 7,
+            }
+            .encode(),
+        );
         buf.extend(Message::Recycle.encode());
-        buf.extend(b"hb notanumber\nunknown thing\nrea");
+        buf.extend(b"hb 5\nhb 6 2 future\nhb notanumber\nunknown thing\nrea");
         let got = Message::drain(&mut buf);
         assert_eq!(
             got,
             vec![
                 Message::Ready,
                 Message::BootError("line one\nback\\slash".into()),
-                Message::Heartbeat { requests: 42 },
+                Message::Heartbeat {
+                    requests: 42,
+                    connections: 7
+                },
                 Message::Recycle,
+                Message::Heartbeat {
+                    requests: 5,
+                    connections: 0
+                },
+                Message::Heartbeat {
+                    requests: 6,
+                    connections: 2
+                },
             ]
         );
         assert_eq!(buf, b"rea");

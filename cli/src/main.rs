@@ -295,6 +295,11 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_HEADER_READ_TIMEOUT))]
     header_read_timeout: Secs,
 
+    /// Seconds an HTTP/1 connection may wait idle for its next request; keep it above the
+    /// idle timeout of the balancer in front (AWS ALB: 60). 0 turns keep-alive off
+    #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_KEEP_ALIVE_TIMEOUT))]
+    keep_alive_timeout: Secs,
+
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key). Read before the
     /// workers start, and again by each worker as it boots (renewals need no restart)
     #[arg(long, value_name = "PATH", requires = "tls_key")]
@@ -526,6 +531,7 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
             SpawnMode::Exec => Spawn::Exec,
         })
         .header_read_timeout(args.header_read_timeout.0)
+        .keep_alive_timeout(args.keep_alive_timeout.0)
         .access_log(args.access_log)
         .http1_fast_path(!args.no_fast_path)
         .defer_accept(!args.no_defer_accept)

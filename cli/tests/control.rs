@@ -75,13 +75,13 @@ impl Status {
         let titles = lines.next().unwrap_or("");
         assert!(
             titles.split_whitespace().collect::<Vec<_>>()
-                == ["ID", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RESTARTS"],
+                == ["ID", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RESTARTS", "CONNS"],
             "unexpected column titles {titles:?} in status:\n{text}"
         );
         let rows = lines
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                assert_eq!(f.len(), 7, "status row {l:?}");
+                assert_eq!(f.len(), 8, "status row {l:?}");
                 let num = |i: usize| -> u64 {
                     f[i].parse()
                         .unwrap_or_else(|_| panic!("column {i} of {l:?} is not a number"))

@@ -124,6 +124,57 @@ fn health_port_answers_livez_readyz_and_metrics_that_match_status() {
             sample.value
         );
     }
+    // Open connections show up too, as a gauge per worker and in `status`'s CONNS.
+    let held: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut buf = Vec::new();
+            read_response(&mut c, &mut buf).expect("a response");
+            c
+        })
+        .collect();
+    let gauge = |scrape: &prometheus_parse::Scrape| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "forklift_worker_connections")
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                _ => panic!("forklift_worker_connections is not a gauge: {s:?}"),
+            })
+            .sum::<f64>()
+    };
+    let mut open = 0.0;
+    let counted = poll_until(Instant::now() + Duration::from_secs(10), || {
+        open = gauge(&parse_metrics(&get(health, "/metrics").body_str()));
+        open == held.len() as f64
+    });
+    assert!(
+        counted,
+        "forklift_worker_connections {open}, {} held",
+        held.len()
+    );
+    let status = forklift_control(&sock.0, "status");
+    let conns: u64 = status
+        .lines()
+        .skip(2)
+        .map(|row| {
+            row.split_whitespace()
+                .nth(7)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(conns <= held.len() as u64, "{status}");
+    drop(held);
+    assert!(
+        poll_until(Instant::now() + Duration::from_secs(10), || {
+            gauge(&parse_metrics(&get(health, "/metrics").body_str())) == 0.0
+        }),
+        "the gauge did not return to 0 after the connections closed"
+    );
     drop(silent);
 }
 

@@ -55,18 +55,27 @@ pub(super) struct Builders<E> {
 
 /// hyper's HTTP/1 settings, for hyper's `http1::Builder` and hyper-util's `Http1Builder`
 /// alike (the same methods, no common trait).
+///
+/// hyper runs one timer from the moment it waits for a head until the head is complete.
+/// forklift gives it the keep-alive timeout plus the header-read one, so that a request that
+/// starts just before the keep-alive timeout still has the header-read timeout to finish its
+/// head (nginx's rule, and what keeps a balancer's request from meeting a closing
+/// connection); [`fast::Screened`] closes a head that takes longer than the header-read
+/// timeout from its first byte, and [`drive`] bounds the first request's head. So on hyper's
+/// path an idle connection closes between the keep-alive timeout and that plus the
+/// header-read one (the fast path closes it at the keep-alive timeout).
 macro_rules! http1_settings {
-    ($builder:expr, $header_read_timeout:expr) => {
+    ($builder:expr, $timeouts:expr) => {
         $builder
             .timer(TokioTimer::new())
-            .header_read_timeout($header_read_timeout)
+            .header_read_timeout($timeouts.keep_alive.saturating_add($timeouts.header_read))
             // One write(2) of head and body beats writev(2) for the small responses that
             // dominate (measured: about 8% less CPU per request under keep-alive load).
             .writev(false)
             // A client that shuts its side after sending still gets its answers (as from the
             // fast path).
             .half_close(true)
-            .keep_alive(true)
+            .keep_alive(!$timeouts.keep_alive.is_zero())
     };
 }
 
@@ -78,12 +87,12 @@ macro_rules! http2_settings {
 }
 
 /// hyper's settings for the connections (or the rest of them) it serves.
-pub(super) fn conn_builder<E: Clone>(exec: E, header_read_timeout: Duration) -> Builders<E> {
+pub(super) fn conn_builder<E: Clone>(exec: E, timeouts: &fast::Timeouts) -> Builders<E> {
     let mut auto = auto::Builder::new(exec.clone());
-    http1_settings!(auto.http1(), header_read_timeout);
+    http1_settings!(auto.http1(), timeouts);
     http2_settings!(auto.http2());
     let mut http1 = http1::Builder::new();
-    http1_settings!(http1, header_read_timeout);
+    http1_settings!(http1, timeouts);
     let mut http2 = http2::Builder::new(exec);
     http2_settings!(http2);
     Builders { auto, http1, http2 }
@@ -378,7 +387,7 @@ async fn serve_stream<I, S, B>(
     // Boxed: hyper's connection state is large, and most connections never need it.
     // Screened: hyper's HTTP/1 heads follow the fast path's rules (a bad one is answered at
     // once); the HTTP/2 preface turns the screen off.
-    let io = fast::Screened::new(Prefixed { read, io });
+    let io = fast::Screened::new(Prefixed { read, io }, conns.timeouts.header_read);
     Box::pin(drive(io, service, first, conns, protocol, tcp)).await;
 }
 
@@ -578,6 +587,7 @@ pub async fn __serve_connection<I, S, B>(
 {
     let timeouts = fast::Timeouts {
         header_read: header_read_timeout,
+        keep_alive: crate::config::DEFAULT_KEEP_ALIVE_TIMEOUT,
         first_request_grace: FIRST_REQUEST_GRACE,
     };
     let tcp = tcp_fd(&io);
@@ -585,8 +595,8 @@ pub async fn __serve_connection<I, S, B>(
         fast::Outcome::Closed => return,
         fast::Outcome::Handoff(read) => read,
     };
-    let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), header_read_timeout);
-    let io = fast::Screened::new(Prefixed { read, io });
+    let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), &timeouts);
+    let io = fast::Screened::new(Prefixed { read, io }, header_read_timeout);
     let conn = builder.serve(io, ToBody(service), Protocol::Sniffed, tcp);
     tokio::pin!(conn);
     let mut stop = stop;

@@ -55,6 +55,8 @@ use crate::worker::Worker;
 #[derive(Debug, Clone)]
 pub(crate) struct HttpConfig {
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1 connection may wait idle between requests; zero: no keep-alive.
+    pub keep_alive_timeout: Duration,
     pub graceful_timeout: Duration,
     pub access_log: bool,
     /// Replace the worker after this many requests plus up to this many more.
@@ -80,6 +82,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             header_read_timeout: crate::config::DEFAULT_HEADER_READ_TIMEOUT,
+            keep_alive_timeout: crate::config::DEFAULT_KEEP_ALIVE_TIMEOUT,
             graceful_timeout: crate::config::DEFAULT_GRACEFUL_TIMEOUT,
             access_log: false,
             max_requests: None,
@@ -183,13 +186,15 @@ where
     // HTTP/1 responses close their connection while the accept loops go on.)
     let (stop_tx, stop_rx) = watch::channel(false);
     let (until_tx, until_rx) = watch::channel(false);
+    let timeouts = fast::Timeouts {
+        header_read: cfg.header_read_timeout,
+        keep_alive: cfg.keep_alive_timeout,
+        first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
+    };
     let conns = Rc::new(Conns {
-        builder: conn_builder(LocalExec, cfg.header_read_timeout),
+        builder: conn_builder(LocalExec, &timeouts),
         tls,
-        timeouts: fast::Timeouts {
-            header_read: cfg.header_read_timeout,
-            first_request_grace: cfg.graceful_timeout.min(FIRST_REQUEST_GRACE),
-        },
+        timeouts,
         fast_path: cfg.fast_path,
         client_addr: cfg.client_addr || cfg.access_log || cfg.proxy_protocol.is_some(),
         proxy: cfg.proxy_protocol.clone(),
@@ -216,7 +221,13 @@ where
     let limit = cfg
         .max_requests
         .map(|(n, jitter)| n + random_below(jitter + 1));
-    let heartbeat = tokio::task::spawn_local(heartbeat(to_master, served, limit));
+    let open = conns.clone();
+    let heartbeat = tokio::task::spawn_local(heartbeat(
+        to_master,
+        served,
+        move || open.live.get() as u64,
+        limit,
+    ));
 
     let master_pid = worker.master_pid();
     let master_died = |why: &str| {
@@ -263,21 +274,37 @@ where
     Ok(())
 }
 
-/// Tells the master, every second, that this worker's event loop runs and how many requests
-/// it served; asks once to be replaced when it reaches `limit`. A task on the worker's own
-/// runtime, so a handler that blocks the loop stops the heartbeat and is caught.
+/// Tells the master, every second, that this worker's event loop runs, how many requests it
+/// served and how many connections it holds; asks once to be replaced when it reaches
+/// `limit`; gives the heap's free pages back after many connections closed. A task on the
+/// worker's own runtime, so a handler that blocks the loop stops the heartbeat and is caught.
 async fn heartbeat(
     to_master: tokio::net::unix::OwnedWriteHalf,
     served: Rc<Cell<u64>>,
+    connections: impl Fn() -> u64,
     limit: Option<u64>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut asked = false;
+    // The most connections open since the heap was last trimmed.
+    let mut peak = 0;
     loop {
         tick.tick().await;
         let requests = served.get();
+        let open = connections();
+        peak = peak.max(open);
+        if peak - open >= TRIM_AFTER_CLOSED {
+            // A burst ended: what its connections held is free but still resident (the
+            // allocator keeps freed memory below live allocations).
+            crate::sys::trim::release_free_heap();
+            peak = open;
+        }
         // A full channel means the master is behind: skip this beat rather than block.
-        let _ = to_master.try_write(&Message::Heartbeat { requests }.encode());
+        let beat = Message::Heartbeat {
+            requests,
+            connections: open,
+        };
+        let _ = to_master.try_write(&beat.encode());
         if let (Some(limit), false) = (limit, asked) {
             if requests >= limit {
                 info!("served {requests} requests (limit {limit}): asking to be replaced");
@@ -289,6 +316,10 @@ async fn heartbeat(
 
 /// How often a worker sends a heartbeat.
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Connections closed since the busiest moment after which a worker gives its heap's free
+/// pages back (a few MiB's worth: each held some KiB).
+const TRIM_AFTER_CLOSED: u64 = 512;
 
 /// A number below `n` (n > 0), random enough to spread worker restarts.
 fn random_below(n: u64) -> u64 {

@@ -421,14 +421,15 @@ impl Master {
             let _ = write!(
                 out,
                 "{}{{\"id\":{},\"pid\":{},\"generation\":{},\"state\":\"{}\",\
-                 \"uptime_secs\":{:.3},\"requests\":{},\"restarts\":{restarts}}}",
+                 \"uptime_secs\":{:.3},\"requests\":{},\"connections\":{},\"restarts\":{restarts}}}",
                 if i == 0 { "" } else { "," },
                 w.info.id,
                 w.info.pid,
                 w.info.generation,
                 w.state.label(),
                 w.spawned_at.elapsed().as_secs_f64(),
-                w.requests
+                w.requests,
+                w.connections
             );
         }
         out.push_str("]}\n");
@@ -452,8 +453,8 @@ impl Master {
         );
         let _ = writeln!(
             out,
-            "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8}",
-            "ID", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RESTARTS"
+            "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8} {:>6}",
+            "ID", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RESTARTS", "CONNS"
         );
         let mut rows: Vec<_> = self.workers.iter().collect();
         rows.sort_by_key(|w| (w.info.id, w.info.generation));
@@ -461,14 +462,15 @@ impl Master {
             let restarts = self.slots.get(w.info.id).map_or(0, |s| s.restarts);
             let _ = writeln!(
                 out,
-                "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8}",
+                "{:<4} {:<8} {:<4} {:<9} {:<8} {:>10} {:>8} {:>6}",
                 w.info.id,
                 w.info.pid,
                 w.info.generation,
                 w.state.label(),
                 human(w.spawned_at.elapsed()),
                 w.requests,
-                restarts
+                restarts,
+                w.connections
             );
         }
         out

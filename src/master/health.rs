@@ -208,6 +208,17 @@ pub(super) fn metrics_text(s: &Snapshot<'_>) -> String {
         "Requests served by each live worker (from its last heartbeat).",
         &requests,
     );
+    let connections: Vec<(&str, String)> = requests
+        .iter()
+        .zip(&rows)
+        .map(|((l, _), w)| (*l, w.connections.to_string()))
+        .collect();
+    metric(
+        "forklift_worker_connections",
+        "gauge",
+        "Connections each live worker holds open (from its last heartbeat).",
+        &connections,
+    );
     out
 }
 

@@ -75,6 +75,8 @@ pub(super) struct Entry {
     pub(super) boot_error: Option<String>,
     pub(super) last_heartbeat: Option<Instant>,
     pub(super) requests: u64,
+    /// Connections open at its last heartbeat.
+    pub(super) connections: u64,
     /// When the master sent SIGABRT for a missed heartbeat.
     pub(super) aborted_at: Option<Instant>,
     /// A retired worker drains until then, and gets its SIGTERM.
@@ -97,6 +99,7 @@ impl Entry {
             boot_error: None,
             last_heartbeat: None,
             requests: 0,
+            connections: 0,
             aborted_at: None,
             term_at: None,
             notify: None,
@@ -411,9 +414,13 @@ impl Master {
                         }
                     }
                     Message::BootError(text) => w.boot_error = Some(text),
-                    Message::Heartbeat { requests } => {
+                    Message::Heartbeat {
+                        requests,
+                        connections,
+                    } => {
                         w.last_heartbeat = Some(now);
                         w.requests = requests;
+                        w.connections = connections;
                     }
                     Message::Recycle => {
                         w.recycle_due(RecycleReason::Requests(w.requests));

@@ -1,4 +1,5 @@
-//! Giving back the pages the master used only to start.
+//! Giving back the pages the master used only to start, and the free heap a worker kept
+//! after a burst of connections ([`release_free_heap`]).
 //!
 //! Starting up runs code the master never runs again: argument parsing, configuration checks,
 //! binding, the first spawns. The kernel maps those code pages into the master as it executes
@@ -249,5 +250,16 @@ Anonymous:             0 kB
         // The code that was paged out comes back when it runs again.
         let again = candidates(&std::fs::read_to_string("/proc/self/smaps").unwrap());
         assert!(!again.is_empty());
+    }
+}
+
+/// Gives the heap's free pages back to the kernel (glibc's `malloc_trim(0)`): after a burst
+/// of connections has closed, what they held is free but stays resident, as glibc returns
+/// memory only from the top of the heap on its own. A no-op with other C libraries.
+pub(crate) fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and advises glibc's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -4,15 +4,16 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::{pin, Pin};
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, CONTENT_ENCODING};
 use http::{Method, Response, Version};
 use hyper::body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
+use super::buffers;
 use super::encode::{encode_bad_request, encode_head, push_hex, write_trailers, Framing};
 use super::parse::MAX_HEAD;
 use super::{poll_once, Outcome};
@@ -34,9 +35,60 @@ pub(super) struct Conn<'a, I> {
     pub(super) next_read: usize,
     /// How many times gathered bytes were written out.
     pub(super) flushes: u64,
+    /// The buffers are in the worker's spares while the connection waits idle.
+    parked: bool,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'_, I> {
+impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
+    /// A connection on `io`, with buffers from the worker's spares.
+    pub(super) fn new(io: &'a mut I, first_read: usize) -> Self {
+        Conn {
+            io,
+            rbuf: buffers::take_read(),
+            wbuf: buffers::take_write(),
+            next_read: first_read,
+            flushes: 0,
+            parked: false,
+        }
+    }
+
+    /// Reads what has arrived into the read buffer. When nothing has and nothing is
+    /// buffered either way (a keep-alive connection between requests), the buffers go back
+    /// to the worker's spares until the socket is readable, so an idle connection holds
+    /// none; on sockets whose readiness tokio cannot tell apart from a read (TLS), they stay.
+    pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            if self.parked {
+                ready!(poll_read_ready(&*self.io, cx).unwrap_or(Poll::Ready(Ok(()))))?;
+                self.rbuf = buffers::take_read();
+                self.wbuf = buffers::take_write();
+                self.parked = false;
+            }
+            self.reserve();
+            let len = self.rbuf.len();
+            let mut buf = ReadBuf::uninit(self.rbuf.spare_capacity_mut());
+            match Pin::new(&mut *self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    // SAFETY: the reader initialised the `n` bytes it filled, right after
+                    // the buffer's `len` bytes.
+                    unsafe { self.rbuf.set_len(len + n) };
+                    return Poll::Ready(Ok(n));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let idle = self.rbuf.is_empty() && self.wbuf.is_empty();
+                    if !idle || poll_read_ready(&*self.io, cx).is_none() {
+                        return Poll::Pending;
+                    }
+                    buffers::give_read(std::mem::take(&mut self.rbuf));
+                    buffers::give_write(std::mem::take(&mut self.wbuf));
+                    self.parked = true;
+                }
+            }
+        }
+    }
+
     /// Makes room for the next read: at least a quarter of `next_read`, doubling it while
     /// reads fill the buffer.
     pub(super) fn reserve(&mut self) {
@@ -287,4 +339,22 @@ pub(super) enum BodyEnd {
     Short,
     /// It failed: the connection closes, and what of it was not sent yet is not.
     Failed,
+}
+
+impl<I> Drop for Conn<'_, I> {
+    fn drop(&mut self) {
+        buffers::give_read(std::mem::take(&mut self.rbuf));
+        buffers::give_write(std::mem::take(&mut self.wbuf));
+    }
+}
+
+/// Whether `io` is readable, for the sockets whose readiness tokio tracks apart from reads
+/// (plain TCP and Unix sockets); `None` for any other stream.
+fn poll_read_ready<I: 'static>(io: &I, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+    let io: &dyn std::any::Any = io;
+    if let Some(tcp) = io.downcast_ref::<tokio::net::TcpStream>() {
+        return Some(tcp.poll_read_ready(cx));
+    }
+    io.downcast_ref::<tokio::net::UnixStream>()
+        .map(|unix| unix.poll_read_ready(cx))
 }

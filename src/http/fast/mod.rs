@@ -31,6 +31,7 @@
 //! [`serve`] here runs the loop: read a head, call the service, answer, until hyper takes over
 //! or the connection ends.
 
+mod buffers;
 mod conn;
 mod encode;
 mod parse;
@@ -42,11 +43,11 @@ use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Body as HttpBody;
 use hyper::service::Service;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -64,8 +65,13 @@ const READ_INIT: usize = 2048;
 /// Timeouts of a fast-path connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
-    /// From the moment the server waits for a request head until the head is complete.
+    /// From a connection's start until its first request head is complete, and from the
+    /// first byte of each later head until that head is complete.
     pub header_read: Duration,
+    /// How long a connection may wait idle between requests (from the moment the server
+    /// waits for the next request until its first byte); zero: no keep-alive, each
+    /// connection closes after one response.
+    pub keep_alive: Duration,
     /// How long a connection that has not sent its first request gets once the worker stops.
     pub first_request_grace: Duration,
 }
@@ -96,13 +102,7 @@ where
     B: HttpBody,
     B::Error: Into<BoxError>,
 {
-    let mut conn = Conn {
-        io,
-        rbuf: BytesMut::new(),
-        wbuf: Vec::new(),
-        next_read: READ_INIT,
-        flushes: 0,
-    };
+    let mut conn = Conn::new(io, READ_INIT);
     let stop_flag = stop.clone();
     let mut stopping = *stop.borrow_and_update();
     let now = Instant::now();
@@ -126,6 +126,16 @@ where
     loop {
         // Read until a complete head is buffered.
         let waiting_since = Instant::now();
+        // When the head being waited for started: the connection's start for the first one,
+        // its first byte for later ones (the wait before that byte is keep-alive idle time).
+        let mut head_since = (served == 0 || !conn.rbuf.is_empty()).then_some(waiting_since);
+        if head_since.is_none() {
+            // The timer may stand past this wait's end only if keep-alive is the shorter.
+            let idle_until = waiting_since + timeouts.keep_alive;
+            if idle_until < timer.deadline() {
+                timer.as_mut().reset(idle_until);
+            }
+        }
         let head = loop {
             match parse(&mut conn.rbuf) {
                 Parsed::Complete(head) => break head,
@@ -147,10 +157,9 @@ where
             if !conn.wbuf.is_empty() && conn.write_out().await.is_err() {
                 return Outcome::Closed;
             }
-            conn.reserve();
             let read = tokio::select! {
                 biased;
-                read = conn.io.read_buf(&mut conn.rbuf) => read,
+                read = poll_fn(|cx| conn.poll_read(cx)) => read,
                 _ = &mut stopped, if !stopping => {
                     stopping = true;
                     grace_until = Some(Instant::now() + timeouts.first_request_grace);
@@ -158,12 +167,19 @@ where
                     continue;
                 }
                 _ = &mut timer => {
-                    let mut deadline = waiting_since + timeouts.header_read;
+                    let mut deadline = match head_since {
+                        Some(since) => since + timeouts.header_read,
+                        None => waiting_since + timeouts.keep_alive,
+                    };
                     if let Some(grace) = grace_until {
                         deadline = deadline.min(grace);
                     }
                     if Instant::now() >= deadline {
-                        debug!("no complete request head in time: closing");
+                        if head_since.is_some() {
+                            debug!("no complete request head in time: closing");
+                        } else {
+                            debug!("idle for the keep-alive timeout: closing");
+                        }
                         return Outcome::Closed;
                     }
                     timer.as_mut().reset(deadline);
@@ -171,6 +187,16 @@ where
                 }
             };
             match read {
+                Ok(n) if n > 0 && head_since.is_none() => {
+                    // The head's first byte: from now the header-read timeout applies, which
+                    // may end before the keep-alive deadline the timer is set to.
+                    let now = Instant::now();
+                    head_since = Some(now);
+                    let deadline = now + timeouts.header_read;
+                    if deadline < timer.deadline() {
+                        timer.as_mut().reset(deadline);
+                    }
+                }
                 Ok(0) => {
                     if !conn.rbuf.is_empty() {
                         debug!("connection closed inside a request head");
@@ -212,7 +238,7 @@ where
             }
         };
         stopping = stopping || *stop_flag.borrow();
-        let keep_alive = keep_alive && !stopping;
+        let keep_alive = keep_alive && !stopping && !timeouts.keep_alive.is_zero();
         match conn
             .write_response(resp, &method, version, keep_alive, trailers_allowed)
             .await
@@ -237,7 +263,7 @@ async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
@@ -256,6 +282,7 @@ mod tests {
         client.write_all(input).await.unwrap();
         let timeouts = Timeouts {
             header_read: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(75),
             first_request_grace: Duration::from_secs(1),
         };
         let service = hyper::service::service_fn(answer);
@@ -287,6 +314,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let timeouts = Timeouts {
             header_read: Duration::from_secs(3),
+            keep_alive: Duration::from_secs(75),
             first_request_grace: Duration::from_secs(1),
         };
         let start = Instant::now();
@@ -299,9 +327,76 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_idle_connection_waits_the_keep_alive_timeout_and_a_late_head_the_header_read_one() {
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(3),
+            keep_alive: Duration::from_secs(10),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let service = hyper::service::service_fn(answer);
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        // Served, then idle: open past the header-read timeout, closed at the keep-alive one.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        client.write_all(request).await.unwrap();
+        let start = Instant::now();
+        assert!(matches!(
+            serve(&mut server, &service, timeouts, stop).await,
+            Outcome::Closed
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // Served, idle 8 s, then half a head: closed 3 s after its first byte.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        client.write_all(request).await.unwrap();
+        let late = async {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            client.write_all(b"GET / HT").await.unwrap();
+            client
+        };
+        let start = Instant::now();
+        let (outcome, _client) = tokio::join!(serve(&mut server, &service, timeouts, stop), late);
+        assert!(matches!(outcome, Outcome::Closed));
+        assert_eq!(start.elapsed(), Duration::from_secs(11));
+        // A keep-alive timeout shorter than the header-read one bounds the idle wait.
+        let short = Timeouts {
+            keep_alive: Duration::from_secs(1),
+            ..timeouts
+        };
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        client.write_all(request).await.unwrap();
+        let start = Instant::now();
+        assert!(matches!(
+            serve(&mut server, &service, short, stop).await,
+            Outcome::Closed
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // Zero: no keep-alive; the answer says close.
+        let off = Timeouts {
+            keep_alive: Duration::ZERO,
+            ..timeouts
+        };
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        client.write_all(request).await.unwrap();
+        let start = Instant::now();
+        assert!(matches!(
+            serve(&mut server, &service, off, stop).await,
+            Outcome::Closed
+        ));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        drop(server);
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        assert!(out.contains("connection: close\r\n"), "{out}");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_stop_closes_an_idle_connection_and_gives_a_new_one_its_grace() {
         let timeouts = Timeouts {
             header_read: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(75),
             first_request_grace: Duration::from_secs(1),
         };
         let service = hyper::service::service_fn(answer);
@@ -335,6 +430,7 @@ mod tests {
     async fn a_bad_head_is_answered_400_at_once_after_the_answers_before_it() {
         let timeouts = Timeouts {
             header_read: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(75),
             first_request_grace: Duration::from_secs(1),
         };
         let service = hyper::service::service_fn(answer);

@@ -18,12 +18,15 @@
 //! ends the screening for the rest of the connection, so a request it let through is never
 //! changed: hyper's answer is then what it always was.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 use tracing::debug;
 
 use super::parse::{bare_lf, host_rule, BARE_LF, H2_START, MAX_HEAD};
@@ -39,20 +42,41 @@ const HYPER_MAX_HEADERS: usize = 100;
 const END_OF_HEAD: &[u8] = b"\r\n\r\n";
 
 /// A connection for hyper whose request heads are screened; see the module doc.
+///
+/// It also bounds each head it follows by the header-read timeout from the head's first
+/// byte: hyper's own timer runs from the moment it waits for a head, so forklift gives hyper
+/// the (longer) keep-alive timeout and times the head itself here.
 pub(crate) struct Screened<I> {
     io: I,
     screen: Screen,
     /// Bytes to hand hyper before reading more: what of [`END_OF_HEAD`] did not fit.
     inject: &'static [u8],
+    header_read: Duration,
+    /// Set while a head is partly read: when its header-read time runs out.
+    head_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> Screened<I> {
-    /// Screens `io`, whose next byte starts a request head.
-    pub(crate) fn new(io: I) -> Self {
+    /// Screens `io`, whose next byte starts a request head; a head must be complete within
+    /// `header_read` of its first byte.
+    pub(crate) fn new(io: I, header_read: Duration) -> Self {
         Screened {
             io,
             screen: Screen::default(),
             inject: &[],
+            header_read,
+            head_timer: None,
+        }
+    }
+
+    /// Starts or ends the head's timer as the screen enters or leaves a head.
+    fn time_head(&mut self) {
+        match (&mut self.head_timer, self.screen.in_head()) {
+            (None, true) => {
+                self.head_timer = Some(Box::pin(tokio::time::sleep(self.header_read)));
+            }
+            (Some(_), false) => self.head_timer = None,
+            _ => {}
         }
     }
 }
@@ -66,9 +90,18 @@ impl<I: AsyncRead + Unpin> AsyncRead for Screened<I> {
         let this = &mut *self;
         if this.inject.is_empty() {
             let start = buf.filled().len();
-            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+            if Pin::new(&mut this.io).poll_read(cx, buf)?.is_pending() {
+                if let Some(timer) = &mut this.head_timer {
+                    ready!(timer.as_mut().poll(cx));
+                    debug!("no complete request head within the header-read timeout: closing");
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                return Poll::Pending;
+            }
             let read = &mut buf.filled_mut()[start..];
-            let Verdict::Reject { nul_at, why } = this.screen.feed(read) else {
+            let verdict = this.screen.feed(read);
+            this.time_head();
+            let Verdict::Reject { nul_at, why } = verdict else {
                 return Poll::Ready(Ok(()));
             };
             debug!("{why}: hyper answers 400");
@@ -255,6 +288,11 @@ impl Screen {
             from = to;
         }
         None
+    }
+
+    /// Whether a head is partly read.
+    pub(crate) fn in_head(&self) -> bool {
+        self.state == State::Head && !self.head.is_empty()
     }
 
     fn stop(&mut self) {
@@ -621,11 +659,71 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn hyper_keeps_an_idle_connection_for_the_keep_alive_timeout_and_a_head_for_the_header_read_one(
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let timeouts = super::super::Timeouts {
+            header_read: Duration::from_secs(3),
+            keep_alive: Duration::from_secs(10),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let builder =
+            crate::http::conn::conn_builder(hyper_util::rt::TokioExecutor::new(), &timeouts);
+        let service = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"ok"),
+            )))
+        });
+        // (idle seconds before a late partial head, or none; when the connection ends): an
+        // idle one at the keep-alive timeout plus the header-read one, a late head at the
+        // header-read timeout from its first byte.
+        for (late_head, ends_at) in [(None, 13), (Some(8), 11)] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let start = tokio::time::Instant::now();
+            let conn = builder.serve(
+                Screened::new(server, timeouts.header_read),
+                service,
+                crate::http::conn::Protocol::Http1,
+                None,
+            );
+            let client = async {
+                if let Some(idle) = late_head {
+                    tokio::time::sleep(Duration::from_secs(idle)).await;
+                    client.write_all(b"GET / HT").await.unwrap();
+                }
+                let mut out = Vec::new();
+                let _ = client.read_to_end(&mut out).await;
+                out
+            };
+            let (_, out) = tokio::join!(conn, client);
+            assert!(
+                out.starts_with(b"HTTP/1.1 200 OK"),
+                "{}",
+                out.escape_ascii()
+            );
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_secs(ends_at)
+                    && took < Duration::from_secs(ends_at) + Duration::from_millis(100),
+                "{late_head:?}: {took:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn hyper_answers_a_screened_head_at_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let builder = crate::http::conn::conn_builder(
             hyper_util::rt::TokioExecutor::new(),
-            std::time::Duration::from_secs(30),
+            &super::super::Timeouts {
+                header_read: Duration::from_secs(30),
+                keep_alive: Duration::from_secs(75),
+                first_request_grace: Duration::from_secs(1),
+            },
         );
         let service = hyper::service::service_fn(|_req| async {
             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
@@ -645,7 +743,7 @@ mod tests {
             let start = tokio::time::Instant::now();
             let rest = &input[25..];
             let conn = builder.serve(
-                Screened::new(server),
+                Screened::new(server, Duration::from_secs(30)),
                 service,
                 crate::http::conn::Protocol::Sniffed,
                 None,
