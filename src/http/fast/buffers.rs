@@ -30,9 +30,7 @@ thread_local! {
 
 /// A read buffer: a spare one, or an empty one that allocates on its first reserve.
 pub(super) fn take_read() -> BytesMut {
-    SPARE
-        .with_borrow_mut(|s| s.reads.pop())
-        .unwrap_or_default()
+    SPARE.with_borrow_mut(|s| s.reads.pop()).unwrap_or_default()
 }
 
 /// A write buffer: a spare one, or an empty one.
