@@ -63,6 +63,21 @@ pub mod fuzz {
         crate::http::fast::Screen::default().feed_reads(bytes, cuts)
     }
 
+    /// What a worker taking the PROXY protocol makes of the first bytes of a connection:
+    /// `Ok(Some((len, client)))` for a complete header of `len` bytes (`client` empty when it
+    /// names none), `Ok(None)` while more bytes may complete it, `Err` for bytes no more
+    /// input can make a header.
+    pub fn proxy_header(bytes: &[u8]) -> Result<Option<(usize, String)>, String> {
+        match crate::http::proxy::parse(bytes) {
+            crate::http::proxy::Header::Complete { len, client } => Ok(Some((
+                len,
+                client.map(|c| c.to_string()).unwrap_or_default(),
+            ))),
+            crate::http::proxy::Header::Partial => Ok(None),
+            crate::http::proxy::Header::Invalid(why) => Err(why),
+        }
+    }
+
     /// Parses the head at the start of `bytes` as a worker's fast path does.
     pub fn http1_head(bytes: &[u8]) -> Http1Head {
         let mut buf = bytes::BytesMut::from(bytes);

@@ -270,6 +270,22 @@ struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
 
+    /// Read HAProxy's PROXY protocol header (v1 or v2) at the start of every TCP connection,
+    /// from the --trusted-proxies only, and take the client's address from it; connections
+    /// from elsewhere or without a valid header are closed
+    #[arg(long, requires = "trusted_proxies")]
+    proxy_protocol: bool,
+
+    /// The balancers whose PROXY headers are believed: addresses or ranges, comma-separated
+    /// (10.0.0.0/8,fd00::/8,127.0.0.1)
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    trusted_proxies: Vec<String>,
+
     /// Pin worker i to the i-th usable CPU (and, with --reuse-port, prefer it for
     /// connections arriving on that CPU)
     #[arg(long)]
@@ -529,6 +545,9 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     if let Some(n) = args.max_connections {
         server = server.max_connections(usize::try_from(n).unwrap_or(usize::MAX));
     }
+    if args.proxy_protocol {
+        server = server.proxy_protocol(&args.trusted_proxies)?;
+    }
     let scheme = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             server = server.tls_files(cert, key);
@@ -698,6 +717,14 @@ pub(crate) async fn demo(
         (&Method::GET, "/panic") if block_route => panic!("injected handler panic (GET /panic)"),
         (&Method::GET, "/abort") if block_route => std::process::abort(),
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, Bytes::from_static(GREETING)),
+        // Who the request came from: the peer, or the client a PROXY header named; `-` when
+        // requests carry no forklift::ClientAddr (it is on with --access-log or
+        // --proxy-protocol).
+        (&Method::GET, "/client") => {
+            let client = req.extensions().get::<forklift::ClientAddr>();
+            let addr = client.map_or_else(|| "-".to_string(), |c| c.0.to_string());
+            text(StatusCode::OK, Bytes::from(format!("{addr}\n")))
+        }
         (&Method::GET | &Method::HEAD, "/sleep") => {
             let ms = query_param(req.uri().query(), "ms")
                 .and_then(|v| v.parse::<u64>().ok())

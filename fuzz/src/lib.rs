@@ -226,17 +226,51 @@ pub fn http1_screen(data: &[u8]) {
     }
 }
 
+/// The PROXY protocol header a worker reads before a connection's first request
+/// (`src/http/proxy.rs`): never panics; a complete header is a prefix of the input that
+/// parses the same alone and with any bytes after it, and every shorter prefix of it waits
+/// for more (so the worker may take a partial header's bytes out of the socket); bytes it
+/// refuses stay refused with more bytes after them.
+pub fn proxy_header(data: &[u8]) {
+    use forklift::__fuzz::proxy_header;
+    match proxy_header(data) {
+        Ok(Some((len, client))) => {
+            assert!(len > 0 && len <= data.len(), "len {len} of {}", data.len());
+            assert_eq!(proxy_header(&data[..len]), Ok(Some((len, client.clone()))));
+            let mut more = data[..len].to_vec();
+            more.extend_from_slice(b"\r\nGET / HTTP/1.1\r\n\r\n");
+            assert_eq!(proxy_header(&more), Ok(Some((len, client))));
+            for end in 0..len {
+                let part = proxy_header(&data[..end]);
+                assert_eq!(
+                    part,
+                    Ok(None),
+                    "the first {end} bytes of a {len}-byte header"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(why) => {
+            let mut more = data.to_vec();
+            more.extend_from_slice(b" 1 2\r\nGET / HTTP/1.1\r\n\r\n");
+            let again = proxy_header(&more);
+            assert!(again.is_err(), "refused ({why}), then {again:?} with more");
+        }
+    }
+}
+
 /// A fuzz target: takes raw bytes, panics on a finding.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the runners.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("listen_addr", listen_addr),
     ("listen_fds", listen_fds),
     ("status_messages", status_messages),
     ("fd_name", fd_name),
     ("http1_head", http1_head),
     ("http1_screen", http1_screen),
+    ("proxy_header", proxy_header),
 ];
 
 /// Seed inputs per target (also written to `seeds/TARGET/` for cargo fuzz).
@@ -291,6 +325,18 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             "\x01GET / HTTP/1.1\r\nHost: localhost\r\nDummy: x\nContent-Length: 23\r\n\r\n",
             "\x02PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "\x04GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nGET /\n",
+        ],
+        "proxy_header" => &[
+            "PROXY TCP4 192.0.2.1 198.51.100.2 51234 80\r\nGET / HTTP/1.1\r\n\r\n",
+            "PROXY TCP6 2001:db8::1 ::1 4000 443\r\n",
+            "PROXY UNKNOWN\r\n",
+            "PROXY UNKNOWN whatever here\r\nGET /",
+            "PROXY TCP4 1.2.3.4 5.6.7.8 1 \r\n",
+            "\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01\x11\x22\x00\x50GET",
+            "\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00",
+            "\r\n\r\n\x00\r\nQUIT\n\x21\x21\x00\x29\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x11\x22\x00\x50\x04\x00\x02ab",
+            "\r\n\r\n\x00\r\nQUIT\n\x21\x31\x00\x00",
+            "GET / HTTP/1.1\r\n\r\n",
         ],
         "fd_name" => &[
             "forklift.0.shared",
@@ -363,6 +409,13 @@ pub const DICTIONARY: &[&str] = &[
     "\u{a0}",
     "\u{2028}",
     "é",
+    "PROXY ",
+    "TCP4 ",
+    "TCP6 ",
+    "UNKNOWN",
+    "\r\n\r\n\x00\r\nQUIT\n",
+    "\x21\x11",
+    "\x20\x00",
 ];
 
 #[cfg(test)]

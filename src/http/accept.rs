@@ -13,6 +13,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +25,11 @@ use tracing::{debug, warn};
 use crate::http::conn::{serve_connection, Conns, Tls};
 use crate::http::{ResponseBody, WorkerService};
 
-/// Something a worker accepts connections from.
+/// Something a worker accepts connections from: a connection, and its peer's address if it
+/// has one (TCP).
 pub(crate) trait Acceptor {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    async fn accept(&self) -> io::Result<Self::Stream>;
+    async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)>;
 }
 
 /// A TCP listener.
@@ -58,13 +60,13 @@ impl TcpAcceptor {
 
 impl Acceptor for TcpAcceptor {
     type Stream = tokio::net::TcpStream;
-    async fn accept(&self) -> io::Result<Self::Stream> {
-        let (stream, _) = self.listener.accept().await?;
+    async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (stream, peer) = self.listener.accept().await?;
         if self.set_nodelay {
             // Responses are small and written whole; do not let Nagle hold them back.
             let _ = stream.set_nodelay(true);
         }
-        Ok(stream)
+        Ok((stream, Some(peer)))
     }
 }
 
@@ -108,9 +110,9 @@ pub(crate) struct UnixAcceptor(pub tokio::net::UnixListener);
 
 impl Acceptor for UnixAcceptor {
     type Stream = tokio::net::UnixStream;
-    async fn accept(&self) -> io::Result<Self::Stream> {
+    async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
         let (stream, _) = self.0.accept().await?;
-        Ok(stream)
+        Ok((stream, None))
     }
 }
 
@@ -222,9 +224,11 @@ async fn accept_loop<A, S, B>(
 {
     run_accept_loop(&acceptor, &service, &conns, limit, until).await;
     let mut queued = 0;
-    while let Ok(Ok(stream)) = tokio::time::timeout(Duration::ZERO, acceptor.accept()).await {
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, acceptor.accept()).await
+    {
         queued += 1;
-        tokio::task::spawn_local(serve_connection(stream, service.clone(), conns.clone()));
+        let conn = serve_connection(stream, peer, service.clone(), conns.clone());
+        tokio::task::spawn_local(conn);
     }
     if queued > 0 {
         debug!("served {queued} connections that waited in the accept queue at the stop");
@@ -259,9 +263,9 @@ async fn run_accept_loop<A, S, B>(
             accepted = acceptor.accept() => accepted,
         };
         match accepted {
-            Ok(stream) => {
+            Ok((stream, peer)) => {
                 pause = Duration::from_millis(5);
-                let conn = serve_connection(stream, service.clone(), conns.clone());
+                let conn = serve_connection(stream, peer, service.clone(), conns.clone());
                 match permit.take() {
                     Some(permit) => {
                         tokio::task::spawn_local(async move {

@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
@@ -22,8 +23,10 @@ use tracing::debug;
 
 use crate::error::BoxError;
 use crate::http::body::Body;
+use crate::http::client::ClientAddr;
 use crate::http::fast;
 use crate::http::h2::FloodGuard;
+use crate::http::proxy::{self, ProxyProtocol, Refusals};
 use crate::http::{ResponseBody, WorkerService};
 
 /// Runs `spawn_local`: HTTP/2 streams of `!Send` services stay on the worker's one thread.
@@ -228,6 +231,11 @@ pub(super) struct Conns<T> {
     pub(super) timeouts: fast::Timeouts,
     /// Whether connections start on the fast path.
     pub(super) fast_path: bool,
+    /// Whether requests carry a [`ClientAddr`] (see `HttpConfig::client_addr`).
+    pub(super) client_addr: bool,
+    /// The PROXY protocol on TCP connections, and the connections it refused.
+    pub(super) proxy: Option<ProxyProtocol>,
+    pub(super) refusals: Refusals,
     /// Becomes true when the worker stops accepting.
     pub(super) stop: watch::Receiver<bool>,
     pub(super) live: Cell<usize>,
@@ -270,15 +278,33 @@ pub(super) type Tls = tokio_rustls::TlsAcceptor;
 #[cfg(not(feature = "tls"))]
 pub(super) type Tls = NoTls;
 
-/// Serves one accepted connection, after a TLS handshake if the worker has TLS.
-pub(super) async fn serve_connection<I, S, B>(stream: I, service: S, conns: Rc<Conns<Tls>>)
-where
+/// Serves one accepted connection from `peer` (TCP), after its PROXY header if the worker
+/// takes the PROXY protocol, and after a TLS handshake if the worker has TLS.
+pub(super) async fn serve_connection<I, S, B>(
+    mut stream: I,
+    peer: Option<SocketAddr>,
+    service: S,
+    conns: Rc<Conns<Tls>>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
 {
     let _live = conns.enter();
     let tcp = tcp_fd(&stream);
+    let mut client = peer;
+    if let (Some(proxy), Some(peer)) = (&conns.proxy, peer) {
+        // Boxed, so that the header's reading does not enlarge every connection's task.
+        match Box::pin(proxy_header(&mut stream, peer, proxy, &conns)).await {
+            Some(named) => client = Some(named),
+            None => return,
+        }
+    }
+    let service = Started {
+        inner: service,
+        first: Rc::new(FirstRequest::default()),
+        client: client.filter(|_| conns.client_addr).map(ClientAddr),
+    };
     #[cfg(feature = "tls")]
     if let Some(tls) = &conns.tls {
         // Boxed, so that the TLS state does not enlarge every plain connection's task.
@@ -300,6 +326,32 @@ where
     serve_stream(stream, service, &conns, Protocol::Sniffed, tcp).await;
 }
 
+/// The client a TCP connection's PROXY header names (see `proxy.rs`), read within the
+/// header-read timeout, or within the first-request grace once the worker stops; `None`:
+/// close the connection.
+async fn proxy_header<I: 'static>(
+    stream: &mut I,
+    peer: SocketAddr,
+    proxy: &ProxyProtocol,
+    conns: &Conns<Tls>,
+) -> Option<SocketAddr> {
+    let stream: &mut dyn std::any::Any = stream;
+    let stream = stream.downcast_mut::<tokio::net::TcpStream>()?;
+    let timeout = conns.timeouts.header_read;
+    let mut stop = conns.stop.clone();
+    let grace_over = async {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(conns.timeouts.first_request_grace).await;
+    };
+    tokio::select! {
+        client = proxy::accept(stream, peer, proxy, &conns.refusals, timeout) => client,
+        _ = grace_over => {
+            debug!("no PROXY header from {peer} within the first-request grace of a stop");
+            None
+        }
+    }
+}
+
 /// The socket of a TCP connection, for the HTTP/2 guard's TCP_NOTSENT_LOWAT. The acceptors
 /// hand over tokio's `TcpStream` or `UnixStream`; a downcast keeps them free of a bound
 /// that only this needs.
@@ -314,7 +366,7 @@ fn tcp_fd<I: 'static>(stream: &I) -> Option<RawFd> {
 /// (by ALPN) with hyper alone.
 async fn serve_stream<I, S, B>(
     mut io: I,
-    service: S,
+    service: Started<S>,
     conns: &Conns<Tls>,
     protocol: Protocol,
     tcp: Option<RawFd>,
@@ -323,11 +375,7 @@ async fn serve_stream<I, S, B>(
     S: WorkerService<B>,
     B: ResponseBody,
 {
-    let first = Rc::new(FirstRequest::default());
-    let service = Started {
-        inner: service,
-        first: first.clone(),
-    };
+    let first = service.first.clone();
     let read = if conns.fast_path && protocol != Protocol::Http2 {
         match fast::serve(&mut io, &service, conns.timeouts, conns.stop.clone()).await {
             fast::Outcome::Closed => return,
@@ -414,25 +462,30 @@ struct FirstRequest {
     notify: tokio::sync::Notify,
 }
 
-/// A connection's service, noting its first request.
+/// A connection's service, noting its first request and giving each request the
+/// connection's client.
 #[derive(Clone)]
 struct Started<S> {
     inner: S,
     first: Rc<FirstRequest>,
+    client: Option<ClientAddr>,
 }
 
-impl<S, R> Service<R> for Started<S>
+impl<S> Service<Request<Body>> for Started<S>
 where
-    S: Service<R>,
+    S: Service<Request<Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
 
-    fn call(&self, req: R) -> Self::Future {
+    fn call(&self, mut req: Request<Body>) -> Self::Future {
         if !self.first.started.get() {
             self.first.started.set(true);
             self.first.notify.notify_one();
+        }
+        if let Some(client) = self.client {
+            req.extensions_mut().insert(client);
         }
         self.inner.call(req)
     }

@@ -22,6 +22,7 @@ pub(crate) mod date;
 pub(crate) mod fast;
 pub(crate) mod guard;
 mod h2;
+pub(crate) mod proxy;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 
@@ -67,6 +68,12 @@ pub(crate) struct HttpConfig {
     /// The most connections the worker holds open at once (see `accept::ConnLimit`);
     /// `None`: no limit.
     pub max_connections: Option<usize>,
+    /// Give every request on a TCP listener its [`ClientAddr`](crate::ClientAddr), even when
+    /// neither the access log nor the PROXY protocol asks for it.
+    pub client_addr: bool,
+    /// Read a PROXY header from the trusted proxies before each TCP connection's first byte
+    /// (see `proxy.rs`); `None`: off.
+    pub proxy_protocol: Option<proxy::ProxyProtocol>,
     #[cfg(feature = "tls")]
     pub tls: Option<crate::http::tls::TlsSource>,
 }
@@ -82,6 +89,8 @@ impl Default for HttpConfig {
             fast_path: true,
             defer_accept: true,
             max_connections: None,
+            client_addr: false,
+            proxy_protocol: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -187,6 +196,9 @@ where
         tls,
         timeouts,
         fast_path: cfg.fast_path,
+        client_addr: cfg.client_addr || cfg.access_log || cfg.proxy_protocol.is_some(),
+        proxy: cfg.proxy_protocol.clone(),
+        refusals: proxy::Refusals::default(),
         stop: stop_rx,
         live: Cell::new(0),
         idle: tokio::sync::Notify::new(),
