@@ -660,6 +660,35 @@ impl Prefork {
         self
     }
 
+    /// Called in the master when a rolling reload (SIGHUP, `reload` on the control socket,
+    /// [`request_reload`](crate::request_reload)) is asked for, before the new generation
+    /// starts, with the settings it may change (worker count, timeouts, limits): re-read a
+    /// configuration file here. The master applies what the hook leaves in
+    /// [`ReloadSettings`](crate::ReloadSettings) to the new generation and the ones after.
+    /// Fork-mode workers inherit the master's memory, so whatever the hook changes in the
+    /// master (its own state) reaches the new workers too.
+    ///
+    /// An error refuses the reload: the master keeps its settings and its workers, logs the
+    /// error, emits [`Event::ReloadFailed`](crate::Event::ReloadFailed), and the control
+    /// socket answers `error: reload refused: ...`. So does a setting the master cannot run
+    /// with (0 workers).
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().on_reload(|settings| {
+    ///     let text = std::fs::read_to_string("workers.txt")?;
+    ///     settings.workers = text.trim().parse()?;
+    ///     Ok(())
+    /// });
+    /// # let _ = server;
+    /// ```
+    pub fn on_reload(
+        mut self,
+        hook: impl FnMut(&mut crate::ReloadSettings) -> Result<(), BoxError> + Send + 'static,
+    ) -> Self {
+        self.hooks.on_reload = Some(Box::new(hook));
+        self
+    }
+
     /// Called in the master with every lifecycle [`Event`](crate::Event), before the matching
     /// hook.
     ///
