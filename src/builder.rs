@@ -660,6 +660,13 @@ impl Prefork {
         self
     }
 
+    /// Refuses settings the master could not run with, as `serve`/`run` would before binding
+    /// (for `forklift check`). Not part of the API.
+    #[doc(hidden)]
+    pub fn __validate(&self) -> Result<()> {
+        self.config.validate()
+    }
+
     /// Called in the master when a rolling reload (SIGHUP, `reload` on the control socket,
     /// [`request_reload`](crate::request_reload)) is asked for, before the new generation
     /// starts, with the settings it may change (worker count, timeouts, limits): re-read a

@@ -120,7 +120,8 @@ pub use http::body::Body;
 pub use http::client::ClientAddr;
 #[doc(hidden)]
 pub use internal::{
-    defer_accept as __defer_accept, fuzz as __fuzz, serve_connection as __serve_connection,
+    check as __check, defer_accept as __defer_accept, fuzz as __fuzz,
+    serve_connection as __serve_connection,
 };
 pub use sys::control::control;
 pub use sys::process::ExitStatus;
