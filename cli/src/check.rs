@@ -146,12 +146,9 @@ fn pool(
         .join(", ");
         report.check(
             &who,
-            forklift::__check::credentials(
-                privileges.user.as_deref(),
-                privileges.group.as_deref(),
-            )
-            .map(drop)
-            .map_err(|e| e.to_string()),
+            forklift::__check::credentials(privileges.user.as_deref(), privileges.group.as_deref())
+                .map(drop)
+                .map_err(|e| e.to_string()),
         );
     }
     if let Some(path) = &pool.control {
@@ -161,10 +158,7 @@ fn pool(
         );
     }
     if let Some(path) = &pool.reexec_as {
-        report.check(
-            &format!("reexec-as {}", path.display()),
-            find_program(path),
-        );
+        report.check(&format!("reexec-as {}", path.display()), find_program(path));
     }
 }
 

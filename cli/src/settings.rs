@@ -82,7 +82,7 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Clap(e) => write!(f, "{}", first_line(&e.to_string())),
+            Error::Clap(e) => f.write_str(&clap_message(e)),
             Error::File(m) => f.write_str(m),
         }
     }
@@ -93,27 +93,111 @@ impl std::fmt::Display for Error {
 pub fn load<T: clap::FromArgMatches + clap::CommandFactory>(
     argv: &[OsString],
 ) -> Result<(T, ArgMatches), Error> {
-    let cmd = command::<T>(argv)?;
-    let matches = cmd.try_get_matches_from(argv).map_err(Error::Clap)?;
+    let (cmd, file, path) = layered::<T>(argv)?;
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(argv)
+        .map_err(Error::Clap)?;
+    // clap checks `requires` (--tls-cert needs --tls-key) on what was given, not on defaults:
+    // parse again with the file's values that won as flags, so the file meets the same rules.
+    let from_file = file_flags(&cmd, &matches, &file);
+    let matches = if from_file.is_empty() {
+        matches
+    } else {
+        let mut with_file = argv.to_vec();
+        let at = with_file
+            .iter()
+            .position(|a| a == "--")
+            .unwrap_or(with_file.len());
+        let (flags, command): (Vec<_>, Vec<_>) = from_file
+            .into_iter()
+            .partition(|(positional, _)| !positional);
+        with_file.splice(at..at, flags.into_iter().map(|(_, a)| a));
+        if !command.is_empty() {
+            with_file.push("--".into());
+            with_file.extend(command.into_iter().map(|(_, a)| a));
+        }
+        let strict = layer(
+            T::command(),
+            &FileSettings::default(),
+            &platform_defaults().map_err(Error::File)?,
+            true,
+        );
+        strict.try_get_matches_from(&with_file).map_err(|e| {
+            let shown = path.as_deref().map(Path::display);
+            Error::File(format!(
+                "{}: with the flags and environment given: {}",
+                shown.map(|p| p.to_string()).unwrap_or_default(),
+                clap_message(&e)
+            ))
+        })?
+    };
     let parsed = T::from_arg_matches(&matches).map_err(Error::Clap)?;
     Ok((parsed, matches))
+}
+
+/// The file's values that `matches` took (no flag or variable gave the option), as the
+/// arguments that would have given them: `(positional, argument)`.
+fn file_flags(cmd: &Command, matches: &ArgMatches, file: &FileSettings) -> Vec<(bool, OsString)> {
+    let (mut cmd, mut matches) = (cmd, matches);
+    while let Some((name, sub)) = matches.subcommand() {
+        match cmd.find_subcommand(name) {
+            Some(c) => (cmd, matches) = (c, sub),
+            None => break,
+        }
+    }
+    let scope = cmd.get_name();
+    let mut out = Vec::new();
+    for arg in cmd.get_arguments() {
+        let Some(key) = key_of(arg) else { continue };
+        let Some(values) = file.value(scope, &key) else {
+            continue;
+        };
+        if matches.value_source(arg.get_id().as_str())
+            != Some(clap::parser::ValueSource::DefaultValue)
+        {
+            continue;
+        }
+        match arg.get_long() {
+            None => out.extend(values.iter().map(|v| (true, OsString::from(v)))),
+            Some(long) if matches!(arg.get_action(), ArgAction::SetTrue) => {
+                if values.iter().any(|v| v == "true") {
+                    out.push((false, format!("--{long}").into()));
+                }
+            }
+            Some(long) => out.extend(
+                values
+                    .iter()
+                    .map(|v| (false, format!("--{long}={v}").into())),
+            ),
+        }
+    }
+    out
 }
 
 /// The clap command of `T` with the environment variables, the file named in `argv` (or by
 /// `FORKLIFT_CONFIG`) and the platform defaults as its arguments' defaults.
 pub fn command<T: clap::CommandFactory>(argv: &[OsString]) -> Result<Command, Error> {
+    layered::<T>(argv).map(|(cmd, _, _)| cmd)
+}
+
+fn layered<T: clap::CommandFactory>(
+    argv: &[OsString],
+) -> Result<(Command, FileSettings, Option<PathBuf>), Error> {
     let base = T::command();
-    let file = match config_path(argv) {
-        Some(path) => read_file(&path, &base).map_err(Error::File)?,
+    let path = config_path(argv);
+    let file = match &path {
+        Some(path) => read_file(path, &base).map_err(Error::File)?,
         None => FileSettings::default(),
     };
     let platform = platform_defaults().map_err(Error::File)?;
-    Ok(layer(base, &file, &platform))
+    let cmd = layer(base, &file, &platform, false);
+    Ok((cmd, file, path))
 }
 
 /// `cmd` with each long option's environment variable (for the manual page).
 pub fn with_env(cmd: Command) -> Command {
-    layer(cmd, &FileSettings::default(), &Values::new())
+    layer(cmd, &FileSettings::default(), &Values::new(), true)
 }
 
 /// The environment variable each long option is read from.
@@ -156,15 +240,20 @@ fn platform_defaults() -> Result<Values, String> {
         let n = n.to_string_lossy();
         match n.parse::<usize>() {
             Ok(n) if n > 0 => values.insert("workers".into(), vec![n.to_string()]),
-            _ => return Err(format!("WEB_CONCURRENCY={n:?} is not a worker count (1 or more)")),
+            _ => {
+                return Err(format!(
+                    "WEB_CONCURRENCY={n:?} is not a worker count (1 or more)"
+                ))
+            }
         };
     }
     Ok(values)
 }
 
 /// Gives every long option of every subcommand its environment variable and its file (or
-/// platform) default.
-fn layer(cmd: Command, file: &FileSettings, platform: &Values) -> Command {
+/// platform) default. Without `strict`, `requires` is not checked (a file value counts as
+/// a default, which `requires` ignores): [`load`] checks it on a second parse.
+fn layer(cmd: Command, file: &FileSettings, platform: &Values, strict: bool) -> Command {
     let name = cmd.get_name().to_string();
     let has_file_command = file.value(&name, "command").is_some();
     let mut cmd = cmd.mut_args(|arg| {
@@ -178,11 +267,21 @@ fn layer(cmd: Command, file: &FileSettings, platform: &Values) -> Command {
                 None => arg,
             };
         };
-        let mut arg = if arg.get_env().is_none() {
+        let mut arg = if strict {
+            arg
+        } else {
+            arg.requires(clap::builder::Resettable::<clap::Id>::Reset)
+        };
+        arg = if arg.get_env().is_none() {
             arg.env(env_name(&long))
         } else {
             arg
         };
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            // FORKLIFT_REUSE_PORT=1 (or yes, on, true; 0, no, off, false) as for any flag
+            // set from the environment.
+            arg = arg.value_parser(clap::builder::BoolishValueParser::new());
+        }
         if let Some(values) = file.value(&name, &key).or_else(|| platform.get(&key)) {
             arg = arg.required(false).default_values(values.clone());
         }
@@ -196,7 +295,7 @@ fn layer(cmd: Command, file: &FileSettings, platform: &Values) -> Command {
         .map(|s| s.get_name().to_string())
         .collect();
     for sub in names {
-        cmd = cmd.mut_subcommand(sub, |s| layer(s, file, platform));
+        cmd = cmd.mut_subcommand(sub, |s| layer(s, file, platform, strict));
     }
     cmd
 }
@@ -227,7 +326,9 @@ fn key_of(arg: &Arg) -> Option<String> {
 fn read_file(path: &Path, cmd: &Command) -> Result<FileSettings, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read the configuration file {shown}: {e} (given by --config or {CONFIG_ENV})")
+        format!(
+            "cannot read the configuration file {shown}: {e} (given by --config or {CONFIG_ENV})"
+        )
     })?;
     let doc = toml_edit::ImDocument::parse(text.as_str()).map_err(|e| {
         let at = e
@@ -323,16 +424,17 @@ fn unknown<'a>(
 
 /// A TOML value as the strings clap would have been given, checked with `arg`'s parser.
 fn file_values(item: &toml_edit::Item, sub: &Command, arg: &Arg) -> Result<Vec<String>, String> {
-    let value = item
-        .as_value()
-        .ok_or("expected a value, found a table")?;
+    let value = item.as_value().ok_or("expected a value, found a table")?;
     let is_flag = matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse);
     let repeatable = matches!(arg.get_action(), ArgAction::Append)
         || arg.get_num_args().is_some_and(|n| n.max_values() > 1);
     if is_flag {
         return match value.as_bool() {
             Some(b) => Ok(vec![b.to_string()]),
-            None => Err(format!("expected true or false, found {}", type_name(value))),
+            None => Err(format!(
+                "expected true or false, found {}",
+                type_name(value)
+            )),
         };
     }
     let strings = match value.as_array() {
@@ -392,20 +494,20 @@ fn check_with_parser(sub: &Command, arg: &Arg, value: &str) -> Result<(), String
         .arg(probe)
         .try_get_matches_from([OsString::from(format!("--{long}={value}"))])
         .map(drop)
-        .map_err(|e| {
-            e.to_string()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim_start_matches("error: ")
-                .to_string()
-        })
+        .map_err(|e| clap_message(&e))
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or("")
+/// A clap error on one line, without the usage and help hints.
+fn clap_message(e: &clap::Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 fn line_at(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
@@ -434,8 +536,7 @@ pub fn raw_values(cmd: &Command, matches: &ArgMatches) -> BTreeMap<String, Vec<O
 
 /// The subcommand `path` (`["serve"]`, `["check", "serve"]`) of `cmd`.
 pub fn find_subcommand<'a>(cmd: &'a Command, path: &[&str]) -> Option<&'a Command> {
-    path.iter()
-        .try_fold(cmd, |c, name| c.find_subcommand(name))
+    path.iter().try_fold(cmd, |c, name| c.find_subcommand(name))
 }
 
 #[cfg(test)]
@@ -469,4 +570,45 @@ mod tests {
         let after = config_path(&argv(&["forklift", "run", "--", "x", "--config", "h"]));
         assert_ne!(after, Some(PathBuf::from("h")));
     }
+}
+
+/// The table of every key in docs/configuration.md, made from the clap definition (a test
+/// keeps the doc equal to it; `UPDATE_DOCS=1` rewrites it).
+#[cfg(test)]
+pub fn keys_table(cmd: &Command) -> String {
+    let mut rows: BTreeMap<String, (String, Vec<String>, String)> = BTreeMap::new();
+    for sub in leaves(cmd) {
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(key) = key_of(arg) else { continue };
+            let env = match arg.get_long() {
+                Some(long) => arg
+                    .get_env()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| env_name(long)),
+                None => "(none)".into(),
+            };
+            let help = arg
+                .get_help()
+                .map(|h| h.to_string().replace('\n', " ").replace('|', "\\|"))
+                .unwrap_or_default();
+            let row = rows.entry(key).or_insert_with(|| (env, Vec::new(), help));
+            let name = sub.get_name().to_string();
+            if !row.1.contains(&name) {
+                row.1.push(name);
+            }
+        }
+    }
+    let mut out = String::from("| key | environment | commands | meaning |\n|---|---|---|---|\n");
+    for (key, (env, commands, help)) in rows {
+        let env = if env == "(none)" {
+            env
+        } else {
+            format!("`{env}`")
+        };
+        out.push_str(&format!(
+            "| `{key}` | {env} | {} | {help} |\n",
+            commands.join(", ")
+        ));
+    }
+    out
 }

@@ -41,9 +41,9 @@ pub fn man(args: ManArgs) -> Result<String, String> {
     let page = match &args.subcommand {
         None => cmd,
         Some(name) => {
-            let sub = cmd.find_subcommand(name).ok_or_else(|| {
-                format!("no subcommand {name}: see forklift --help for the list")
-            })?;
+            let sub = cmd
+                .find_subcommand(name)
+                .ok_or_else(|| format!("no subcommand {name}: see forklift --help for the list"))?;
             let full = format!("forklift-{name}");
             sub.clone().name(full.clone()).display_name(full)
         }

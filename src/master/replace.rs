@@ -45,7 +45,9 @@ impl Master {
             return Ok(());
         }
         if let Err(reason) = self.reread_settings(origin) {
-            error!("reload requested by {origin} refused: {reason}; the workers serve on unchanged");
+            error!(
+                "reload requested by {origin} refused: {reason}; the workers serve on unchanged"
+            );
             self.stats.reloads_failed += 1;
             self.last_reload = Some(ReloadOutcome {
                 generation: self.generation + 1,
