@@ -539,39 +539,6 @@ pub fn find_subcommand<'a>(cmd: &'a Command, path: &[&str]) -> Option<&'a Comman
     path.iter().try_fold(cmd, |c, name| c.find_subcommand(name))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_names_follow_the_long_option() {
-        assert_eq!(env_name("graceful-timeout"), "FORKLIFT_GRACEFUL_TIMEOUT");
-        assert_eq!(env_name("listen"), "FORKLIFT_LISTEN");
-    }
-
-    #[test]
-    fn lines_count_from_one() {
-        assert_eq!(line_of("a\nb\nc", 0), 1);
-        assert_eq!(line_of("a\nb\nc", 2), 2);
-        assert_eq!(line_of("a\nb\nc", 4), 3);
-    }
-
-    #[test]
-    fn the_config_flag_is_found_before_the_command() {
-        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(
-            config_path(&argv(&["forklift", "serve", "--config", "f.toml"])),
-            Some(PathBuf::from("f.toml"))
-        );
-        assert_eq!(
-            config_path(&argv(&["forklift", "serve", "--config=g.toml"])),
-            Some(PathBuf::from("g.toml"))
-        );
-        let after = config_path(&argv(&["forklift", "run", "--", "x", "--config", "h"]));
-        assert_ne!(after, Some(PathBuf::from("h")));
-    }
-}
-
 /// The table of every key in docs/configuration.md, made from the clap definition (a test
 /// keeps the doc equal to it; `UPDATE_DOCS=1` rewrites it).
 #[cfg(test)]
@@ -611,4 +578,37 @@ pub fn keys_table(cmd: &Command) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_follow_the_long_option() {
+        assert_eq!(env_name("graceful-timeout"), "FORKLIFT_GRACEFUL_TIMEOUT");
+        assert_eq!(env_name("listen"), "FORKLIFT_LISTEN");
+    }
+
+    #[test]
+    fn lines_count_from_one() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+    }
+
+    #[test]
+    fn the_config_flag_is_found_before_the_command() {
+        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            config_path(&argv(&["forklift", "serve", "--config", "f.toml"])),
+            Some(PathBuf::from("f.toml"))
+        );
+        assert_eq!(
+            config_path(&argv(&["forklift", "serve", "--config=g.toml"])),
+            Some(PathBuf::from("g.toml"))
+        );
+        let after = config_path(&argv(&["forklift", "run", "--", "x", "--config", "h"]));
+        assert_ne!(after, Some(PathBuf::from("h")));
+    }
 }

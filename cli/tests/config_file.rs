@@ -82,16 +82,19 @@ impl ConfigFile {
     }
 }
 
+/// (file `workers`, FORKLIFT_WORKERS, --workers, WEB_CONCURRENCY, workers started)
+type Case = (
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    usize,
+);
+
 #[test]
 fn flags_beat_env_beat_file_beat_web_concurrency() {
     // (file workers, FORKLIFT_WORKERS, --workers, WEB_CONCURRENCY) -> workers started
-    let table: &[(
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        usize,
-    )] = &[
+    let table: &[Case] = &[
         (Some("2"), None, None, None, 2),
         (Some("2"), Some("3"), None, None, 3),
         (Some("2"), Some("3"), Some("1"), None, 1),
