@@ -660,6 +660,19 @@ impl Prefork {
         self
     }
 
+    /// A builder holding `http` (for [`ReloadSettings::http`](crate::ReloadSettings::http)).
+    pub(crate) fn with_http(http: HttpConfig) -> Prefork {
+        Prefork {
+            http,
+            ..Prefork::new()
+        }
+    }
+
+    /// Its HTTP settings.
+    pub(crate) fn into_http(self) -> HttpConfig {
+        self.http
+    }
+
     /// Refuses settings the master could not run with, as `serve`/`run` would before binding
     /// (for `forklift check`). Not part of the API.
     #[doc(hidden)]
@@ -749,7 +762,7 @@ impl Prefork {
     ///
     /// # Errors
     /// A bad or taken address, a worker that cannot boot, too many crashes, a failing hook.
-    pub fn serve<F, S, B>(self, factory: F) -> Result<()>
+    pub fn serve<F, S, B>(mut self, factory: F) -> Result<()>
     where
         F: Fn() -> S + Send + Sync + 'static,
         S: hyper::service::Service<hyper::Request<crate::Body>, Response = hyper::Response<B>>
@@ -768,7 +781,17 @@ impl Prefork {
             tls.load()?;
         }
         let on_death = self.hooks.on_master_death.clone();
-        self.run(move |worker| http::serve(worker, &factory, &http, on_death.as_deref()))
+        // A reload may change the HTTP settings; fork-mode workers read them as they start.
+        let http = Arc::new(std::sync::Mutex::new(http));
+        self.hooks.on_reload =
+            crate::reload_settings::share_http(self.hooks.on_reload.take(), http.clone());
+        self.run(move |worker| {
+            let http = http
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            http::serve(worker, &factory, &http, on_death.as_deref())
+        })
     }
 
     /// Serves HTTP with a tower `Service` (an axum `Router`, tower-http middleware, ...) that

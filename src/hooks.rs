@@ -122,7 +122,7 @@ type ReadyHook = Box<dyn FnMut(&[WorkerInfo]) -> Result<(), BoxError> + Send>;
 type RecoverHook = Box<dyn FnMut(&WorkerInfo, &WorkerInfo) + Send>;
 type ExitHook = Box<dyn FnMut(&WorkerInfo, ExitStatus) + Send>;
 type EventHook = Box<dyn FnMut(&Event) + Send>;
-type ReloadHook =
+pub(crate) type ReloadHook =
     Box<dyn FnMut(&mut crate::reload_settings::ReloadSettings) -> Result<(), BoxError> + Send>;
 pub(crate) type DeathHook = Arc<dyn Fn() + Send + Sync>;
 

@@ -2,9 +2,13 @@
 //! [`Prefork::on_reload`](crate::Prefork::on_reload) receives, to re-read a configuration file
 //! on SIGHUP as nginx and gunicorn do.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::hooks::ReloadHook;
+use crate::http::HttpConfig;
+use crate::Prefork;
 
 /// The settings a reload (SIGHUP, `forklift reload`) may change, as the master runs with them.
 /// An [`on_reload`](crate::Prefork::on_reload) hook edits them; the master applies them before
@@ -19,7 +23,7 @@ use crate::config::Config;
 /// });
 /// # let _ = server;
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReloadSettings {
     /// How many workers the new generation has (at least 1).
@@ -36,6 +40,8 @@ pub struct ReloadSettings {
     pub max_worker_memory: Option<u64>,
     /// Replace a worker that has run this long.
     pub max_worker_age: Option<Duration>,
+    /// The HTTP settings of [`Prefork::serve`]'s workers, when serving HTTP.
+    http: Option<HttpConfig>,
 }
 
 impl ReloadSettings {
@@ -50,6 +56,32 @@ impl ReloadSettings {
             shutdown_delay: config.shutdown_delay,
             max_worker_memory: config.max_worker_memory,
             max_worker_age: config.max_worker_age,
+            http: None,
+        }
+    }
+
+    /// Changes the HTTP settings of the workers [`Prefork::serve`] starts from now on: `edit`
+    /// gets a builder holding the current ones and returns it with its HTTP setters applied
+    /// ([`tls_files`](Prefork::tls_files), [`access_log`](Prefork::access_log),
+    /// [`header_read_timeout`](Prefork::header_read_timeout), ...). The pool settings of that
+    /// builder are ignored: they are the fields of `self`. New TLS files are loaded before the
+    /// reload starts, and a failure refuses it.
+    ///
+    /// Fork-mode workers inherit what this sets. Exec-mode workers (and
+    /// [`Prefork::run`]) build their settings again in their own process: there it does
+    /// nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = forklift::Prefork::new().on_reload(|settings| {
+    ///     settings.http(|http| http.access_log(true).header_read_timeout(Duration::from_secs(5)));
+    ///     Ok(())
+    /// });
+    /// # let _ = server;
+    /// ```
+    pub fn http(&mut self, edit: impl FnOnce(Prefork) -> Prefork) {
+        if let Some(http) = self.http.take() {
+            self.http = Some(edit(Prefork::with_http(http)).into_http());
         }
     }
 
@@ -76,4 +108,31 @@ impl ReloadSettings {
         config.max_worker_age = next.max_worker_age;
         Ok(())
     }
+}
+
+/// Wraps `hook` so that the HTTP settings it changes (see [`ReloadSettings::http`]) are the
+/// ones `shared` hands each worker [`Prefork::serve`] forks from then on.
+pub(crate) fn share_http(
+    hook: Option<ReloadHook>,
+    shared: Arc<Mutex<HttpConfig>>,
+) -> Option<ReloadHook> {
+    let mut hook = hook?;
+    Some(Box::new(move |settings: &mut ReloadSettings| {
+        let current = shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        settings.http = Some(current);
+        hook(settings)?;
+        let Some(mut http) = settings.http.take() else {
+            return Ok(());
+        };
+        http.graceful_timeout = settings.graceful_timeout;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &http.tls {
+            tls.load()?;
+        }
+        *shared.lock().unwrap_or_else(PoisonError::into_inner) = http;
+        Ok(())
+    }))
 }

@@ -1,7 +1,8 @@
 //! A reload (HUP, `forklift reload`) re-reads the settings: the same command line, with the
 //! environment and the configuration file as they are now. What the master can change in
-//! place (worker count, timeouts, limits) applies to the new generation; the log says what
-//! else changed and that it needs a binary upgrade (USR2). A file that no longer parses
+//! place (worker count, timeouts, limits, and `serve`'s HTTP settings: TLS files, access log,
+//! header timeout, request and connection limits) applies to the new generation; the log
+//! says what else changed and that it needs a binary upgrade (USR2). A file that no longer parses
 //! refuses the reload: the workers serve on with the old settings, and the error is logged
 //! and is what `forklift reload` answers.
 
@@ -22,6 +23,19 @@ const RELOADED: &[&str] = &[
     "shutdown-delay",
     "max-worker-memory",
     "max-worker-age",
+];
+
+/// What `serve`'s workers take from the master on a reload, fork mode included (see
+/// [`ReloadSettings::http`]).
+const HTTP_RELOADED: &[&str] = &[
+    "header-read-timeout",
+    "access-log",
+    "tls-cert",
+    "tls-key",
+    "max-requests",
+    "max-requests-jitter",
+    "max-connections",
+    "no-fast-path",
 ];
 
 /// What the master holds from its start (sockets, credentials, how workers start): only a
@@ -101,7 +115,7 @@ fn say_changes(before: &Raw, after: &Raw, exec_workers: bool) {
         }
         changed += 1;
         let (old, new) = (show(old), show(new));
-        if RELOADED.contains(&key.as_str()) {
+        if RELOADED.contains(&key.as_str()) || HTTP_RELOADED.contains(&key.as_str()) {
             info!("reload: {key} {old} -> {new}: applies to the new generation");
         } else if exec_workers && !MASTER_BOUND.contains(&key.as_str()) {
             info!("reload: {key} {old} -> {new}: the new workers read it as they start (exec)");
@@ -131,4 +145,22 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) {
     settings.worker_timeout = (!worker_timeout.is_zero()).then_some(worker_timeout);
     settings.max_worker_memory = limits.max_worker_memory.map(|mib| mib << 20);
     settings.max_worker_age = limits.max_worker_age.map(|a| a.0);
+    if let Command::Serve(a) = &cli.command {
+        settings.http(|mut http| {
+            http = http
+                .header_read_timeout(a.header_read_timeout.0)
+                .access_log(a.access_log)
+                .http1_fast_path(!a.no_fast_path);
+            if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+                http = http.tls_files(cert, key);
+            }
+            if let Some(n) = a.max_requests {
+                http = http.max_requests(n, a.max_requests_jitter);
+            }
+            if let Some(n) = a.max_connections {
+                http = http.max_connections(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            http
+        });
+    }
 }

@@ -485,3 +485,40 @@ fn completions_man_and_version() {
         "{out}"
     );
 }
+
+#[test]
+fn hup_applies_http_settings_to_forked_workers() {
+    let cfg = ConfigFile::new("listen = \"127.0.0.1:0\"\nworkers = 1\n");
+    let config = cfg.arg();
+    let mut s = start_ready(&["serve", "--config", &config], &[]);
+    let addr = s.addr();
+    assert_greeting(&http_get(addr, "/").unwrap());
+    assert!(!s.stderr_text().contains("forklift::access"));
+
+    cfg.write("listen = \"127.0.0.1:0\"\nworkers = 1\n[serve]\naccess-log = true\n");
+    s.send_signal(libc::SIGHUP);
+    s.expect_line(
+        "`reloaded generation=2`",
+        |l| l.starts_with("reloaded generation=2 "),
+        READY_TIMEOUT,
+    );
+    assert!(
+        s.stderr_text()
+            .contains("reload: access-log false -> true: applies to the new generation"),
+        "{}",
+        s.stderr_text()
+    );
+    // Generation 1's worker may still take a connection while it drains: ask until the new
+    // generation answers (and logs).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.stderr_text().contains("forklift::access") && Instant::now() < deadline {
+        assert_greeting(&http_get(addr, "/").unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        s.stderr_text().contains("forklift::access"),
+        "the new generation logs each request: {}",
+        s.stderr_text()
+    );
+    s.stop(Duration::from_secs(10));
+}
