@@ -77,7 +77,12 @@ pub fn on_hup(server: Prefork, subcommand: &'static str) -> Prefork {
             _ => false,
         };
         say_changes(&before, &after, exec_workers);
+        // The worker count as TTIN/TTOU left it stands unless the configured one changed.
+        let workers = settings.workers;
         apply(&cli, settings);
+        if before.get("workers") == after.get("workers") {
+            settings.workers = workers;
+        }
         before = after;
         Ok(())
     })
