@@ -694,12 +694,41 @@ impl Prefork {
     /// with (0 workers).
     ///
     /// ```
-    /// let server = forklift::Prefork::new().on_reload(|settings| {
-    ///     let text = std::fs::read_to_string("workers.txt")?;
-    ///     settings.workers = text.trim().parse()?;
-    ///     Ok(())
-    /// });
-    /// # let _ = server;
+    /// use forklift::Event;
+    /// use std::sync::{Arc, Mutex};
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let mut reloads = 0;
+    /// forklift::Prefork::new()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0")?
+    ///     // A real hook re-reads a file; this one asks for 2 workers, then fails.
+    ///     .on_reload(move |settings| {
+    ///         reloads += 1;
+    ///         if reloads > 1 {
+    ///             return Err("forklift.toml:3: workers: not a number".into());
+    ///         }
+    ///         settings.workers = 2;
+    ///         Ok(())
+    ///     })
+    ///     .on_event(move |e| match e {
+    ///         Event::MasterReady(_) => forklift::request_reload(),
+    ///         Event::GenerationReady { workers, .. } => {
+    ///             log.lock().unwrap().push(format!("{} workers", workers.len()));
+    ///             forklift::request_reload();
+    ///         }
+    ///         Event::ReloadFailed { reason, .. } => {
+    ///             log.lock().unwrap().push(reason.clone());
+    ///             forklift::request_stop(true);
+    ///         }
+    ///         _ => {}
+    ///     })
+    ///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+    /// assert_eq!(
+    ///     *seen.lock().unwrap(),
+    ///     ["2 workers", "hook on_reload failed: forklift.toml:3: workers: not a number"]
+    /// );
+    /// # Ok::<(), forklift::Error>(())
     /// ```
     pub fn on_reload(
         mut self,
