@@ -782,40 +782,6 @@ mod tests {
         }
     }
 
-    /// docs/configuration.md lists every key, made from the clap definition; run with
-    /// UPDATE_DOCS=1 to rewrite the table after adding an option.
-    #[test]
-    fn the_configuration_doc_lists_every_key() {
-        use clap::CommandFactory;
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
-        let doc = std::fs::read_to_string(path).unwrap();
-        let (begin, end) = ("<!-- keys: begin -->\n", "<!-- keys: end -->");
-        let start = doc.find(begin).expect("the keys: begin marker") + begin.len();
-        let stop = doc.find(end).expect("the keys: end marker");
-        let table = settings::keys_table(&Cli::command());
-        if std::env::var_os("UPDATE_DOCS").is_some() {
-            let updated = format!("{}{table}{}", &doc[..start], &doc[stop..]);
-            std::fs::write(path, updated).unwrap();
-            return;
-        }
-        assert_eq!(
-            doc[start..stop],
-            table,
-            "docs/configuration.md's key table is out of date: run UPDATE_DOCS=1 cargo test -p \
-             forklift-cli --bin forklift the_configuration_doc_lists_every_key"
-        );
-        let example = include_str!("../../docs/forklift.example.toml");
-        for line in table.lines().skip(2) {
-            let key = line.split('`').nth(1).unwrap();
-            assert!(
-                example
-                    .lines()
-                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} = "))),
-                "docs/forklift.example.toml does not show the key {key}"
-            );
-        }
-    }
-
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;

@@ -386,7 +386,14 @@ fn read_file(path: &Path, cmd: &Command) -> Result<FileSettings, String> {
             continue;
         }
         let Some(found) = owners.get(key) else {
-            return Err(unknown(&shown, line, key, key, owners.keys()));
+            let tables: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            return Err(unknown(
+                &shown,
+                line,
+                key,
+                key,
+                owners.keys().chain(tables.iter()),
+            ));
         };
         let mut strings = None;
         for &(sub, arg) in found {
@@ -610,5 +617,39 @@ mod tests {
         );
         let after = config_path(&argv(&["forklift", "run", "--", "x", "--config", "h"]));
         assert_ne!(after, Some(PathBuf::from("h")));
+    }
+
+    /// docs/configuration.md lists every key, made from the clap definition; run with
+    /// UPDATE_DOCS=1 to rewrite the table after adding an option.
+    #[test]
+    fn the_configuration_doc_lists_every_key() {
+        use clap::CommandFactory;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- keys: begin -->\n", "<!-- keys: end -->");
+        let start = doc.find(begin).expect("the keys: begin marker") + begin.len();
+        let stop = doc.find(end).expect("the keys: end marker");
+        let table = keys_table(&crate::Cli::command());
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let updated = format!("{}{table}{}", &doc[..start], &doc[stop..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            doc[start..stop],
+            table,
+            "docs/configuration.md's key table is out of date: run UPDATE_DOCS=1 cargo test -p \
+             forklift-cli --bin forklift the_configuration_doc_lists_every_key"
+        );
+        let example = include_str!("../../docs/forklift.example.toml");
+        for line in table.lines().skip(2) {
+            let key = line.split('`').nth(1).unwrap();
+            assert!(
+                example
+                    .lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} = "))),
+                "docs/forklift.example.toml does not show the key {key}"
+            );
+        }
     }
 }
