@@ -237,6 +237,11 @@ fn a_broken_file_names_the_line_and_key() {
             ":2: serve.ready-after: `forklift serve` has no option ready-after",
         ),
         ("workers = 1\n[serve\n", ":2: not valid TOML"),
+        (
+            "tls-cert = \"/etc/cert.pem\"\n",
+            ": with the flags and environment given: the following required arguments were \
+             not provided: --tls-key <PATH>",
+        ),
     ];
     for (text, expected) in cases {
         let cfg = ConfigFile::new(text);
@@ -521,4 +526,38 @@ fn hup_applies_http_settings_to_forked_workers() {
         s.stderr_text()
     );
     s.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn a_command_table_beats_the_top_level_and_flags_come_from_the_environment() {
+    let cfg = ConfigFile::new(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[serve]\nworkers = 2\n[run]\nworkers = 3\n",
+    );
+    let config = cfg.arg();
+    let mut s = start_ready(&["serve", "--config", &config], &[]);
+    assert_eq!(s.pids_from_ready().len(), 2);
+    s.stop(Duration::from_secs(10));
+
+    // A flag from the environment takes 1/0, true/false, yes/no, on/off; the file's `true`
+    // is turned off by the variable.
+    let cfg = ConfigFile::new("listen = \"127.0.0.1:0\"\nworkers = 1\nreuse-port = true\n");
+    let config = cfg.arg();
+    for (value, shared) in [("0", true), ("false", true), ("1", false), ("on", false)] {
+        let mut s = start_ready(
+            &["serve", "--config", &config],
+            &[("FORKLIFT_REUSE_PORT", value)],
+        );
+        let line = s
+            .wait_stderr_contains("workers (", Duration::from_secs(10))
+            .expect("the master's `listening on ... with N workers (...)` log line");
+        assert_eq!(
+            line.contains("shared socket"),
+            shared,
+            "FORKLIFT_REUSE_PORT={value}: {line}"
+        );
+        s.stop(Duration::from_secs(10));
+    }
+    let (code, _, err) = forklift(&["serve"], &[("FORKLIFT_REUSE_PORT", "maybe")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("maybe"), "{err}");
 }
