@@ -730,6 +730,84 @@ impl Prefork {
         self
     }
 
+    /// A builder holding `http` (for [`ReloadSettings::http`](crate::ReloadSettings::http)).
+    pub(crate) fn with_http(http: HttpConfig) -> Prefork {
+        Prefork {
+            http,
+            ..Prefork::new()
+        }
+    }
+
+    /// Its HTTP settings.
+    pub(crate) fn into_http(self) -> HttpConfig {
+        self.http
+    }
+
+    /// Refuses settings the master could not run with, as `serve`/`run` would before binding
+    /// (for `forklift check`). Not part of the API.
+    #[doc(hidden)]
+    pub fn __validate(&self) -> Result<()> {
+        self.config.validate()
+    }
+
+    /// Called in the master when a rolling reload (SIGHUP, `reload` on the control socket,
+    /// [`request_reload`](crate::request_reload)) is asked for, before the new generation
+    /// starts, with the settings it may change (worker count, timeouts, limits): re-read a
+    /// configuration file here. The master applies what the hook leaves in
+    /// [`ReloadSettings`](crate::ReloadSettings) to the new generation and the ones after.
+    /// Fork-mode workers inherit the master's memory, so whatever the hook changes in the
+    /// master (its own state) reaches the new workers too.
+    ///
+    /// An error refuses the reload: the master keeps its settings and its workers, logs the
+    /// error, emits [`Event::ReloadFailed`](crate::Event::ReloadFailed), and the control
+    /// socket answers `error: reload refused: ...`. So does a setting the master cannot run
+    /// with (0 workers).
+    ///
+    /// ```
+    /// use forklift::Event;
+    /// use std::sync::{Arc, Mutex};
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let mut reloads = 0;
+    /// forklift::Prefork::new()
+    ///     .workers(1)
+    ///     .listen("127.0.0.1:0")?
+    ///     // A real hook re-reads a file; this one asks for 2 workers, then fails.
+    ///     .on_reload(move |settings| {
+    ///         reloads += 1;
+    ///         if reloads > 1 {
+    ///             return Err("forklift.toml:3: workers: not a number".into());
+    ///         }
+    ///         settings.workers = 2;
+    ///         Ok(())
+    ///     })
+    ///     .on_event(move |e| match e {
+    ///         Event::MasterReady(_) => forklift::request_reload(),
+    ///         Event::GenerationReady { workers, .. } => {
+    ///             log.lock().unwrap().push(format!("{} workers", workers.len()));
+    ///             forklift::request_reload();
+    ///         }
+    ///         Event::ReloadFailed { reason, .. } => {
+    ///             log.lock().unwrap().push(reason.clone());
+    ///             forklift::request_stop(true);
+    ///         }
+    ///         _ => {}
+    ///     })
+    ///     .run(|worker| { worker.ready()?; loop { std::thread::park() } })?;
+    /// assert_eq!(
+    ///     *seen.lock().unwrap(),
+    ///     ["2 workers", "hook on_reload failed: forklift.toml:3: workers: not a number"]
+    /// );
+    /// # Ok::<(), forklift::Error>(())
+    /// ```
+    pub fn on_reload(
+        mut self,
+        hook: impl FnMut(&mut crate::ReloadSettings) -> Result<(), BoxError> + Send + 'static,
+    ) -> Self {
+        self.hooks.on_reload = Some(Box::new(hook));
+        self
+    }
+
     /// Called in the master with every lifecycle [`Event`](crate::Event), before the matching
     /// hook.
     ///
@@ -783,7 +861,7 @@ impl Prefork {
     ///
     /// # Errors
     /// A bad or taken address, a worker that cannot boot, too many crashes, a failing hook.
-    pub fn serve<F, S, B>(self, factory: F) -> Result<()>
+    pub fn serve<F, S, B>(mut self, factory: F) -> Result<()>
     where
         F: Fn() -> S + Send + Sync + 'static,
         S: hyper::service::Service<hyper::Request<crate::Body>, Response = hyper::Response<B>>
@@ -802,7 +880,17 @@ impl Prefork {
             tls.load()?;
         }
         let on_death = self.hooks.on_master_death.clone();
-        self.run(move |worker| http::serve(worker, &factory, &http, on_death.as_deref()))
+        // A reload may change the HTTP settings; fork-mode workers read them as they start.
+        let http = Arc::new(std::sync::Mutex::new(http));
+        self.hooks.on_reload =
+            crate::reload_settings::share_http(self.hooks.on_reload.take(), http.clone());
+        self.run(move |worker| {
+            let http = http
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            http::serve(worker, &factory, &http, on_death.as_deref())
+        })
     }
 
     /// Serves HTTP with a tower `Service` (an axum `Router`, tower-http middleware, ...) that

@@ -122,6 +122,8 @@ type ReadyHook = Box<dyn FnMut(&[WorkerInfo]) -> Result<(), BoxError> + Send>;
 type RecoverHook = Box<dyn FnMut(&WorkerInfo, &WorkerInfo) + Send>;
 type ExitHook = Box<dyn FnMut(&WorkerInfo, ExitStatus) + Send>;
 type EventHook = Box<dyn FnMut(&Event) + Send>;
+pub(crate) type ReloadHook =
+    Box<dyn FnMut(&mut crate::reload_settings::ReloadSettings) -> Result<(), BoxError> + Send>;
 pub(crate) type DeathHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The hooks a [`Prefork`](crate::Prefork) was given.
@@ -133,6 +135,7 @@ pub(crate) struct Hooks {
     pub on_worker_exit: Option<ExitHook>,
     pub on_event: Option<EventHook>,
     pub on_master_death: Option<DeathHook>,
+    pub on_reload: Option<ReloadHook>,
 }
 
 impl fmt::Debug for Hooks {
@@ -144,6 +147,7 @@ impl fmt::Debug for Hooks {
             .field("on_worker_exit", &self.on_worker_exit.is_some())
             .field("on_event", &self.on_event.is_some())
             .field("on_master_death", &self.on_master_death.is_some())
+            .field("on_reload", &self.on_reload.is_some())
             .finish()
     }
 }

@@ -97,3 +97,26 @@ pub mod fuzz {
         }
     }
 }
+
+/// What `forklift check` verifies without binding or starting anything.
+pub mod check {
+    /// Reads a PEM certificate chain and private key as a server would, and checks that the
+    /// key matches the certificate.
+    #[cfg(feature = "tls")]
+    pub fn tls_files(cert: &std::path::Path, key: &std::path::Path) -> crate::Result<()> {
+        crate::http::tls::TlsSource::Files {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }
+        .load()
+        .map(drop)
+    }
+
+    /// Looks up the user and group workers would run as: their (uid, gid).
+    pub fn credentials(
+        user: Option<&str>,
+        group: Option<&str>,
+    ) -> crate::Result<Option<(u32, u32)>> {
+        crate::sys::process::resolve_credentials(user, group)
+    }
+}

@@ -81,6 +81,7 @@
 //!
 //! [`Prefork::on_worker_spawn`], [`Prefork::on_master_ready`], [`Prefork::on_worker_recover`],
 //! [`Prefork::on_worker_exit`] and [`Prefork::on_master_death`] (fasthttp's hooks, plus exit),
+//! [`Prefork::on_reload`] (re-read settings on SIGHUP, [`ReloadSettings`]),
 //! and [`Prefork::on_event`] for every lifecycle [`Event`]. A spawn or ready hook that returns
 //! an error stops start-up, as in fasthttp.
 #![deny(missing_docs, missing_debug_implementations)]
@@ -101,6 +102,7 @@ mod http;
 mod internal;
 mod master;
 mod protocol;
+mod reload_settings;
 mod spawn;
 mod sys;
 mod worker;
@@ -119,13 +121,15 @@ pub use http::body::Body;
 pub use http::client::ClientAddr;
 #[doc(hidden)]
 pub use internal::{
-    defer_accept as __defer_accept, fuzz as __fuzz, serve_connection as __serve_connection,
+    check as __check, defer_accept as __defer_accept, fuzz as __fuzz,
+    serve_connection as __serve_connection,
 };
 pub use sys::control::control;
 pub use sys::process::ExitStatus;
 
 pub use master::{request_drain, request_reload, request_scale, request_stop};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
+pub use reload_settings::ReloadSettings;
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};
 pub use sys::listener::Listener;
 pub use worker::{is_worker, Worker};

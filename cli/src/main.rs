@@ -24,16 +24,25 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use forklift::{Event, Prefork, Spawn};
 
+mod check;
 mod deploy;
 mod lab;
+mod reload;
+mod settings;
 mod single;
 mod static_files;
+mod tool;
 
 /// Run a network server as a supervised pool of pre-forked worker processes: one per core,
 /// all serving the same port.
 #[derive(Debug, Parser)]
-#[command(name = "forklift", version, about, long_about = None)]
+#[command(name = "forklift", version = tool::VERSION, about, long_about = None)]
 struct Cli {
+    /// Read settings from this TOML file (keys are the long option names; see
+    /// docs/configuration.md). Flags and FORKLIFT_<OPTION> variables override it
+    #[arg(long, global = true, value_name = "PATH", env = settings::CONFIG_ENV)]
+    config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +80,14 @@ enum Command {
     Drain(ControlArgs),
     /// Put a drained master back: /readyz answers 200 again.
     Undrain(ControlArgs),
+    /// Check the settings of `serve` (the default) or `run` without binding or starting
+    /// anything, like `nginx -t`: prints what it checked, exits 0, or each problem and 1.
+    Check(check::CheckArgs),
+    /// Print a shell completion script: forklift completions bash > /etc/bash_completion.d/forklift
+    Completions(tool::CompletionArgs),
+    /// Print forklift's manual page (roff): forklift man > forklift.1; forklift man serve >
+    /// forklift-serve.1
+    Man(tool::ManArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -465,7 +482,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = settings::parse_or_exit(check::default_mode(std::env::args_os().collect()));
     // `Targets` reads RUST_LOG's `target=level,...` form without a regex engine, which keeps
     // the master small (it is resident all the time).
     let filter = std::env::var("RUST_LOG")
@@ -496,6 +513,9 @@ fn main() -> ExitCode {
         Command::Stop(c) => forklift::control(&c.control, "stop").map_err(Into::into),
         Command::Drain(c) => forklift::control(&c.control, "drain").map_err(Into::into),
         Command::Undrain(c) => forklift::control(&c.control, "undrain").map_err(Into::into),
+        Command::Check(c) => return check::run(c),
+        Command::Completions(c) => tool::completions(c).map_err(Into::into),
+        Command::Man(m) => tool::man(m).map_err(Into::into),
     };
     match result {
         Ok(text) if text.starts_with("error:") => {
@@ -537,6 +557,7 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         .defer_accept(!args.no_defer_accept)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
     server = server.pin_workers(args.pin_workers);
+    server = reload::on_hup(server, "serve");
     server = args.privileges.apply(server);
     server = args.limits.apply(server);
     if let Some(n) = args.max_requests {
@@ -669,6 +690,7 @@ fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
         .relay_output(args.prefix_output)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
     let server = args.limits.apply(args.privileges.apply(server));
+    let server = reload::on_hup(server, "run");
     lifecycle_lines(server, "http")
         .run(|_| Err("forklift run starts COMMAND in each worker; this is never called".into()))
         .map_err(|e| format!("{shown}: {e}").into())

@@ -280,7 +280,9 @@ impl Master {
                 "stopping\n".into()
             }
             Command::Reload => {
-                self.start_reload(origin);
+                if let Err(reason) = self.start_reload(origin) {
+                    return format!("error: reload refused: {reason}\n");
+                }
                 match (&self.reload, self.reload_queued) {
                     (_, Some(_)) => format!(
                         "reloading: generation {} (queued after the reload under way)\n",

@@ -14,6 +14,7 @@ use super::command::Origin;
 use super::pool::{Recycle, SlotState, State};
 use super::{policy, release_startup_pages, Master};
 use crate::hooks::{Event, WorkerInfo};
+use crate::reload_settings::ReloadSettings;
 use crate::sys::{listener, process};
 
 /// A rolling reload in progress: the new generation starts; the old one serves until every
@@ -32,15 +33,31 @@ pub(super) struct ReloadOutcome {
 impl Master {
     /// Starts a new generation of every worker; the old one keeps serving until all of the new
     /// one is ready, then drains gracefully. A reload asked for during a reload runs once the
-    /// current one ends.
-    pub(super) fn start_reload(&mut self, origin: Origin) {
+    /// current one ends. An [`on_reload`](crate::Prefork::on_reload) hook that fails refuses
+    /// it: the error says why.
+    pub(super) fn start_reload(&mut self, origin: Origin) -> Result<(), String> {
         if !self.open_to_changes() {
-            return;
+            return Ok(());
         }
         if self.reload.is_some() {
             info!("reload requested by {origin} during a reload: reloading again once it is done");
             self.reload_queued = Some(origin);
-            return;
+            return Ok(());
+        }
+        if let Err(reason) = self.reread_settings(origin) {
+            error!(
+                "reload requested by {origin} refused: {reason}; the workers serve on unchanged"
+            );
+            self.stats.reloads_failed += 1;
+            self.last_reload = Some(ReloadOutcome {
+                generation: self.generation + 1,
+                failure: Some(reason.clone()),
+            });
+            self.emit(Event::ReloadFailed {
+                generation: self.generation + 1,
+                reason: reason.clone(),
+            });
+            return Err(reason);
         }
         let previous = self.generation;
         self.generation += 1;
@@ -62,6 +79,24 @@ impl Master {
         self.emit(Event::ReloadStarted {
             generation: self.generation,
         });
+        Ok(())
+    }
+
+    /// Runs the `on_reload` hook and applies the settings it leaves: the worker count by
+    /// scaling, the rest to the config the master reads.
+    fn reread_settings(&mut self, origin: Origin) -> Result<(), String> {
+        let Some(hook) = &mut self.hooks.on_reload else {
+            return Ok(());
+        };
+        let mut settings = ReloadSettings::from_config(&self.config, self.slots.len());
+        hook(&mut settings).map_err(|e| format!("hook on_reload failed: {e}"))?;
+        settings
+            .apply_to(&mut self.config)
+            .map_err(|e| e.to_string())?;
+        if settings.workers != self.slots.len() {
+            self.scale(settings.workers, origin);
+        }
+        Ok(())
     }
 
     /// Gives up a reload whose new generation cannot boot: its workers stop, the previous
@@ -179,7 +214,8 @@ impl Master {
             });
             release_startup_pages();
             if let Some(origin) = self.reload_queued.take() {
-                self.start_reload(origin);
+                // A refusal is logged and reported where it happens.
+                let _ = self.start_reload(origin);
             }
         }
     }

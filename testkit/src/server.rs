@@ -82,7 +82,7 @@ impl Captured {
 
     fn push(&self, at: Instant, line: String) {
         let mut lines = self.lines();
-        if self.max_lines.map_or(true, |max| lines.len() < max) {
+        if self.max_lines.is_none_or(|max| lines.len() < max) {
             lines.push((at, line));
         }
     }

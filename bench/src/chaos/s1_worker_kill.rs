@@ -108,7 +108,7 @@ pub fn run(ctx: &Ctx) -> Section {
             let end = t0 + kill_for + Duration::from_secs(3);
             poll_until_every(end, Duration::from_millis(20), || {
                 live_by_slot(&server).len() == 2
-                    && kills.last().map_or(true, |(_, pid, _)| {
+                    && kills.last().is_none_or(|(_, pid, _)| {
                         replacement_of(&server, *pid)
                             .is_some_and(|p| seen.lock().unwrap().contains_key(&p))
                     })

@@ -70,7 +70,7 @@ pub fn wire_fuzz(addr: SocketAddr, dur: Duration) -> (u64, BTreeMap<String, u64>
                 3 if len > 0 => m[i.min(len - 1)] ^= 1 << (next() % 8),
                 _ => {
                     let n = (next() % 64) as usize;
-                    m.splice(i..i, std::iter::repeat(b'A').take(n));
+                    m.splice(i..i, std::iter::repeat_n(b'A', n));
                 }
             }
         }

@@ -1,0 +1,138 @@
+//! What a rolling reload may change without a new master: the settings
+//! [`Prefork::on_reload`](crate::Prefork::on_reload) receives, to re-read a configuration file
+//! on SIGHUP as nginx and gunicorn do.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::hooks::ReloadHook;
+use crate::http::HttpConfig;
+use crate::Prefork;
+
+/// The settings a reload (SIGHUP, `forklift reload`) may change, as the master runs with them.
+/// An [`on_reload`](crate::Prefork::on_reload) hook edits them; the master applies them before
+/// it starts the new generation. Listen addresses, the user and the spawn mode are bound
+/// at start and change only with a binary upgrade (USR2).
+///
+/// ```
+/// let server = forklift::Prefork::new().on_reload(|settings: &mut forklift::ReloadSettings| {
+///     settings.workers = 4;
+///     settings.graceful_timeout = std::time::Duration::from_secs(10);
+///     Ok(())
+/// });
+/// # let _ = server;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReloadSettings {
+    /// How many workers the new generation has (at least 1).
+    pub workers: usize,
+    /// How long a graceful stop waits for in-flight requests.
+    pub graceful_timeout: Duration,
+    /// How long a worker may take to report ready.
+    pub boot_timeout: Duration,
+    /// How long a worker may go without a heartbeat; `None` turns the check off.
+    pub worker_timeout: Option<Duration>,
+    /// How long a graceful stop keeps serving after it reports unready.
+    pub shutdown_delay: Duration,
+    /// Replace a worker whose resident set passes this many bytes.
+    pub max_worker_memory: Option<u64>,
+    /// Replace a worker that has run this long.
+    pub max_worker_age: Option<Duration>,
+    /// The HTTP settings of [`Prefork::serve`]'s workers, when serving HTTP.
+    http: Option<HttpConfig>,
+}
+
+impl ReloadSettings {
+    /// The settings `config` runs with, `workers` being the current slot count (TTIN/TTOU
+    /// included).
+    pub(crate) fn from_config(config: &Config, workers: usize) -> ReloadSettings {
+        ReloadSettings {
+            workers,
+            graceful_timeout: config.graceful_timeout,
+            boot_timeout: config.boot_timeout,
+            worker_timeout: config.worker_timeout,
+            shutdown_delay: config.shutdown_delay,
+            max_worker_memory: config.max_worker_memory,
+            max_worker_age: config.max_worker_age,
+            http: None,
+        }
+    }
+
+    /// Changes the HTTP settings of the workers [`Prefork::serve`] starts from now on: `edit`
+    /// gets a builder holding the current ones and returns it with its HTTP setters applied
+    /// ([`tls_files`](Prefork::tls_files), [`access_log`](Prefork::access_log),
+    /// [`header_read_timeout`](Prefork::header_read_timeout), ...). The pool settings of that
+    /// builder are ignored: they are the fields of `self`. New TLS files are loaded before the
+    /// reload starts, and a failure refuses it.
+    ///
+    /// Fork-mode workers inherit what this sets. Exec-mode workers (and
+    /// [`Prefork::run`]) build their settings again in their own process: there it does
+    /// nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = forklift::Prefork::new().on_reload(|settings| {
+    ///     settings.http(|http| http.access_log(true).header_read_timeout(Duration::from_secs(5)));
+    ///     Ok(())
+    /// });
+    /// # let _ = server;
+    /// ```
+    pub fn http(&mut self, edit: impl FnOnce(Prefork) -> Prefork) {
+        if let Some(http) = self.http.take() {
+            self.http = Some(edit(Prefork::with_http(http)).into_http());
+        }
+    }
+
+    /// Writes them to `config` (all but `workers`, which the master scales to), or says why
+    /// the master cannot run with them; `config` is unchanged then.
+    pub(crate) fn apply_to(&self, config: &mut Config) -> crate::Result<()> {
+        let mut next = Config {
+            workers: self.workers,
+            graceful_timeout: self.graceful_timeout,
+            boot_timeout: self.boot_timeout,
+            worker_timeout: self.worker_timeout,
+            shutdown_delay: self.shutdown_delay,
+            max_worker_memory: self.max_worker_memory,
+            max_worker_age: self.max_worker_age,
+            ..Config::default()
+        };
+        next.validate()?;
+        next.workers = config.workers;
+        config.graceful_timeout = next.graceful_timeout;
+        config.boot_timeout = next.boot_timeout;
+        config.worker_timeout = next.worker_timeout;
+        config.shutdown_delay = next.shutdown_delay;
+        config.max_worker_memory = next.max_worker_memory;
+        config.max_worker_age = next.max_worker_age;
+        Ok(())
+    }
+}
+
+/// Wraps `hook` so that the HTTP settings it changes (see [`ReloadSettings::http`]) are the
+/// ones `shared` hands each worker [`Prefork::serve`] forks from then on.
+pub(crate) fn share_http(
+    hook: Option<ReloadHook>,
+    shared: Arc<Mutex<HttpConfig>>,
+) -> Option<ReloadHook> {
+    let mut hook = hook?;
+    Some(Box::new(move |settings: &mut ReloadSettings| {
+        let current = shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        settings.http = Some(current);
+        hook(settings)?;
+        let Some(mut http) = settings.http.take() else {
+            return Ok(());
+        };
+        http.graceful_timeout = settings.graceful_timeout;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &http.tls {
+            tls.load()?;
+        }
+        *shared.lock().unwrap_or_else(PoisonError::into_inner) = http;
+        Ok(())
+    }))
+}
