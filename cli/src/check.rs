@@ -83,6 +83,15 @@ pub fn run(args: CheckArgs) -> ExitCode {
                     crate::static_files::check_root(dir).map(drop),
                 );
             }
+            if s.proxy_protocol {
+                report.check(
+                    &format!("trusted-proxies {}", s.trusted_proxies.join(",")),
+                    forklift::Prefork::new()
+                        .proxy_protocol(&s.trusted_proxies)
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                );
+            }
         }
         CheckWhat::Run(r) => {
             say!("checking the settings of forklift run (nothing is bound or started)");

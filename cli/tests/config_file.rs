@@ -345,6 +345,14 @@ fn check_finds_each_kind_of_bad_input_without_binding() {
             vec!["--control".into(), "/nonexistent/dir/ctl.sock".into()],
             "PROBLEM  control /nonexistent/dir/ctl.sock",
         ),
+        (
+            vec![
+                "--proxy-protocol".into(),
+                "--trusted-proxies".into(),
+                "10.0.0.0/88".into(),
+            ],
+            "PROBLEM  trusted-proxies 10.0.0.0/88",
+        ),
     ];
     for (flags, expected) in &cases {
         let mut args = vec!["check", "serve", "--config", &config];
