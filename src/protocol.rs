@@ -17,11 +17,15 @@ pub(crate) const ENV_STATUS_FD: &str = "FORKLIFT_STATUS_FD";
 
 /// Set for a master started by a binary upgrade: the pid of the master it replaces.
 pub(crate) const ENV_UPGRADE_FROM: &str = "FORKLIFT_UPGRADE_FROM";
+/// `channel` when the first line on the worker's status channel is the TLS ticket secret
+/// (never the secret itself: see `http/tickets.rs`).
+pub(crate) const ENV_TLS_TICKETS: &str = "FORKLIFT_TLS_TICKETS";
 
 /// Every variable the master sets for a worker or a new master; stripped from what it
 /// passes on otherwise.
-pub(crate) const WORKER_ENV: [&str; 8] = [
+pub(crate) const WORKER_ENV: [&str; 9] = [
     ENV_UPGRADE_FROM,
+    ENV_TLS_TICKETS,
     ENV_LISTEN_FDS,
     ENV_LISTEN_PID,
     ENV_LISTEN_FDNAMES,
