@@ -122,17 +122,20 @@ fn handshakes(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>, n: u32, re
     let mut total = Duration::ZERO;
     let mut resumed = 0;
     for _ in 0..n {
-        // A fresh client config each time forgets the tickets: a full handshake.
+        // Without resumption the client offers nothing: a full handshake.
         let config = if resume {
             client.clone()
         } else {
-            Arc::new((**client).clone())
+            let mut fresh = (**client).clone();
+            fresh.resumption = rustls::client::Resumption::disabled();
+            Arc::new(fresh)
         };
         let mut c = ClientConnection::new(config, name.clone()).unwrap();
         let mut s = ServerConnection::new(server.clone()).unwrap();
         total += pump(&mut c, &mut s);
-        if c.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-            resumed += 1;
+        match c.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => resumed += 1,
+            kind => assert!(resume || kind == Some(rustls::HandshakeKind::Full), "{kind:?}"),
         }
     }
     if resume {
