@@ -26,13 +26,16 @@ use rustls::{HandshakeKind, NamedGroup, SupportedProtocolVersion};
 const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
 
-/// The client's tickets: every TLS 1.3 ticket kept in order (each used once) and the
-/// first TLS 1.2 session (used again and again); once frozen, nothing new is kept.
+/// The client's tickets, each with the worker that issued it: every TLS 1.3 ticket kept
+/// in order (each used once) and the first TLS 1.2 session (used again and again); once
+/// frozen, nothing new is kept.
 #[derive(Debug, Default)]
 struct Tickets {
-    tls13: Mutex<VecDeque<Tls13ClientSessionValue>>,
-    tls12: Mutex<Option<Tls12ClientSessionValue>>,
+    tls13: Mutex<VecDeque<(Option<u32>, Tls13ClientSessionValue)>>,
+    tls12: Mutex<Option<(Option<u32>, Tls12ClientSessionValue)>>,
     frozen: AtomicBool,
+    /// The issuer of the ticket or session offered on the last connection.
+    offered: Mutex<Option<u32>>,
 }
 
 impl Tickets {
@@ -42,6 +45,16 @@ impl Tickets {
 
     fn tls13_count(&self) -> usize {
         self.tls13.lock().unwrap().len()
+    }
+
+    /// Names `worker` the issuer of what came in on the connection it just served.
+    fn issued_by(&self, worker: u32) {
+        for (issuer, _) in self.tls13.lock().unwrap().iter_mut() {
+            issuer.get_or_insert(worker);
+        }
+        if let Some((issuer, _)) = &mut *self.tls12.lock().unwrap() {
+            issuer.get_or_insert(worker);
+        }
     }
 }
 
@@ -55,24 +68,29 @@ impl ClientSessionStore for Tickets {
     fn set_tls12_session(&self, _: ServerName<'static>, value: Tls12ClientSessionValue) {
         let mut slot = self.tls12.lock().unwrap();
         if !self.frozen.load(Ordering::SeqCst) || slot.is_none() {
-            *slot = Some(value);
+            *slot = Some((None, value));
         }
     }
 
     fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.tls12.lock().unwrap().clone()
+        let slot = self.tls12.lock().unwrap();
+        let (issuer, value) = slot.as_ref()?;
+        *self.offered.lock().unwrap() = *issuer;
+        Some(value.clone())
     }
 
     fn remove_tls12_session(&self, _: &ServerName<'static>) {}
 
     fn insert_tls13_ticket(&self, _: ServerName<'static>, value: Tls13ClientSessionValue) {
         if !self.frozen.load(Ordering::SeqCst) {
-            self.tls13.lock().unwrap().push_back(value);
+            self.tls13.lock().unwrap().push_back((None, value));
         }
     }
 
     fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.tls13.lock().unwrap().pop_front()
+        let (issuer, value) = self.tls13.lock().unwrap().pop_front()?;
+        *self.offered.lock().unwrap() = issuer;
+        Some(value)
     }
 }
 
@@ -153,6 +171,7 @@ impl Client {
     /// One GET over a new connection to `name` (an IP address: no SNI).
     fn get(&self, addr: SocketAddr, name: &str) -> Result<Visit, String> {
         let name = ServerName::try_from(name.to_string()).unwrap();
+        *self.tickets.offered.lock().unwrap() = None;
         let conn = rustls::ClientConnection::new(self.config.clone(), name)
             .map_err(|e| e.to_string())?;
         let tcp = connect(addr, Duration::from_secs(10)).map_err(|e| format!("connect: {e}"))?;
@@ -167,8 +186,10 @@ impl Client {
         if resp.status != 200 {
             return Err(format!("status {}", resp.status));
         }
+        self.tickets.issued_by(resp.worker_pid());
         Ok(Visit {
             kind: tls.conn.handshake_kind().unwrap(),
+            issuer: self.tickets.offered.lock().unwrap().take(),
             worker: resp.worker_pid(),
             cert: tls.conn.peer_certificates().unwrap()[0].clone().into_owned(),
         })
@@ -177,25 +198,30 @@ impl Client {
 
 struct Visit {
     kind: HandshakeKind,
+    /// The worker that issued the ticket or session the client offered.
+    issuer: Option<u32>,
     worker: u32,
     cert: CertificateDer<'static>,
 }
 
-/// Connects until each of `workers` (or, with `None`, `fresh` workers not in `old`) has
-/// been seen resuming; every connection must succeed. Returns the pids seen resuming.
+/// Connects until `want(resumed, across)` holds, where `resumed` are the workers (not in
+/// `old`) seen resuming and `across` those seen resuming a ticket another worker issued;
+/// every connection must succeed. Returns `across`.
 fn resume_on(
     s: &Server,
     client: &Client,
-    want: impl Fn(&BTreeSet<u32>) -> bool,
+    want: impl Fn(&BTreeSet<u32>, &BTreeSet<u32>) -> bool,
     old: &BTreeSet<u32>,
 ) -> BTreeSet<u32> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut resumed = BTreeSet::new();
+    let mut across = BTreeSet::new();
     let mut full = 0;
-    while !want(&resumed) {
+    while !want(&resumed, &across) {
         assert!(
             Instant::now() < deadline,
-            "resumed on {resumed:?} only ({full} full handshakes; tickets left {}); stderr:\n{}",
+            "resumed on {resumed:?}, across workers on {across:?} only ({full} full \
+             handshakes; tickets left {}); stderr:\n{}",
             client.tickets.tls13_count(),
             s.stderr_text()
         );
@@ -203,19 +229,26 @@ fn resume_on(
         match visit.kind {
             HandshakeKind::Resumed if !old.contains(&visit.worker) => {
                 resumed.insert(visit.worker);
+                if visit.issuer.is_some_and(|i| i != visit.worker) {
+                    across.insert(visit.worker);
+                }
             }
             HandshakeKind::Resumed => {}
             _ => full += 1,
         }
     }
-    resumed
+    across
 }
 
-/// Full handshakes until the client holds `n` TLS 1.3 tickets (or a TLS 1.2 session).
+/// A full handshake, then connections until the client holds `n` TLS 1.3 tickets (each
+/// connection spends one and brings two).
 fn gather(s: &Server, client: &Client, n: usize) {
-    for _ in 0..n {
-        let v = client.get(s.addr(), "localhost").expect("an HTTPS request");
-        assert_eq!(v.kind, HandshakeKind::Full);
+    let v = client.get(s.addr(), "localhost").expect("an HTTPS request");
+    assert_eq!(v.kind, HandshakeKind::Full);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.tickets.tls13_count() < n {
+        assert!(Instant::now() < deadline, "no more tickets");
+        client.get(s.addr(), "localhost").expect("an HTTPS request");
     }
 }
 
@@ -264,11 +297,21 @@ fn every_worker_resumes(spawn: &str) {
     let pair = make_pair(&dir, "a", &["localhost"]);
     let s = Server::start_ready(&tls_args(&pair, "3", &["--spawn", spawn]));
     let pids: BTreeSet<u32> = s.pids_from_ready().into_iter().collect();
-    for versions in [TLS13, TLS12] {
+    for (versions, frozen) in [(TLS13, false), (TLS12, true)] {
         let client = Client::new(versions);
-        gather(&s, &client, 1);
-        let seen = resume_on(&s, &client, |r| r.is_superset(&pids), &BTreeSet::new());
-        assert_eq!(seen, pids, "{versions:?}");
+        gather(&s, &client, 0);
+        if frozen {
+            // TLS 1.2: the one session of the first connection, offered to every worker.
+            client.tickets.freeze();
+        }
+        // Every worker resumes, and all but at most the issuer of a frozen session resume
+        // tickets other workers issued.
+        resume_on(
+            &s,
+            &client,
+            |resumed, across| resumed.is_superset(&pids) && across.len() + 1 >= pids.len(),
+            &BTreeSet::new(),
+        );
     }
 }
 
@@ -289,7 +332,7 @@ fn reload_resumes(spawn: &str) {
     let old: BTreeSet<u32> = s.pids_from_ready().into_iter().collect();
     let client = Client::new(TLS13);
     // 24 tickets from the first generation, and no later one.
-    gather(&s, &client, 12);
+    gather(&s, &client, 24);
     client.tickets.freeze();
     s.send_signal(libc::SIGHUP);
     let line = s.expect_line(
@@ -301,7 +344,16 @@ fn reload_resumes(spawn: &str) {
         .into_iter()
         .collect();
     assert!(new.is_disjoint(&old), "{new:?} {old:?}");
-    let seen = resume_on(&s, &client, |r| r.is_superset(&new), &old);
+    // The old workers drain for a moment, accepting still: let them go before spending the
+    // tickets, so that every ticket meets a new worker.
+    assert!(
+        poll_until(Instant::now() + Duration::from_secs(20), || old
+            .iter()
+            .all(|&p| !process_alive(p))),
+        "the old generation did not exit"
+    );
+    // Every ticket is from the old generation: each new worker resumes one.
+    let seen = resume_on(&s, &client, |r, _| r.is_superset(&new), &old);
     assert!(seen.is_subset(&new), "{seen:?} resumed, not of {new:?}");
 }
 
@@ -323,7 +375,7 @@ fn a_binary_upgrade_resumes_tickets_from_before() {
     let mut s = Server::start_program(&bin, &tls_args(&pair, "2", &[]));
     let old: BTreeSet<u32> = s.wait_ready().into_iter().collect();
     let client = Client::new(TLS13);
-    gather(&s, &client, 12);
+    gather(&s, &client, 24);
     client.tickets.freeze();
     install_binary(&dir.0, None);
     s.send_signal(libc::SIGUSR2);
@@ -367,11 +419,12 @@ fn a_binary_upgrade_resumes_tickets_from_before() {
 fn a_ticket_older_than_the_rotation_window_gets_a_full_handshake() {
     let dir = TempDir::new("tls-resume-old");
     let pair = make_pair(&dir, "a", &["localhost"]);
-    let s = Server::start_ready(&tls_args(&pair, "2", &["--tls-ticket-rotation", "3"]));
+    // One worker: only the ticket's age decides.
+    let s = Server::start_ready(&tls_args(&pair, "1", &["--tls-ticket-rotation", "3"]));
     // TLS 1.2: the client offers the same session again and again (a TLS 1.3 ticket goes
     // once), and its stopped clock never lets it expire on the client's side.
     let client = Client::new(TLS12);
-    gather(&s, &client, 1);
+    gather(&s, &client, 0);
     client.tickets.freeze();
     // Opens for the rest of its 3 s period and the next: at once it resumes...
     let first = client.get(s.addr(), "localhost").unwrap();
@@ -405,7 +458,7 @@ fn servers_sharing_a_ticket_key_file_resume_each_others_sessions() {
     let one = Server::start_ready(&tls_args(&pair, "1", &extra));
     let two = Server::start_ready(&tls_args(&pair, "1", &extra));
     let client = Client::new(TLS13);
-    gather(&one, &client, 1);
+    gather(&one, &client, 0);
     let v = client.get(two.addr(), "localhost").unwrap();
     assert_eq!(v.kind, HandshakeKind::Resumed, "another host's ticket");
     // A host with its own secret cannot open them.
