@@ -527,10 +527,13 @@ impl Prefork {
         cert: impl Into<std::path::PathBuf>,
         key: impl Into<std::path::PathBuf>,
     ) -> Self {
-        self.http.tls.certs.push(crate::http::tls::TlsSource::Files {
-            cert: cert.into(),
-            key: key.into(),
-        });
+        self.http
+            .tls
+            .certs
+            .push(crate::http::tls::TlsSource::Files {
+                cert: cert.into(),
+                key: key.into(),
+            });
         self
     }
 

@@ -172,8 +172,8 @@ impl Client {
     fn get(&self, addr: SocketAddr, name: &str) -> Result<Visit, String> {
         let name = ServerName::try_from(name.to_string()).unwrap();
         *self.tickets.offered.lock().unwrap() = None;
-        let conn = rustls::ClientConnection::new(self.config.clone(), name)
-            .map_err(|e| e.to_string())?;
+        let conn =
+            rustls::ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
         let tcp = connect(addr, Duration::from_secs(10)).map_err(|e| format!("connect: {e}"))?;
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -191,7 +191,9 @@ impl Client {
             kind: tls.conn.handshake_kind().unwrap(),
             issuer: self.tickets.offered.lock().unwrap().take(),
             worker: resp.worker_pid(),
-            cert: tls.conn.peer_certificates().unwrap()[0].clone().into_owned(),
+            cert: tls.conn.peer_certificates().unwrap()[0]
+                .clone()
+                .into_owned(),
         })
     }
 }
@@ -390,7 +392,11 @@ fn a_binary_upgrade_resumes_tickets_from_before() {
         .unwrap();
     let addr = s.addr();
     let status = s.wait_exit(Instant::now() + Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "the old master hands over and exits");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the old master hands over and exits"
+    );
     // Only the new master's workers serve now: two of them resume the old tickets.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut resumed = BTreeSet::new();
@@ -469,12 +475,17 @@ fn servers_sharing_a_ticket_key_file_resume_each_others_sessions() {
     let short = dir.0.join("short.key");
     std::fs::write(&short, [1u8; 16]).unwrap();
     let (s, status) = run_to_exit(
-        &tls_args(&pair, "1", &["--tls-ticket-key-file", short.to_str().unwrap()]),
+        &tls_args(
+            &pair,
+            "1",
+            &["--tls-ticket-key-file", short.to_str().unwrap()],
+        ),
         Duration::from_secs(10),
     );
     assert!(!status.success());
     assert!(
-        s.stderr_text().contains("holds 16 bytes; a TLS ticket key needs at least 32"),
+        s.stderr_text()
+            .contains("holds 16 bytes; a TLS ticket key needs at least 32"),
         "{}",
         s.stderr_text()
     );

@@ -100,7 +100,10 @@ impl Secret {
                     path.display()
                 ))
             })?;
-        Secret::from_bytes(bytes, &format!("the TLS ticket key file {}", path.display()))
+        Secret::from_bytes(
+            bytes,
+            &format!("the TLS ticket key file {}", path.display()),
+        )
     }
 
     fn to_hex(&self) -> Zeroizing<Vec<u8>> {
@@ -152,7 +155,9 @@ pub(crate) fn settle_master_secret(inherited: Option<OwnedFd>) -> Result<()> {
             let mut bytes = Zeroizing::new(Vec::new());
             std::fs::File::from(fd)
                 .read_to_end(&mut bytes)
-                .map_err(|e| Error::io("reading the TLS ticket secret of the previous master", e))?;
+                .map_err(|e| {
+                    Error::io("reading the TLS ticket secret of the previous master", e)
+                })?;
             let secret = Secret::from_bytes(bytes, "the previous master's ticket pipe")?;
             info!("TLS session tickets: keys shared with the previous master");
             secret
@@ -416,7 +421,10 @@ mod tests {
         let short = dir.join("short.key");
         std::fs::write(&short, [1u8; 31]).unwrap();
         let err = Secret::from_file(&short).unwrap_err().to_string();
-        assert!(err.contains("holds 31 bytes") && err.contains("at least 32"), "{err}");
+        assert!(
+            err.contains("holds 31 bytes") && err.contains("at least 32"),
+            "{err}"
+        );
         let err = Secret::from_file(&dir.join("missing.key"))
             .unwrap_err()
             .to_string();

@@ -340,9 +340,7 @@ mod tests {
     fn a_key_of_another_certificate_is_refused() {
         let (cert, _) = pair();
         let (_, other_key) = pair();
-        let err = settings(vec![pem(&(cert, other_key))])
-            .check()
-            .unwrap_err();
+        let err = settings(vec![pem(&(cert, other_key))]).check().unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
     }
 
@@ -377,7 +375,10 @@ mod tests {
         let mut s = settings(vec![pem(&pair())]);
         s.ticket_key_file = Some("/nonexistent/tickets.key".into());
         let err = s.check().unwrap_err().to_string();
-        assert!(err.contains("ticket key file /nonexistent/tickets.key"), "{err}");
+        assert!(
+            err.contains("ticket key file /nonexistent/tickets.key"),
+            "{err}"
+        );
     }
 
     #[test]
