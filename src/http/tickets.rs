@@ -23,8 +23,8 @@
 //! ticket lifetime told to clients is the period. Deriving the key per ticket costs two
 //! HMACs, noise beside a handshake, and keeps no expanded key around longer than needed.
 //!
-//! The secret is zeroed when dropped (ring's expanded AES keys are not: they live for one
-//! ticket).
+//! The secret is zeroed when dropped; the expanded AES key of each ticket lives in aws-lc for
+//! that ticket only.
 
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, NONCE_LEN};
-use ring::hkdf;
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, NONCE_LEN};
+use aws_lc_rs::hkdf;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 

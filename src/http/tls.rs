@@ -79,8 +79,9 @@ fn tls_error(reason: String) -> Error {
     Error::Tls(reason)
 }
 
+/// aws-lc-rs: faster handshakes than ring (bench/tls-providers; docs/tls.md has the figures).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 impl TlsSettings {
