@@ -108,9 +108,10 @@ impl Message {
     }
 }
 
-/// What the master tells a worker on its status channel, one line each: only `drain` (the
-/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting). End
-/// of file means the master is gone.
+/// What the master tells a worker on its status channel, one line each: `drain` (the
+/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting), and,
+/// first of all for an exec'd TLS worker, `tls-tickets HEX` (`http/tickets.rs`). End of file
+/// means the master is gone.
 pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
 
 fn unescape(s: &str) -> String {
