@@ -198,7 +198,8 @@ impl Worker {
     pub(crate) fn read_boot_line(&mut self, timeout: std::time::Duration) -> io::Result<Vec<u8>> {
         use std::io::Read;
         self.channel.set_read_timeout(Some(timeout))?;
-        let mut line = Vec::new();
+        // Sized so that a secret's line never reallocates (leaving a copy behind).
+        let mut line = Vec::with_capacity(256);
         let mut byte = [0u8; 1];
         let outcome = loop {
             match self.channel.read(&mut byte) {

@@ -192,7 +192,11 @@ pub(crate) fn handover_pipe() -> io::Result<Option<OwnedFd>> {
 /// `None` without TLS (the caller then sets no `FORKLIFT_TLS_TICKETS`).
 pub(crate) fn channel_line() -> Option<Zeroizing<Vec<u8>>> {
     let secret = master_secret()?;
-    let mut line = Zeroizing::new(CHANNEL_PREFIX.to_vec());
+    // Sized once: a reallocation would leave a copy of the secret behind.
+    let mut line = Zeroizing::new(Vec::with_capacity(
+        CHANNEL_PREFIX.len() + 2 * secret.0.len() + 1,
+    ));
+    line.extend_from_slice(CHANNEL_PREFIX);
     line.extend_from_slice(&secret.to_hex());
     line.push(b'\n');
     Some(line)
