@@ -504,6 +504,15 @@ impl Prefork {
     /// boots, so workers started later serve a renewed certificate. ALPN offers h2 and
     /// http/1.1. TLS applies to every listen address.
     ///
+    /// Call it again (or [`tls_pem`](Prefork::tls_pem)) for more certificates, chosen by the
+    /// client's SNI among the DNS names of each one's subjectAltName (`*.` wildcards one label
+    /// deep); the first is served to clients that send no SNI or an unknown name. With several,
+    /// each must name at least one host and no name may be in two of them.
+    ///
+    /// Sessions resume by stateless tickets every worker opens (after a reload or a binary
+    /// upgrade too): see [`tls_ticket_rotation`](Prefork::tls_ticket_rotation) and
+    /// [`tls_ticket_key_file`](Prefork::tls_ticket_key_file).
+    ///
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("forklift-doc-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
@@ -536,16 +545,35 @@ impl Prefork {
         cert: impl Into<std::path::PathBuf>,
         key: impl Into<std::path::PathBuf>,
     ) -> Self {
-        self.http.tls = Some(crate::http::tls::TlsSource::Files {
-            cert: cert.into(),
-            key: key.into(),
-        });
+        self.http
+            .tls
+            .certs
+            .push(crate::http::tls::TlsSource::Files {
+                cert: cert.into(),
+                key: key.into(),
+            });
+        self
+    }
+
+    /// Forgets the certificates given so far (HTTPS off until one is given again): for an
+    /// [`on_reload`](Prefork::on_reload) hook that gives the list anew, as
+    /// [`tls_files`](Prefork::tls_files) adds to it.
+    ///
+    /// ```
+    /// let mut server = forklift::Prefork::new().tls_files("old.pem", "old.key");
+    /// server = server.tls_clear().tls_files("new.pem", "new.key");
+    /// # let _ = server;
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_clear(mut self) -> Self {
+        self.http.tls.certs.clear();
         self
     }
 
     /// Serves HTTPS with a PEM certificate chain and private key held in memory
     /// (fasthttp's `ListenAndServeTLSEmbed`). Checked as [`tls_files`](Prefork::tls_files)
-    /// checks its files.
+    /// checks its files, and, like it, adds one more certificate at each call.
     ///
     /// ```no_run
     /// let cert = std::fs::read("cert.pem").unwrap();
@@ -557,10 +585,49 @@ impl Prefork {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
-        self.http.tls = Some(crate::http::tls::TlsSource::Pem {
+        self.http.tls.certs.push(crate::http::tls::TlsSource::Pem {
             cert: cert.into(),
             key: key.into(),
         });
+        self
+    }
+
+    /// How often the TLS session-ticket key changes (default: every hour; at least a
+    /// second). Every worker derives the key of the current period from one secret the
+    /// master makes before it starts any (nginx shares its ticket keys the same way), so a
+    /// client resumes on whichever worker takes its next connection, and on the workers of a
+    /// reload (HUP) or a binary upgrade (USR2), which get the same secret. A ticket opens
+    /// during the period it was issued in and the next one; an older ticket gets a full
+    /// handshake. Clients are told the period as the ticket lifetime.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().tls_ticket_rotation(std::time::Duration::from_secs(600));
+    /// # let _ = server;
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ticket_rotation(mut self, period: std::time::Duration) -> Self {
+        self.http.tls.ticket_rotation = period.max(std::time::Duration::from_secs(1));
+        self
+    }
+
+    /// Takes the secret of the TLS session-ticket keys from this file instead of the master
+    /// (nginx's `ssl_session_ticket_key`): hosts that share the file resume each other's
+    /// sessions behind a load balancer. It must hold at least 32 bytes (`openssl rand 80 >
+    /// FILE`), all of which are used; keep it private. Read before any worker starts (a
+    /// missing or short file is an error from `serve`) and by each worker as it boots, so a
+    /// reload (HUP) picks up a new file. Keys still rotate as
+    /// [`tls_ticket_rotation`](Prefork::tls_ticket_rotation) says, by the clock, so hosts'
+    /// clocks should agree to within a period.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().tls_ticket_key_file("/etc/forklift/tickets.key");
+    /// # let _ = server;
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_ticket_key_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.http.tls.ticket_key_file = Some(path.into());
         self
     }
 
@@ -875,9 +942,12 @@ impl Prefork {
         let mut http = self.http.clone();
         http.graceful_timeout = self.config.graceful_timeout;
         #[cfg(feature = "tls")]
-        if let (Some(tls), false) = (&http.tls, worker::is_worker()) {
+        if http.tls.is_on() && !worker::is_worker() {
             // Fail before binding or starting anything; workers load it again as they boot.
-            tls.load()?;
+            http.tls.check()?;
+            if http.tls.ticket_key_file.is_none() {
+                crate::http::tickets::use_master_secret();
+            }
         }
         let on_death = self.hooks.on_master_death.clone();
         // A reload may change the HTTP settings; fork-mode workers read them as they start.

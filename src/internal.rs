@@ -100,16 +100,26 @@ pub mod fuzz {
 
 /// What `forklift check` verifies without binding or starting anything.
 pub mod check {
-    /// Reads a PEM certificate chain and private key as a server would, and checks that the
-    /// key matches the certificate.
+    /// Reads PEM certificate chains and private keys (paired by position) as a server would,
+    /// and checks that each key matches its certificate, that several certificates name
+    /// distinct hosts for SNI, and that the ticket key file holds a secret.
     #[cfg(feature = "tls")]
-    pub fn tls_files(cert: &std::path::Path, key: &std::path::Path) -> crate::Result<()> {
-        crate::http::tls::TlsSource::Files {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+    pub fn tls_files(
+        pairs: &[(&std::path::Path, &std::path::Path)],
+        ticket_key_file: Option<&std::path::Path>,
+    ) -> crate::Result<()> {
+        crate::http::tls::TlsSettings {
+            certs: pairs
+                .iter()
+                .map(|(cert, key)| crate::http::tls::TlsSource::Files {
+                    cert: cert.to_path_buf(),
+                    key: key.to_path_buf(),
+                })
+                .collect(),
+            ticket_key_file: ticket_key_file.map(std::path::Path::to_path_buf),
+            ..Default::default()
         }
-        .load()
-        .map(drop)
+        .check()
     }
 
     /// Looks up the user and group workers would run as: their (uid, gid).

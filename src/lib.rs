@@ -73,7 +73,10 @@
 //!
 //! ## Feature flags
 //!
-//! - `tls`: HTTPS with rustls ([`Prefork::tls_files`], [`Prefork::tls_pem`]).
+//! - `tls`: HTTPS with rustls and aws-lc-rs ([`Prefork::tls_files`], [`Prefork::tls_pem`],
+//!   several certificates chosen by SNI), with session tickets every worker opens, across
+//!   reloads and binary upgrades ([`Prefork::tls_ticket_rotation`],
+//!   [`Prefork::tls_ticket_key_file`]).
 //! - `tower`: [`Prefork::serve_tower`] for any tower `Service` (tower-http, axum).
 //! - `axum`: an alias of `tower`, for the axum example.
 //!

@@ -17,11 +17,15 @@ pub(crate) const ENV_STATUS_FD: &str = "FORKLIFT_STATUS_FD";
 
 /// Set for a master started by a binary upgrade: the pid of the master it replaces.
 pub(crate) const ENV_UPGRADE_FROM: &str = "FORKLIFT_UPGRADE_FROM";
+/// `channel` when the first line on the worker's status channel is the TLS ticket secret
+/// (never the secret itself: see `http/tickets.rs`).
+pub(crate) const ENV_TLS_TICKETS: &str = "FORKLIFT_TLS_TICKETS";
 
 /// Every variable the master sets for a worker or a new master; stripped from what it
 /// passes on otherwise.
-pub(crate) const WORKER_ENV: [&str; 8] = [
+pub(crate) const WORKER_ENV: [&str; 9] = [
     ENV_UPGRADE_FROM,
+    ENV_TLS_TICKETS,
     ENV_LISTEN_FDS,
     ENV_LISTEN_PID,
     ENV_LISTEN_FDNAMES,
@@ -117,9 +121,10 @@ impl Message {
     }
 }
 
-/// What the master tells a worker on its status channel, one line each: only `drain` (the
-/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting). End
-/// of file means the master is gone.
+/// What the master tells a worker on its status channel, one line each: `drain` (the
+/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting), and,
+/// first of all for an exec'd TLS worker, `tls-tickets HEX` (`http/tickets.rs`). End of file
+/// means the master is gone.
 pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
 
 fn unescape(s: &str) -> String {

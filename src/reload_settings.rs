@@ -129,8 +129,8 @@ pub(crate) fn share_http(
         };
         http.graceful_timeout = settings.graceful_timeout;
         #[cfg(feature = "tls")]
-        if let Some(tls) = &http.tls {
-            tls.load()?;
+        if http.tls.is_on() {
+            http.tls.check()?;
         }
         *shared.lock().unwrap_or_else(PoisonError::into_inner) = http;
         Ok(())

@@ -191,6 +191,29 @@ impl Worker {
         self.channel.try_clone()
     }
 
+    /// Reads one line the master sent before anything else (the TLS ticket secret of an
+    /// exec'd worker), waiting at most `timeout`. Reads a byte at a time, so nothing after
+    /// the line is taken from the channel's later readers.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn read_boot_line(&mut self, timeout: std::time::Duration) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        self.channel.set_read_timeout(Some(timeout))?;
+        // Sized so that a secret's line never reallocates (leaving a copy behind).
+        let mut line = Vec::with_capacity(256);
+        let mut byte = [0u8; 1];
+        let outcome = loop {
+            match self.channel.read(&mut byte) {
+                Ok(0) => break Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) if byte[0] == b'\n' => break Ok(()),
+                Ok(_) => line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        self.channel.set_read_timeout(None)?;
+        outcome.map(|()| line)
+    }
+
     fn send(&mut self, msg: &Message) -> io::Result<()> {
         self.channel.write_all(&msg.encode())
     }

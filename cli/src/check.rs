@@ -68,14 +68,31 @@ pub fn run(args: CheckArgs) -> ExitCode {
                     .apply(p)
                     .worker_timeout((!timeout.is_zero()).then_some(timeout))
             });
-            match (&s.tls_cert, &s.tls_key) {
-                (Some(cert), Some(key)) => report.check(
-                    &format!("tls-cert {} with tls-key {}", cert.display(), key.display()),
-                    forklift::__check::tls_files(cert, key).map_err(|e| e.to_string()),
-                ),
-                (Some(_), None) => report.check("tls-cert", Err("needs tls-key too".into())),
-                (None, Some(_)) => report.check("tls-key", Err("needs tls-cert too".into())),
-                (None, None) => {}
+            if s.tls_cert.len() != s.tls_key.len() {
+                report.check(
+                    "tls-cert and tls-key",
+                    Err(format!(
+                        "{} tls-cert but {} tls-key: they pair by position",
+                        s.tls_cert.len(),
+                        s.tls_key.len()
+                    )),
+                );
+            } else if !s.tls_cert.is_empty() {
+                let pairs: Vec<_> = s
+                    .tls_cert
+                    .iter()
+                    .zip(&s.tls_key)
+                    .map(|(c, k)| (c.as_path(), k.as_path()))
+                    .collect();
+                let shown: Vec<String> = pairs
+                    .iter()
+                    .map(|(c, k)| format!("tls-cert {} with tls-key {}", c.display(), k.display()))
+                    .collect();
+                report.check(
+                    &shown.join(", "),
+                    forklift::__check::tls_files(&pairs, s.tls_ticket_key_file.as_deref())
+                        .map_err(|e| e.to_string()),
+                );
             }
             if let Some(dir) = &s.dir {
                 report.check(

@@ -318,13 +318,25 @@ struct ServeArgs {
     keep_alive_timeout: Secs,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key). Read before the
-    /// workers start, and again by each worker as it boots (renewals need no restart)
+    /// workers start, and again by each worker as it boots (renewals need no restart).
+    /// Repeat --tls-cert/--tls-key for several certificates, chosen by SNI among each one's
+    /// DNS names; the first serves clients without SNI or with an unknown name
     #[arg(long, value_name = "PATH", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
+    tls_cert: Vec<std::path::PathBuf>,
 
-    /// The PEM private key of --tls-cert
+    /// The PEM private key of the --tls-cert in the same position
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
+    tls_key: Vec<std::path::PathBuf>,
+
+    /// Take the TLS session-ticket secret from this file (at least 32 bytes, e.g. `openssl
+    /// rand 80`), read by each worker as it boots: hosts sharing it resume each other's
+    /// sessions. Default: a secret the master makes, shared by its workers, reloads, upgrades
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_ticket_key_file: Option<std::path::PathBuf>,
+
+    /// Seconds between TLS session-ticket key rotations (tickets open for one period more)
+    #[arg(long, value_name = "SECS", requires = "tls_cert", value_parser = clap::value_parser!(u64).range(1..))]
+    tls_ticket_rotation: Option<u64>,
 
     /// Serve the files under this directory instead of the demo (ranges, ETag,
     /// Last-Modified, content types; index.html for directories)
@@ -569,12 +581,28 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     if args.proxy_protocol {
         server = server.proxy_protocol(&args.trusted_proxies)?;
     }
-    let scheme = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            server = server.tls_files(cert, key);
-            "https"
-        }
-        _ => "http",
+    if args.tls_cert.len() != args.tls_key.len() {
+        return Err(format!(
+            "{} --tls-cert but {} --tls-key: give one key after each certificate (they pair \
+             by position)",
+            args.tls_cert.len(),
+            args.tls_key.len()
+        )
+        .into());
+    }
+    for (cert, key) in args.tls_cert.iter().zip(&args.tls_key) {
+        server = server.tls_files(cert, key);
+    }
+    if let Some(path) = &args.tls_ticket_key_file {
+        server = server.tls_ticket_key_file(path);
+    }
+    if let Some(secs) = args.tls_ticket_rotation {
+        server = server.tls_ticket_rotation(Duration::from_secs(secs));
+    }
+    let scheme = if args.tls_cert.is_empty() {
+        "http"
+    } else {
+        "https"
     };
     if let Some(Fault::ThreadBeforeFork) = args.fault {
         std::thread::spawn(|| loop {

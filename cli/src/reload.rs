@@ -154,9 +154,11 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) {
         settings.http(|mut http| {
             http = http
                 .header_read_timeout(a.header_read_timeout.0)
+                .keep_alive_timeout(a.keep_alive_timeout.0)
                 .access_log(a.access_log)
-                .http1_fast_path(!a.no_fast_path);
-            if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+                .http1_fast_path(!a.no_fast_path)
+                .tls_clear();
+            for (cert, key) in a.tls_cert.iter().zip(&a.tls_key) {
                 http = http.tls_files(cert, key);
             }
             if let Some(n) = a.max_requests {

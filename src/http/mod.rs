@@ -11,7 +11,7 @@
 //! one (forklift's HTTP/1 fast path in `fast/`, then hyper) and shuts it down on a stop;
 //! `h2.rs` guards hyper's HTTP/2 connections against PING and SETTINGS floods;
 //! `guard.rs` and `access_log.rs` wrap the service; `body.rs` is the request body, `date.rs`
-//! the `Date` header, `tls.rs` the certificate.
+//! the `Date` header, `tls.rs` the certificates, `tickets.rs` the session tickets.
 
 pub(crate) mod accept;
 pub(crate) mod access_log;
@@ -23,6 +23,8 @@ pub(crate) mod fast;
 pub(crate) mod guard;
 mod h2;
 pub(crate) mod proxy;
+#[cfg(feature = "tls")]
+pub(crate) mod tickets;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 
@@ -75,7 +77,7 @@ pub(crate) struct HttpConfig {
     /// (see `proxy.rs`); `None`: off.
     pub proxy_protocol: Option<proxy::ProxyProtocol>,
     #[cfg(feature = "tls")]
-    pub tls: Option<crate::http::tls::TlsSource>,
+    pub tls: crate::http::tls::TlsSettings,
 }
 
 impl Default for HttpConfig {
@@ -92,7 +94,7 @@ impl Default for HttpConfig {
             client_addr: false,
             proxy_protocol: None,
             #[cfg(feature = "tls")]
-            tls: None,
+            tls: Default::default(),
         }
     }
 }
@@ -161,9 +163,12 @@ where
     }
     // Loaded in the worker as it boots, so a respawned worker serves renewed files.
     #[cfg(feature = "tls")]
-    let tls: Option<tokio_rustls::TlsAcceptor> = match &cfg.tls {
-        Some(source) => Some(source.load()?.into()),
-        None => None,
+    let tls: Option<tokio_rustls::TlsAcceptor> = if cfg.tls.is_on() {
+        let secret =
+            crate::http::tickets::worker_secret(worker, cfg.tls.ticket_key_file.as_deref())?;
+        Some(cfg.tls.load(secret)?.into())
+    } else {
+        None
     };
     #[cfg(not(feature = "tls"))]
     let tls: Option<NoTls> = None;

@@ -1,21 +1,34 @@
-//! HTTPS with rustls: the certificate chain and key from PEM files or from PEM bytes in memory.
+//! HTTPS with rustls: certificate chains and keys from PEM files or from PEM bytes in memory,
+//! one picked by SNI when there are several, and session tickets every worker can open
+//! (`tickets.rs`).
 //!
 //! The master loads the configuration once before any worker starts, so a missing file, a
-//! malformed PEM or a key that does not match the certificate fails start-up with a clear
-//! error. Each worker loads it again when it boots, so a worker started later (a respawn)
-//! serves the files as they are then: a renewed certificate needs no restart of the master.
+//! malformed PEM, a key that does not match its certificate or two certificates claiming one
+//! name fail start-up with a clear error. Each worker loads it again when it boots, so a
+//! worker started later (a respawn, a reload) serves the files as they are then: a renewed
+//! certificate needs no restart of the master.
+//!
+//! With several certificates, each is served to the clients that ask for one of the DNS names
+//! in its subjectAltName (exactly, or through a `*.` wildcard name one label deep); the first
+//! one is served to clients that send no SNI or a name no certificate has.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::error::{Error, Result};
+use crate::http::tickets::{self, Secret, Ticketer};
 
-/// Where the certificate chain and private key come from.
+/// Where one certificate chain and its private key come from.
 #[derive(Clone)]
 pub(crate) enum TlsSource {
     /// PEM files, read at start and again by each worker as it boots.
@@ -41,14 +54,119 @@ impl fmt::Debug for TlsSource {
     }
 }
 
+/// Every TLS setting of a worker: its certificates (none: cleartext) and its session tickets.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSettings {
+    /// The certificates, the first the default; empty: no TLS.
+    pub certs: Vec<TlsSource>,
+    /// The secret of the ticket keys comes from this file instead of the master.
+    pub ticket_key_file: Option<PathBuf>,
+    /// A new ticket key every this long; tickets open for one period more.
+    pub ticket_rotation: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            certs: Vec::new(),
+            ticket_key_file: None,
+            ticket_rotation: tickets::DEFAULT_ROTATION,
+        }
+    }
+}
+
 fn tls_error(reason: String) -> Error {
     Error::Tls(reason)
 }
 
+/// aws-lc-rs: faster handshakes than ring (bench/tls-providers; docs/tls.md has the figures).
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl TlsSettings {
+    /// Whether the worker serves TLS.
+    pub fn is_on(&self) -> bool {
+        !self.certs.is_empty()
+    }
+
+    /// In the master, before anything starts: every certificate, key and name, and the ticket
+    /// key file, as the workers will load them.
+    pub fn check(&self) -> Result<()> {
+        self.resolver(&provider())?;
+        if let Some(path) = &self.ticket_key_file {
+            Secret::from_file(path)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the rustls configuration with tickets from `secret`, with ALPN for HTTP/2 and
+    /// HTTP/1.1 (each connection is then served in the protocol chosen: `Protocol` in
+    /// `conn.rs`).
+    pub fn load(&self, secret: Secret) -> Result<Arc<ServerConfig>> {
+        let provider = provider();
+        let resolver = self.resolver(&provider)?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(format!("cannot configure TLS versions: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Resumption by tickets only (TLS 1.3 and 1.2): every worker opens every ticket, where
+        // a per-worker session cache would resume 1 time in N and hold memory per session.
+        config.ticketer = Arc::new(Ticketer::new(secret, self.ticket_rotation));
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // rustls' default, said here: two tickets, so a client can open two resumed
+        // connections at once (browsers do) before it learns new ones.
+        config.send_tls13_tickets = 2;
+        Ok(Arc::new(config))
+    }
+
+    fn resolver(&self, provider: &CryptoProvider) -> Result<Sni> {
+        let several = self.certs.len() > 1;
+        let mut sni = Sni::default();
+        // Which certificate claimed each name first, for the duplicate error.
+        let mut owners: HashMap<String, String> = HashMap::new();
+        for (i, source) in self.certs.iter().enumerate() {
+            let (key, cert_name) = source.load(i, several, provider)?;
+            let names = dns_names(&key.cert[0], &cert_name)?;
+            if names.is_empty() && several {
+                return Err(tls_error(format!(
+                    "the certificate in {cert_name} names no DNS name (subjectAltName): with \
+                     several certificates each must name the hosts it is chosen for by SNI"
+                )));
+            }
+            let key = Arc::new(key);
+            for name in names {
+                if let Some(first) = owners.get(&name) {
+                    return Err(tls_error(format!(
+                        "the name {name} is in both the certificate in {first} and the one in \
+                         {cert_name}: give each name to one certificate"
+                    )));
+                }
+                owners.insert(name.clone(), cert_name.clone());
+                sni.by_name.insert(name, key.clone());
+            }
+            sni.default.get_or_insert(key);
+        }
+        Ok(sni)
+    }
+}
+
 impl TlsSource {
-    /// Builds the rustls configuration, with ALPN for HTTP/2 and HTTP/1.1 (each connection is
-    /// then served in the protocol chosen: `Protocol` in `conn.rs`).
-    pub fn load(&self) -> Result<Arc<ServerConfig>> {
+    /// The certificate and key as rustls signs with them, and how to name the certificate in
+    /// errors (its file, or "the certificate bytes (pair i+1)").
+    fn load(
+        &self,
+        i: usize,
+        several: bool,
+        provider: &CryptoProvider,
+    ) -> Result<(CertifiedKey, String)> {
+        let nth = if several {
+            format!(" (pair {})", i + 1)
+        } else {
+            String::new()
+        };
         let (certs, key, cert_name, key_name) = match self {
             TlsSource::Files { cert, key } => {
                 let cert_pem = read(cert, "certificate")?;
@@ -62,29 +180,82 @@ impl TlsSource {
                     key.display().to_string(),
                 )
             }
-            TlsSource::Pem { cert, key } => (
-                parse_certs(cert, "the certificate bytes")?,
-                parse_key(key, "the private key bytes")?,
-                "the certificate bytes".to_string(),
-                "the private key bytes".to_string(),
-            ),
+            TlsSource::Pem { cert, key } => {
+                let cert_name = format!("the certificate bytes{nth}");
+                let key_name = format!("the private key bytes{nth}");
+                (
+                    parse_certs(cert, &cert_name)?,
+                    parse_key(key, &key_name)?,
+                    cert_name,
+                    key_name,
+                )
+            }
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_error(format!("cannot configure TLS versions: {e}")))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => tls_error(format!(
-                    "the private key in {key_name} does not match the certificate in {cert_name}"
-                )),
-                e => tls_error(format!(
-                    "cannot use the certificate in {cert_name} with the key in {key_name}: {e}"
-                )),
-            })?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        let key = CertifiedKey::from_der(certs, key, provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => tls_error(format!(
+                "the private key in {key_name} does not match the certificate in {cert_name}"
+            )),
+            e => tls_error(format!(
+                "cannot use the certificate in {cert_name} with the key in {key_name}: {e}"
+            )),
+        })?;
+        Ok((key, cert_name))
+    }
+}
+
+/// The DNS names of a certificate's subjectAltName, lowercase.
+fn dns_names(cert: &CertificateDer<'_>, cert_name: &str) -> Result<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| {
+        tls_error(format!(
+            "cannot read the certificate in {cert_name} as X.509: {e}"
+        ))
+    })?;
+    let san = parsed.subject_alternative_name().map_err(|e| {
+        tls_error(format!(
+            "cannot read the subjectAltName of the certificate in {cert_name}: {e}"
+        ))
+    })?;
+    let mut names = Vec::new();
+    for general in san.map(|s| &s.value.general_names).into_iter().flatten() {
+        if let GeneralName::DNSName(name) = general {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Picks the certificate by the client's SNI: an exact name, then a `*.` wildcard one label
+/// deep, then the default (the first certificate).
+#[derive(Debug, Default)]
+struct Sni {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl Sni {
+    fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = server_name {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(key) = self.by_name.get(&name) {
+                return Some(key.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(key) = self.by_name.get(&format!("*.{parent}")) {
+                    return Some(key.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for Sni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
     }
 }
 
@@ -123,45 +294,64 @@ fn parse_key(pem: &[u8], name: &str) -> Result<PrivateKeyDer<'static>> {
 mod tests {
     use super::*;
 
+    fn pair_for(names: &[&str]) -> (String, String) {
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     fn pair() -> (String, String) {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        (cert.cert.pem(), cert.signing_key.serialize_pem())
+        pair_for(&["localhost"])
+    }
+
+    fn pem(pair: &(String, String)) -> TlsSource {
+        TlsSource::Pem {
+            cert: pair.0.clone().into_bytes(),
+            key: pair.1.clone().into_bytes(),
+        }
+    }
+
+    fn settings(certs: Vec<TlsSource>) -> TlsSettings {
+        TlsSettings {
+            certs,
+            ..TlsSettings::default()
+        }
+    }
+
+    fn secret() -> Secret {
+        Secret::random().unwrap()
     }
 
     #[test]
-    fn pem_in_memory_loads_with_alpn() {
-        let (cert, key) = pair();
-        let source = TlsSource::Pem {
-            cert: cert.into_bytes(),
-            key: key.into_bytes(),
-        };
-        let config = source.load().unwrap();
+    fn pem_in_memory_loads_with_alpn_and_shared_tickets() {
+        let config = settings(vec![pem(&pair())]).load(secret()).unwrap();
         assert_eq!(
             config.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
+        assert!(config.ticketer.enabled());
+        assert_eq!(config.ticketer.lifetime(), 3600);
     }
 
     #[test]
     fn a_key_of_another_certificate_is_refused() {
         let (cert, _) = pair();
         let (_, other_key) = pair();
-        let err = TlsSource::Pem {
-            cert: cert.into_bytes(),
-            key: other_key.into_bytes(),
-        }
-        .load()
-        .unwrap_err();
+        let err = settings(vec![pem(&(cert, other_key))]).check().unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
     }
 
     #[test]
     fn missing_and_malformed_inputs_say_which() {
-        let err = TlsSource::Files {
+        let err = settings(vec![TlsSource::Files {
             cert: "/nonexistent/cert.pem".into(),
             key: "/nonexistent/key.pem".into(),
-        }
-        .load()
+        }])
+        .check()
         .unwrap_err()
         .to_string();
         assert!(
@@ -169,37 +359,78 @@ mod tests {
             "{err}"
         );
         let (cert, key) = pair();
-        let err = TlsSource::Pem {
-            cert: b"not a pem".to_vec(),
-            key: key.into_bytes(),
-        }
-        .load()
-        .unwrap_err()
-        .to_string();
+        let err = settings(vec![pem(&("not a pem".into(), key))])
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("no certificate in the certificate bytes"),
             "{err}"
         );
-        let err = TlsSource::Pem {
-            cert: cert.into_bytes(),
-            key: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
-        }
-        .load()
-        .unwrap_err()
-        .to_string();
+        let not_a_key = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let err = settings(vec![pem(&(cert, not_a_key.into()))])
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("private key bytes"), "{err}");
+        let mut s = settings(vec![pem(&pair())]);
+        s.ticket_key_file = Some("/nonexistent/tickets.key".into());
+        let err = s.check().unwrap_err().to_string();
+        assert!(
+            err.contains("ticket key file /nonexistent/tickets.key"),
+            "{err}"
+        );
     }
 
     #[test]
     fn debug_never_prints_key_material() {
-        let (cert, key) = pair();
-        let text = format!(
-            "{:?}",
-            TlsSource::Pem {
-                cert: cert.into_bytes(),
-                key: key.clone().into_bytes()
-            }
-        );
+        let text = format!("{:?}", settings(vec![pem(&pair())]));
         assert!(!text.contains("PRIVATE"), "{text}");
+    }
+
+    #[test]
+    fn sni_picks_by_name_and_wildcard_and_falls_back_to_the_first() {
+        let first = pair_for(&["a.test"]);
+        let second = pair_for(&["b.test", "*.wild.test"]);
+        let sni = settings(vec![pem(&first), pem(&second)])
+            .resolver(&provider())
+            .unwrap();
+        let leaf = |key: Option<Arc<CertifiedKey>>| key.unwrap().cert[0].clone();
+        let a = leaf(sni.pick(Some("a.test")));
+        let b = leaf(sni.pick(Some("b.test")));
+        assert_ne!(a, b);
+        assert_eq!(leaf(sni.pick(Some("B.Test."))), b);
+        assert_eq!(leaf(sni.pick(Some("x.wild.test"))), b);
+        assert_eq!(leaf(sni.pick(Some("x.y.wild.test"))), a);
+        assert_eq!(leaf(sni.pick(Some("other.test"))), a);
+        assert_eq!(leaf(sni.pick(None)), a);
+    }
+
+    #[test]
+    fn several_certificates_need_names_and_distinct_ones() {
+        let err = settings(vec![pem(&pair_for(&["a.test"])), pem(&pair_for(&[]))])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the certificate bytes (pair 2) names no DNS name"),
+            "{err}"
+        );
+        // One certificate needs no name: it is the default.
+        settings(vec![pem(&pair_for(&[]))]).check().unwrap();
+        let err = settings(vec![
+            pem(&pair_for(&["a.test", "dup.test"])),
+            pem(&pair_for(&["dup.test"])),
+        ])
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "dup.test is in both the certificate in the certificate bytes (pair 1) and \
+                 the one in the certificate bytes (pair 2)"
+            ),
+            "{err}"
+        );
     }
 }

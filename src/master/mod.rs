@@ -81,10 +81,15 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
         }
     }
     let inherited = listener::inherited()?;
-    let (inherited, inherited_control, inherited_health) = match inherited {
-        Some(i) => (Some(i.bound), i.control, i.health),
-        None => (None, None, None),
+    let (inherited, inherited_control, inherited_health, inherited_tickets) = match inherited {
+        Some(i) => (Some(i.bound), i.control, i.health, i.tickets),
+        None => (None, None, None, None),
     };
+    // Before any worker: forked workers copy it, exec'd ones are sent it.
+    #[cfg(feature = "tls")]
+    crate::http::tickets::settle_master_secret(inherited_tickets)?;
+    #[cfg(not(feature = "tls"))]
+    drop(inherited_tickets);
     let bound = match inherited {
         Some(mut bound) => {
             info!(

@@ -43,6 +43,20 @@ impl Master {
         if let Some(h) = &self.health {
             sockets.push((h.handover_fd(), listener::HEALTH_FD_NAME.to_string()));
         }
+        // The new master's workers must open the tickets this one's issued. Closed here
+        // once the new master has its copy.
+        #[cfg(feature = "tls")]
+        let tickets = match crate::http::tickets::handover_pipe() {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                error!("binary upgrade failed: cannot hand over the TLS ticket secret: {e}");
+                return;
+            }
+        };
+        #[cfg(feature = "tls")]
+        if let Some(pipe) = &tickets {
+            sockets.push((pipe.as_raw_fd(), listener::TICKETS_FD_NAME.to_string()));
+        }
         match spawn::exec::spawn_master(&line, &sockets, self.pid) {
             Ok(pid) => {
                 info!(

@@ -118,6 +118,19 @@ impl Plan<'_> {
                 _ => None,
             },
         };
+        // An exec'd worker reads the TLS ticket secret first on its channel (a forked one has
+        // it in memory): never in its environment or arguments.
+        #[cfg(feature = "tls")]
+        let secret_line = match self.spawn {
+            Spawn::Fork => None,
+            _ => crate::http::tickets::channel_line(),
+        };
+        #[cfg(feature = "tls")]
+        if let Some(line) = &secret_line {
+            // A fresh socket buffer takes the line whole: this never blocks or splits it.
+            std::io::Write::write_all(&mut &master_end, line)
+                .map_err(fail("cannot send it the TLS ticket secret"))?;
+        }
         let pid = match self.spawn {
             Spawn::Fork => super::fork::spawn(&spec, main).map_err(fail("fork(2) failed"))?,
             other => {
@@ -130,6 +143,13 @@ impl Plan<'_> {
                     *exec_line = Some(line.clone());
                 }
                 let mut line = line;
+                #[cfg(feature = "tls")]
+                if secret_line.is_some() {
+                    line.env.push((
+                        crate::protocol::ENV_TLS_TICKETS.into(),
+                        Some("channel".into()),
+                    ));
+                }
                 if let Some(n) = &notify {
                     line.env
                         .push(("NOTIFY_SOCKET".into(), Some(n.env_value().into())));

@@ -270,13 +270,19 @@ pub(crate) const CONTROL_FD_NAME: &str = "forklift.control";
 /// The `LISTEN_FDNAMES` name of a health port handed to the next master.
 pub(crate) const HEALTH_FD_NAME: &str = "forklift.health";
 
+/// The `LISTEN_FDNAMES` name of the pipe that hands the TLS ticket secret to the next master
+/// (`http/tickets.rs`).
+pub(crate) const TICKETS_FD_NAME: &str = "forklift.tls-tickets";
+
 /// What a master was started with: listening sockets, and the previous master's control
-/// socket and health port (binary upgrade).
+/// socket, health port and TLS ticket secret (binary upgrade).
 #[derive(Debug)]
 pub(crate) struct Inherited {
     pub bound: Vec<BoundAddr>,
     pub control: Option<UnixListener>,
     pub health: Option<std::net::TcpListener>,
+    /// The read end of a pipe holding the previous master's TLS ticket secret.
+    pub tickets: Option<OwnedFd>,
 }
 
 pub(crate) fn inherited() -> Result<Option<Inherited>> {
@@ -294,6 +300,7 @@ pub(crate) fn inherited() -> Result<Option<Inherited>> {
     let mut bound: Vec<BoundAddr> = Vec::new();
     let mut control = None;
     let mut health = None;
+    let mut tickets = None;
     // (forklift address index, position in `bound`) of reuseport addresses seen so far.
     let mut per_slot: Vec<(usize, usize)> = Vec::new();
     for i in 0..n {
@@ -304,6 +311,11 @@ pub(crate) fn inherited() -> Result<Option<Inherited>> {
         socket
             .set_cloexec(true)
             .map_err(|e| Error::io(format!("inherited fd {fd}"), e))?;
+        // A pipe, not a socket: taken before the socket checks.
+        if names.get(i).map(String::as_str) == Some(TICKETS_FD_NAME) {
+            tickets = Some(OwnedFd::from(socket));
+            continue;
+        }
         let local = socket
             .local_addr()
             .map_err(|e| Error::io(format!("inherited fd {fd} is not a socket"), e))?;
@@ -358,6 +370,7 @@ pub(crate) fn inherited() -> Result<Option<Inherited>> {
         bound,
         control,
         health,
+        tickets,
     }))
 }
 
