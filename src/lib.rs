@@ -114,6 +114,7 @@ pub use config::{
 pub use error::{BoxError, Error, Result};
 pub use files::{FileBody, StaticFiles};
 pub use hooks::{Event, WorkerInfo};
+pub use http::access_log::LogFormat;
 pub use http::body::Body;
 pub use http::client::ClientAddr;
 #[doc(hidden)]

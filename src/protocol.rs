@@ -104,10 +104,13 @@ impl Message {
     }
 }
 
-/// What the master tells a worker on its status channel, one line each: only `drain` (the
-/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting). End
-/// of file means the master is gone.
+/// What the master tells a worker on its status channel, one line each: `drain` (the
+/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting) or
+/// [`REOPEN_LINE`]. End of file means the master is gone.
 pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
+
+/// Tells a worker to reopen its log files (USR1 to the master: logrotate renamed them).
+pub(crate) const REOPEN_LINE: &[u8] = b"reopen\n";
 
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

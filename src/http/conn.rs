@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::error::BoxError;
+use crate::http::access_log::TlsVersion;
 use crate::http::body::Body;
 use crate::http::fast;
 use crate::http::h2::FloodGuard;
@@ -219,6 +220,8 @@ pub(super) struct Conns<T> {
     pub(super) timeouts: fast::Timeouts,
     /// Whether connections start on the fast path.
     pub(super) fast_path: bool,
+    /// Whether requests carry what only the access log reads (the TLS version).
+    pub(super) access_log: bool,
     /// Becomes true when the worker stops accepting.
     pub(super) stop: watch::Receiver<bool>,
     pub(super) live: Cell<usize>,
@@ -279,7 +282,11 @@ where
             match handshake {
                 Ok(Ok(stream)) => {
                     let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                    serve_stream(stream, service, &conns, protocol, tcp).await
+                    let version = match conns.access_log {
+                        true => stream.get_ref().1.protocol_version().map(tls_version),
+                        false => None,
+                    };
+                    serve_stream(stream, service, &conns, protocol, tcp, version).await
                 }
                 Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
                 Err(_) => debug!("TLS handshake timed out"),
@@ -288,7 +295,17 @@ where
         .await;
         return;
     }
-    serve_stream(stream, service, &conns, Protocol::Sniffed, tcp).await;
+    serve_stream(stream, service, &conns, Protocol::Sniffed, tcp, None).await;
+}
+
+/// The access log's name of a TLS version.
+#[cfg(feature = "tls")]
+fn tls_version(v: rustls::ProtocolVersion) -> TlsVersion {
+    TlsVersion(match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS",
+    })
 }
 
 /// The socket of a TCP connection, for the HTTP/2 guard's TCP_NOTSENT_LOWAT. The acceptors
@@ -309,6 +326,7 @@ async fn serve_stream<I, S, B>(
     conns: &Conns<Tls>,
     protocol: Protocol,
     tcp: Option<RawFd>,
+    tls: Option<TlsVersion>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
@@ -318,6 +336,7 @@ async fn serve_stream<I, S, B>(
     let service = Started {
         inner: service,
         first: first.clone(),
+        tls,
     };
     let read = if conns.fast_path && protocol != Protocol::Http2 {
         match fast::serve(&mut io, &service, conns.timeouts, conns.stop.clone()).await {
@@ -405,25 +424,30 @@ struct FirstRequest {
     notify: tokio::sync::Notify,
 }
 
-/// A connection's service, noting its first request.
+/// A connection's service, noting its first request, and giving each request the TLS
+/// version when the access log asked for it.
 #[derive(Clone)]
 struct Started<S> {
     inner: S,
     first: Rc<FirstRequest>,
+    tls: Option<TlsVersion>,
 }
 
-impl<S, R> Service<R> for Started<S>
+impl<S, B> Service<Request<B>> for Started<S>
 where
-    S: Service<R>,
+    S: Service<Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
 
-    fn call(&self, req: R) -> Self::Future {
+    fn call(&self, mut req: Request<B>) -> Self::Future {
         if !self.first.started.get() {
             self.first.started.set(true);
             self.first.notify.notify_one();
+        }
+        if let Some(v) = self.tls {
+            req.extensions_mut().insert(v);
         }
         self.inner.call(req)
     }
