@@ -18,14 +18,12 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use forklift::{Event, Prefork, Spawn};
 
 mod deploy;
 mod lab;
+mod logs;
 mod single;
 mod static_files;
 
@@ -71,6 +69,9 @@ enum Command {
     Drain(ControlArgs),
     /// Put a drained master back: /readyz answers 200 again.
     Undrain(ControlArgs),
+    /// Reopen the log files of a running master and its workers (--error-log,
+    /// --access-log PATH), as SIGUSR1: for logrotate's postrotate, after it renamed them.
+    ReopenLogs(ControlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +84,9 @@ struct RunArgs {
 
     #[command(flatten)]
     privileges: PrivilegeArgs,
+
+    #[command(flatten)]
+    logs: logs::LogArgs,
 
     /// Kill and replace a worker that sent WATCHDOG=1 once and then nothing for this long;
     /// 0 turns the check off
@@ -246,6 +250,9 @@ struct ServeArgs {
     #[command(flatten)]
     privileges: PrivilegeArgs,
 
+    #[command(flatten)]
+    logs: logs::LogArgs,
+
     /// How workers are started: fork (fast, default) or exec (re-execute this binary)
     #[arg(long, value_enum, default_value_t = SpawnMode::Fork)]
     spawn: SpawnMode,
@@ -293,9 +300,11 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     dir: Option<std::path::PathBuf>,
 
-    /// Log every request (method, path, status, bytes, duration, worker) on stderr
-    #[arg(long)]
-    access_log: bool,
+    /// Log every request (client, method, path, version, status, bytes, duration, request
+    /// id, user agent, referer, TLS version, worker): on stderr alone or with `-`, else to
+    /// the file PATH (reopened on SIGUSR1 or `forklift reopen-logs`)
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    access_log: Option<Option<std::path::PathBuf>>,
 
     /// Serve every request with hyper, without forklift's HTTP/1 fast path for requests
     /// without a body
@@ -445,19 +454,15 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `Targets` reads RUST_LOG's `target=level,...` form without a regex engine, which keeps
-    // the master small (it is resident all the time).
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .finish()
-        .with(filter)
-        .init();
+    let log_args = match &cli.command {
+        Command::Serve(a) => Some(&a.logs),
+        Command::Run(a) => Some(&a.logs),
+        _ => None,
+    };
+    logs::init_tracing(
+        log_args.map_or(logs::Format::Text, |l| l.log_format),
+        log_args.is_some_and(|l| l.error_log.is_some()),
+    );
     let result = match cli.command {
         Command::Serve(args) => serve(*args).map(|()| "stopped\n".to_string()),
         Command::Run(args) => run(*args).map(|()| "stopped\n".to_string()),
@@ -475,6 +480,7 @@ fn main() -> ExitCode {
         Command::Stop(c) => forklift::control(&c.control, "stop").map_err(Into::into),
         Command::Drain(c) => forklift::control(&c.control, "drain").map_err(Into::into),
         Command::Undrain(c) => forklift::control(&c.control, "undrain").map_err(Into::into),
+        Command::ReopenLogs(c) => forklift::control(&c.control, "reopen-logs").map_err(Into::into),
     };
     match result {
         Ok(text) if text.starts_with("error:") => {
@@ -510,11 +516,11 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
             SpawnMode::Exec => Spawn::Exec,
         })
         .header_read_timeout(args.header_read_timeout.0)
-        .access_log(args.access_log)
         .http1_fast_path(!args.no_fast_path)
         .defer_accept(!args.no_defer_accept)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
     server = server.pin_workers(args.pin_workers);
+    server = logs::apply_access_log(args.logs.apply(server), &args.access_log);
     server = args.privileges.apply(server);
     server = args.limits.apply(server);
     if let Some(n) = args.max_requests {
@@ -643,7 +649,9 @@ fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
         })
         .relay_output(args.prefix_output)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
-    let server = args.limits.apply(args.privileges.apply(server));
+    let server = args
+        .logs
+        .apply(args.limits.apply(args.privileges.apply(server)));
     lifecycle_lines(server, "http")
         .run(|_| Err("forklift run starts COMMAND in each worker; this is never called".into()))
         .map_err(|e| format!("{shown}: {e}").into())

@@ -193,13 +193,13 @@ impl Entry {
         let Some(file) = &self.writer.file else {
             tracing::info!(
                 target: "forklift::access",
-                client = %Dash(self.client),
                 method = %self.method,
                 path = %self.path,
-                version = ?self.version,
                 status = self.status.as_u16(),
                 bytes,
                 duration_ms,
+                client = %Dash(self.client),
+                version = ?self.version,
                 request_id = header_str(Some(&self.request_id)).as_ref(),
                 user_agent = header_str(self.user_agent.as_ref()).as_ref(),
                 referer = header_str(self.referer.as_ref()).as_ref(),
@@ -217,24 +217,25 @@ impl Entry {
         }
     }
 
-    /// As tracing-subscriber's text formatter: strings quoted, JSON-escaped.
+    /// As tracing-subscriber's text formatter writes the event (fields in the same order),
+    /// with strings quoted and JSON-escaped.
     fn text_line(&self, outcome: &str, bytes: u64, duration_ms: f64) -> String {
         let (id, pid) = self.writer.worker;
         let mut line = String::with_capacity(256);
         let _ = write!(
             line,
-            "{}  INFO worker{{id={id} pid={pid}}}: forklift::access: {outcome} client={} \
-             method={} path=",
+            "{}  INFO worker{{id={id} pid={pid}}}: forklift::access: {outcome} method={} path=",
             rfc3339(SystemTime::now()),
-            Dash(self.client),
             self.method,
         );
         json_str(&mut line, &self.path);
         let _ = write!(
             line,
-            " version={:?} status={} bytes={bytes} duration_ms={duration_ms:.3} request_id=",
-            self.version,
+            " status={} bytes={bytes} duration_ms={duration_ms:.3} client={} version={:?} \
+             request_id=",
             self.status.as_u16(),
+            Dash(self.client),
+            self.version,
         );
         json_str(&mut line, &header_str(Some(&self.request_id)));
         line.push_str(" user_agent=");
@@ -254,18 +255,17 @@ impl Entry {
         json_str(&mut line, &rfc3339(SystemTime::now()));
         line.push_str(",\"level\":\"INFO\",\"fields\":{\"message\":");
         json_str(&mut line, outcome);
-        line.push_str(",\"client\":");
-        json_str(&mut line, &Dash(self.client).to_string());
         line.push_str(",\"method\":");
         json_str(&mut line, self.method.as_str());
         line.push_str(",\"path\":");
         json_str(&mut line, &self.path);
         let _ = write!(
             line,
-            ",\"version\":\"{:?}\",\"status\":{},\"bytes\":{bytes},\"duration_ms\":{duration_ms:.3}",
-            self.version,
+            ",\"status\":{},\"bytes\":{bytes},\"duration_ms\":{duration_ms:.3},\"client\":",
             self.status.as_u16(),
         );
+        json_str(&mut line, &Dash(self.client).to_string());
+        let _ = write!(line, ",\"version\":\"{:?}\"", self.version);
         line.push_str(",\"request_id\":");
         json_str(&mut line, &header_str(Some(&self.request_id)));
         line.push_str(",\"user_agent\":");
