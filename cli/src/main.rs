@@ -181,8 +181,8 @@ struct PoolArgs {
     #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_BOOT_TIMEOUT))]
     boot_timeout: Secs,
 
-    /// Answer `forklift status|reload|stop|drain|undrain --control PATH` on a Unix socket
-    /// (mode 0600)
+    /// Answer `forklift status|reload|stop|drain|undrain|reopen-logs --control PATH` on a
+    /// Unix socket (mode 0600)
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
 
