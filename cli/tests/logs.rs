@@ -508,3 +508,77 @@ fn unwritable_log_and_pid_paths_fail_before_binding() {
         );
     }
 }
+
+/// One HTTPS request over a blocking rustls client limited to `version`; returns the
+/// response.
+fn https_request(
+    addr: SocketAddr,
+    root: rustls::pki_types::CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Response {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = connect(addr, Duration::from_secs(10)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&get_request("localhost", "/", true)).unwrap();
+    read_response(&mut tls, &mut Vec::new()).expect("an HTTPS response")
+}
+
+#[test]
+fn access_log_names_the_tls_version() {
+    let dir = TempDir::new("access-tls");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key, log) = (
+        dir.0.join("cert.pem"),
+        dir.0.join("key.pem"),
+        dir.0.join("access.log"),
+    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--access-log",
+        log.to_str().unwrap(),
+    ]);
+    let root = made.cert.der().clone();
+    for (version, name) in [
+        (&rustls::version::TLS13, "TLSv1.3"),
+        (&rustls::version::TLS12, "TLSv1.2"),
+    ] {
+        let r = https_request(s.addr(), root.clone(), version);
+        assert_eq!(r.status, 200);
+        let id = r.header("x-request-id").unwrap().to_string();
+        let mut line = None;
+        poll_until(Instant::now() + Duration::from_secs(10), || {
+            line = read(&log)
+                .lines()
+                .find(|l| l.contains(&id))
+                .map(str::to_string);
+            line.is_some()
+        });
+        let line = line.unwrap_or_else(|| panic!("no line for {id}: {}", read(&log)));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["fields"]["tls"], name, "{line}");
+        assert_eq!(v["fields"]["version"], "HTTP/1.1", "{line}");
+    }
+}
