@@ -199,11 +199,13 @@ where
     });
     let limit = cfg.max_connections.map(ConnLimit::new);
     let access_log = match cfg.access_log {
-        true => Some(Rc::new(AccessLogWriter::new(
-            cfg.access_log_file.as_deref(),
-            cfg.log_format,
-            worker.id(),
-        )?)),
+        true => Some(Rc::new(
+            AccessLogWriter::new(cfg.access_log_file.as_deref(), cfg.log_format, worker.id())
+                .map_err(|e| {
+                    let path = cfg.access_log_file.as_deref().unwrap_or("-".as_ref());
+                    format!("opening the access log {}: {e}", path.display())
+                })?,
+        )),
         false => None,
     };
     let logs = Rc::new(Logs {
