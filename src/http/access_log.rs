@@ -222,27 +222,36 @@ impl Entry {
     fn text_line(&self, outcome: &str, bytes: u64, duration_ms: f64) -> String {
         let (id, pid) = self.writer.worker;
         let mut line = String::with_capacity(256);
-        let _ = write!(
-            line,
-            "{}  INFO worker{{id={id} pid={pid}}}: forklift::access: {outcome} method={} path=",
-            rfc3339(SystemTime::now()),
-            self.method,
-        );
+        push_timestamp(&mut line, SystemTime::now());
+        line.push_str("  INFO worker{id=");
+        push_u64(&mut line, id as u64);
+        line.push_str(" pid=");
+        push_u64(&mut line, u64::from(pid));
+        line.push_str("}: forklift::access: ");
+        line.push_str(outcome);
+        line.push_str(" method=");
+        line.push_str(self.method.as_str());
+        line.push_str(" path=");
         json_str(&mut line, &self.path);
-        let _ = write!(
-            line,
-            " status={} bytes={bytes} duration_ms={duration_ms:.3} client={} version={:?} \
-             request_id=",
-            self.status.as_u16(),
-            Dash(self.client),
-            self.version,
-        );
+        line.push_str(" status=");
+        push_u64(&mut line, u64::from(self.status.as_u16()));
+        line.push_str(" bytes=");
+        push_u64(&mut line, bytes);
+        line.push_str(" duration_ms=");
+        push_ms(&mut line, duration_ms);
+        line.push_str(" client=");
+        push_client(&mut line, self.client);
+        line.push_str(" version=");
+        line.push_str(version_str(self.version));
+        line.push_str(" request_id=");
         json_str(&mut line, &header_str(Some(&self.request_id)));
         line.push_str(" user_agent=");
         json_str(&mut line, &header_str(self.user_agent.as_ref()));
         line.push_str(" referer=");
         json_str(&mut line, &header_str(self.referer.as_ref()));
-        let _ = writeln!(line, " tls={}", self.tls.unwrap_or("-"));
+        line.push_str(" tls=");
+        line.push_str(self.tls.unwrap_or("-"));
+        line.push('\n');
         line
     }
 
@@ -251,22 +260,25 @@ impl Entry {
     fn json_line(&self, outcome: &str, bytes: u64, duration_ms: f64) -> String {
         let (id, pid) = self.writer.worker;
         let mut line = String::with_capacity(384);
-        line.push_str("{\"timestamp\":");
-        json_str(&mut line, &rfc3339(SystemTime::now()));
-        line.push_str(",\"level\":\"INFO\",\"fields\":{\"message\":");
+        line.push_str("{\"timestamp\":\"");
+        push_timestamp(&mut line, SystemTime::now());
+        line.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":");
         json_str(&mut line, outcome);
         line.push_str(",\"method\":");
         json_str(&mut line, self.method.as_str());
         line.push_str(",\"path\":");
         json_str(&mut line, &self.path);
-        let _ = write!(
-            line,
-            ",\"status\":{},\"bytes\":{bytes},\"duration_ms\":{duration_ms:.3},\"client\":",
-            self.status.as_u16(),
-        );
-        json_str(&mut line, &Dash(self.client).to_string());
-        let _ = write!(line, ",\"version\":\"{:?}\"", self.version);
-        line.push_str(",\"request_id\":");
+        line.push_str(",\"status\":");
+        push_u64(&mut line, u64::from(self.status.as_u16()));
+        line.push_str(",\"bytes\":");
+        push_u64(&mut line, bytes);
+        line.push_str(",\"duration_ms\":");
+        push_ms(&mut line, duration_ms);
+        line.push_str(",\"client\":\"");
+        push_client(&mut line, self.client);
+        line.push_str("\",\"version\":\"");
+        line.push_str(version_str(self.version));
+        line.push_str("\",\"request_id\":");
         json_str(&mut line, &header_str(Some(&self.request_id)));
         line.push_str(",\"user_agent\":");
         json_str(&mut line, &header_str(self.user_agent.as_ref()));
@@ -274,11 +286,58 @@ impl Entry {
         json_str(&mut line, &header_str(self.referer.as_ref()));
         line.push_str(",\"tls\":");
         json_str(&mut line, self.tls.unwrap_or("-"));
-        let _ = writeln!(
-            line,
-            "}},\"target\":\"forklift::access\",\"span\":{{\"id\":{id},\"pid\":{pid},\"name\":\"worker\"}}}}"
-        );
+        line.push_str("},\"target\":\"forklift::access\",\"span\":{\"id\":");
+        push_u64(&mut line, id as u64);
+        line.push_str(",\"pid\":");
+        push_u64(&mut line, u64::from(pid));
+        line.push_str(",\"name\":\"worker\"}}\n");
         line
+    }
+}
+
+// The file's lines are built with these rather than `write!`: the formatting machinery
+// costs more per request than the rest of the line.
+
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Milliseconds with three decimals (microseconds), as `0.123`.
+fn push_ms(out: &mut String, ms: f64) {
+    let micros = (ms * 1e3).round() as u64;
+    push_u64(out, micros / 1000);
+    out.push('.');
+    push_padded(out, micros % 1000, 3);
+}
+
+/// `n` with leading zeros to `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
+}
+
+/// The client's address and port, or `-`; an IPv6 address in brackets.
+fn push_client(out: &mut String, client: Option<SocketAddr>) {
+    match client {
+        Some(addr) => {
+            let _ = write!(out, "{addr}");
+        }
+        None => out.push('-'),
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "-",
     }
 }
 
@@ -306,6 +365,13 @@ fn header_str(v: Option<&HeaderValue>) -> Cow<'_, str> {
 /// escaped (so a header cannot end a log line or forge a field).
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -322,10 +388,32 @@ fn json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// `t` in RFC 3339, UTC, to the microsecond: `2026-11-30T14:35:06.123456Z`.
-fn rfc3339(t: SystemTime) -> String {
+thread_local! {
+    /// The last second formatted, `2026-11-30T14:35:06`: a busy worker formats the date once
+    /// a second, not once a line.
+    static SECOND: std::cell::RefCell<(u64, String)> = const {
+        std::cell::RefCell::new((u64::MAX, String::new()))
+    };
+}
+
+/// Appends `t` in RFC 3339, UTC, to the microsecond: `2026-11-30T14:35:06.123456Z`.
+fn push_timestamp(out: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, date_time(secs));
+        }
+        out.push_str(&cached.1);
+    });
+    out.push('.');
+    push_padded(out, u64::from(d.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// `secs` since the epoch as `2026-11-30T14:35:06` (UTC).
+fn date_time(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days as i64 + 719_468;
@@ -338,11 +426,10 @@ fn rfc3339(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        d.subsec_micros()
     )
 }
 
@@ -452,6 +539,12 @@ impl<B: Body> Body for LoggedBody<B> {
 mod tests {
     use super::*;
 
+    fn rfc3339(t: SystemTime) -> String {
+        let mut out = String::new();
+        push_timestamp(&mut out, t);
+        out
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let t = UNIX_EPOCH + std::time::Duration::from_micros(1_796_049_306_123_456);
@@ -466,6 +559,21 @@ mod tests {
         let mut out = String::new();
         json_str(&mut out, "a\"b\\c\nd\u{1}é");
         assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
+        out.clear();
+        json_str(&mut out, "plain/1.0 (x)");
+        assert_eq!(out, r#""plain/1.0 (x)""#);
+    }
+
+    #[test]
+    fn numbers_are_written_as_write_would() {
+        let mut out = String::new();
+        push_ms(&mut out, 12.3456);
+        out.push(' ');
+        push_ms(&mut out, 0.0004);
+        out.push(' ');
+        push_padded(&mut out, 42, 6);
+        assert_eq!(out, "12.346 0.000 000042");
+        assert_eq!(version_str(Version::HTTP_2), "HTTP/2.0");
     }
 
     #[test]

@@ -221,6 +221,7 @@ pub(super) struct Conns<T> {
     /// Whether connections start on the fast path.
     pub(super) fast_path: bool,
     /// Whether requests carry what only the access log reads (the TLS version).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(super) access_log: bool,
     /// Becomes true when the worker stops accepting.
     pub(super) stop: watch::Receiver<bool>,
