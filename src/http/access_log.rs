@@ -109,8 +109,13 @@ impl AccessLogWriter {
         }
         let n = self.next_id.get();
         self.next_id.set(n.wrapping_add(1));
-        let id = format!("{:016x}{:016x}", self.id_prefix, n);
-        HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+        let mut id = [0u8; 32];
+        for (i, digit) in id.iter_mut().enumerate() {
+            let word = if i < 16 { self.id_prefix } else { n };
+            let nibble = (word >> ((15 - i % 16) * 4)) & 0xf;
+            *digit = b"0123456789abcdef"[nibble as usize];
+        }
+        HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 }
 
@@ -574,6 +579,14 @@ mod tests {
         push_padded(&mut out, 42, 6);
         assert_eq!(out, "12.346 0.000 000042");
         assert_eq!(version_str(Version::HTTP_2), "HTTP/2.0");
+    }
+
+    #[test]
+    fn generated_request_ids_are_the_prefix_then_the_counter_in_hex() {
+        let w = AccessLogWriter::new(None, LogFormat::Text, 0).unwrap();
+        w.next_id.set(0xabc);
+        let id = w.request_id(None);
+        assert_eq!(id, format!("{:016x}{:016x}", w.id_prefix, 0xabc).as_str());
     }
 
     #[test]
