@@ -228,6 +228,19 @@ pub fn request_drain(on: bool) {
     request(if on { Command::Drain } else { Command::Undrain });
 }
 
+/// Asks the master running in this process to reopen its log files and have every worker
+/// reopen theirs ([`Prefork::error_log`](crate::Prefork::error_log),
+/// [`Prefork::access_log_file`](crate::Prefork::access_log_file)), as SIGUSR1 does: for a
+/// program that rotates its own logs.
+///
+/// ```
+/// // After renaming the log files aside.
+/// forklift::request_reopen_logs();
+/// ```
+pub fn request_reopen_logs() {
+    request(Command::ReopenLogs);
+}
+
 /// Asks the master running in this process for one worker more (`true`, as SIGTTIN) or one
 /// fewer (`false`, as SIGTTOU): the library's way to change the worker count live.
 ///

@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-pub use command::{request_drain, request_reload, request_scale, request_stop};
+pub use command::{
+    request_drain, request_reload, request_reopen_logs, request_scale, request_stop,
+};
 
 use self::command::Origin;
 use self::exits::ABORT_GRACE;
