@@ -570,7 +570,9 @@ impl Prefork {
     /// master (or `reopen-logs` on the control socket) has them reopen it, for logrotate.
     /// The lines name the client ([`ClientAddr`](crate::ClientAddr)), HTTP version, user
     /// agent, referer, TLS version and a request id (a sane incoming `x-request-id`, or a
-    /// generated one), which is also set on the response.
+    /// generated one), which is also set on the response. With [`user`](Prefork::user), the
+    /// master creates the file (and each new one at a reopen) owned by the workers' user, as
+    /// nginx does, so that they may open it.
     ///
     /// `serve` opens the file once before binding, so a missing directory fails at once.
     ///
@@ -580,7 +582,7 @@ impl Prefork {
     /// ```
     pub fn access_log_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.http.access_log = true;
-        self.http.access_log_file = Some(path.into());
+        self.config.access_log_file = Some(path.into());
         self
     }
 
@@ -794,6 +796,7 @@ impl Prefork {
         let mut http = self.http.clone();
         http.graceful_timeout = self.config.graceful_timeout;
         http.error_log = self.config.error_log.clone();
+        http.access_log_file = self.config.access_log_file.clone();
         if let (Some(path), false) = (&http.access_log_file, worker::is_worker()) {
             // Fail before binding or starting anything; each worker opens it as it boots.
             crate::sys::log_file::LogFile::open(path).map_err(|e| {

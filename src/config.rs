@@ -150,6 +150,10 @@ pub(crate) struct Config {
     pub error_log: Option<PathBuf>,
     /// Write the master's pid to this file once it serves. Default: none.
     pub pid_file: Option<PathBuf>,
+    /// The access log's file (the workers write it; the master creates it, for their
+    /// user, at start and on each reopen). Default: none, the access log goes through
+    /// `tracing` when on.
+    pub access_log_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -179,6 +183,7 @@ impl Default for Config {
             max_worker_age: None,
             error_log: None,
             pid_file: None,
+            access_log_file: None,
         }
     }
 }

@@ -582,3 +582,61 @@ fn access_log_names_the_tls_version() {
         assert_eq!(v["fields"]["version"], "HTTP/1.1", "{line}");
     }
 }
+
+/// Workers that drop to `nobody` reopen files the root master created: the master gives
+/// each log file (and each new one at a reopen) to the workers' user, as nginx does.
+#[test]
+fn workers_that_dropped_privileges_reopen_their_logs() {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: not running as root (privilege drop needs root)");
+        return;
+    }
+    let name = std::ffi::CString::new("nobody").unwrap();
+    // SAFETY: getpwnam with a valid C string, its result read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        println!("SKIP: no user `nobody`");
+        return;
+    }
+    // SAFETY: a non-null result of getpwnam.
+    let uid = unsafe { (*pw).pw_uid };
+    let dir = TempDir::new("logs-nobody");
+    let access = dir.0.join("access.log");
+    let error = dir.0.join("error.log");
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--user",
+        "nobody",
+        "--access-log",
+        access.to_str().unwrap(),
+        "--error-log",
+        error.to_str().unwrap(),
+    ]);
+    assert_eq!(request(s.addr(), "HTTP/1.1", "").0.status, 200);
+    for f in [&access, &error] {
+        std::fs::rename(f, f.with_extension("log.1")).unwrap();
+    }
+    s.send_signal(libc::SIGUSR1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    assert!(
+        poll_until(deadline, || read(&error).contains("log files reopened")),
+        "{}",
+        read(&error)
+    );
+    assert_eq!(std::fs::metadata(&access).unwrap().uid(), uid, "{access:?}");
+    assert_eq!(request(s.addr(), "HTTP/1.1", "").0.status, 200);
+    assert!(
+        poll_until(deadline, || line_count(&access) == 1),
+        "the worker writes to the new access log: {:?} / old {:?}",
+        read(&access),
+        read(&access.with_extension("log.1"))
+    );
+    assert!(!read(&error).contains("cannot reopen"), "{}", read(&error));
+    assert_eq!(line_count(&access.with_extension("log.1")), 1);
+}

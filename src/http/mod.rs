@@ -57,7 +57,8 @@ pub(crate) struct HttpConfig {
     pub header_read_timeout: Duration,
     pub graceful_timeout: Duration,
     pub access_log: bool,
-    /// Write the access log to this file instead of through `tracing`.
+    /// Write the access log to this file instead of through `tracing` (from
+    /// `Config::access_log_file`).
     pub access_log_file: Option<std::path::PathBuf>,
     /// The form of the access log's lines in a file.
     pub log_format: crate::http::access_log::LogFormat,

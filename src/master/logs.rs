@@ -43,6 +43,30 @@ pub(super) fn open_at_start(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// With workers that drop privileges: creates the log files the workers open (the access
+/// log's; the error log's, which they reopen) owned by their user, as nginx does. At start
+/// and before each reopen, so a new file after a rename is theirs too.
+pub(super) fn create_for_workers(config: &Config, credentials: Option<(u32, u32)>) -> Result<()> {
+    let Some((uid, gid)) = credentials else {
+        return Ok(());
+    };
+    for path in [&config.access_log_file, &config.error_log]
+        .into_iter()
+        .flatten()
+    {
+        log_file::create_for(path, uid, gid).map_err(|e| {
+            Error::io(
+                format!(
+                    "giving the log file {} to the workers' user (uid {uid})",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Removes the pid file at exit, unless it holds another master's pid (the new master of a
 /// binary upgrade).
 pub(super) fn remove_pid_file(path: Option<&Path>) {
@@ -55,6 +79,9 @@ impl Master {
     /// Reopens the error log (a new file at the path, after logrotate renamed the old one)
     /// and tells every worker to reopen its log files. Returns the control socket's answer.
     pub(super) fn reopen_logs(&mut self, origin: Origin) -> String {
+        if let Err(e) = create_for_workers(&self.config, self.credentials) {
+            warn!("reopen requested by {origin}: {e}");
+        }
         if let Some(path) = &self.config.error_log {
             if let Err(e) = log_file::redirect_stderr(path) {
                 error!(

@@ -130,6 +130,7 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     };
     let credentials =
         process::resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
+    logs::create_for_workers(&config, credentials)?;
     let cpus = if config.pin_workers {
         process::allowed_cpus()
     } else {

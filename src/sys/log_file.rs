@@ -53,6 +53,17 @@ pub(crate) fn redirect_stderr(path: &Path) -> io::Result<()> {
     dup_onto(&file, libc::STDERR_FILENO)
 }
 
+/// Creates the file at `path` if missing, and gives it to `uid`:`gid` (fchown(2)), so that
+/// workers that dropped to that user may open it for appending.
+pub(crate) fn create_for(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let file = open_append(path)?;
+    // SAFETY: fchown on an fd `file` owns.
+    if unsafe { libc::fchown(file.as_raw_fd(), uid, gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new()
         .append(true)
