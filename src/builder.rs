@@ -631,9 +631,13 @@ impl Prefork {
         self
     }
 
-    /// Logs one line per request (method, path, status, bytes, duration, and the worker,
-    /// from its span) through `tracing`, target `forklift::access`, level INFO. Off by
-    /// default: on a hot server it costs a formatted line per request.
+    /// Logs one line per request (method, path, status, bytes, duration, client address,
+    /// HTTP version, request id, user agent, referer, TLS version, and the worker, from its
+    /// span) through `tracing`, target `forklift::access`, level INFO. Each request gets an
+    /// id, a sane incoming `x-request-id` or a generated one, also set on the response. Off
+    /// by default: on a hot server it costs a formatted line per request
+    /// ([`access_log_file`](Prefork::access_log_file) costs less than a tracing
+    /// subscriber's formatting).
     ///
     /// ```
     /// // Lines go wherever the program's tracing subscriber sends them.
@@ -695,6 +699,71 @@ impl Prefork {
         let proxy = crate::http::proxy::ProxyProtocol::parse(trusted).map_err(Error::Config)?;
         self.http.proxy_protocol = Some(proxy);
         Ok(self)
+    }
+
+    /// Turns the access log on and writes it to the file at `path` (created, appended to)
+    /// instead of through `tracing`: one line per request, each with one write(2), in the
+    /// [`log_format`](Prefork::log_format) chosen. Each worker opens the file; USR1 to the
+    /// master (or `reopen-logs` on the control socket) has them reopen it, for logrotate.
+    /// The lines name the client ([`ClientAddr`](crate::ClientAddr)), HTTP version, user
+    /// agent, referer, TLS version and a request id (a sane incoming `x-request-id`, or a
+    /// generated one), which is also set on the response. With [`user`](Prefork::user), the
+    /// master creates the file (and each new one at a reopen) owned by the workers' user, as
+    /// nginx does, so that they may open it.
+    ///
+    /// `serve` opens the file once before binding, so a missing directory fails at once.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().access_log_file("/var/log/forklift/access.log");
+    /// # let _ = server;
+    /// ```
+    pub fn access_log_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.http.access_log = true;
+        self.config.access_log_file = Some(path.into());
+        self
+    }
+
+    /// The form of the access log's lines in its file (see
+    /// [`access_log_file`](Prefork::access_log_file)): text (default) or JSON, one object a
+    /// line. Lines through `tracing` take the subscriber's form.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().log_format(forklift::LogFormat::Json);
+    /// # let _ = server;
+    /// ```
+    pub fn log_format(mut self, format: crate::LogFormat) -> Self {
+        self.http.log_format = format;
+        self
+    }
+
+    /// Sends the master's and the workers' stderr (tracing output, panics) to the file at
+    /// `path`, appended to, and reopens it on USR1 or `reopen-logs` (the master its own, each
+    /// worker its own), so logrotate can rename it. Opened before binding: a missing
+    /// directory fails at once. Programs run by [`Spawn::Command`](crate::Spawn::Command)
+    /// inherit the file as their stderr and are not told to reopen it; with
+    /// [`relay_output`](Prefork::relay_output) the master writes their lines, and they follow.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().error_log("/var/log/forklift/error.log");
+    /// # let _ = server;
+    /// ```
+    pub fn error_log(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.error_log = Some(path.into());
+        self
+    }
+
+    /// Writes the master's pid to the file at `path` (atomically: a temporary file renamed)
+    /// once every worker serves, and removes it when the master exits if it still holds this
+    /// master's pid. After a binary upgrade (USR2) the new master writes its own pid, and the
+    /// old one leaves that file alone. The directory is checked before binding.
+    ///
+    /// ```
+    /// let server = forklift::Prefork::new().pid_file("/run/forklift.pid");
+    /// # let _ = server;
+    /// ```
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.pid_file = Some(path.into());
+        self
     }
 
     /// Called in the master after each worker is started, with its pid. An error stops the
@@ -941,6 +1010,21 @@ impl Prefork {
     {
         let mut http = self.http.clone();
         http.graceful_timeout = self.config.graceful_timeout;
+        http.error_log = self.config.error_log.clone();
+        http.access_log_file = self.config.access_log_file.clone();
+        if let (Some(path), false) = (&http.access_log_file, worker::is_worker()) {
+            // Fail before binding or starting anything; each worker opens it as it boots.
+            crate::sys::log_file::LogFile::open(path).map_err(|e| {
+                Error::io(
+                    format!(
+                        "opening the access log {} (does its directory exist, and may this \
+                         user write there?)",
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
         #[cfg(feature = "tls")]
         if http.tls.is_on() && !worker::is_worker() {
             // Fail before binding or starting anything; workers load it again as they boot.

@@ -160,6 +160,15 @@ pub(crate) struct Config {
     pub max_worker_memory: Option<u64>,
     /// Replace a worker that has run this long. Default: no limit.
     pub max_worker_age: Option<Duration>,
+    /// Send the master's and workers' stderr (tracing, panics) to this file, reopened on
+    /// USR1. Default: none, stderr as inherited.
+    pub error_log: Option<PathBuf>,
+    /// Write the master's pid to this file once it serves. Default: none.
+    pub pid_file: Option<PathBuf>,
+    /// The access log's file (the workers write it; the master creates it, for their
+    /// user, at start and on each reopen). Default: none, the access log goes through
+    /// `tracing` when on.
+    pub access_log_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -187,6 +196,9 @@ impl Default for Config {
             raise_nofile_limit: true,
             max_worker_memory: None,
             max_worker_age: None,
+            error_log: None,
+            pid_file: None,
+            access_log_file: None,
         }
     }
 }

@@ -65,6 +65,7 @@
 //! | TERM, QUIT | `stop` | `request_stop(true)` | graceful stop: unready at once; after the shutdown delay (default none) workers stop accepting, serve what waits in the accept queue and finish in-flight requests within the graceful timeout, then are killed; `serve` returns `Ok` |
 //! | INT | | `request_stop(false)` | fast stop: workers drop their connections and exit; killed after 1 s |
 //! | HUP | `reload` | `request_reload()` | rolling reload: a new generation starts; the old one drains once all of it serves |
+//! | USR1 | `reopen-logs` | `request_reopen_logs()` | reopen the log files ([`Prefork::error_log`], [`Prefork::access_log_file`]) after logrotate renamed them: the master its own, each worker its own, told on its channel; a line goes whole to the old file or the new one |
 //! | USR2 | `upgrade` | | binary upgrade: the binary (as invoked) runs again as a new master with the sockets; the old one drains once it serves |
 //! | TTIN, TTOU | `incr`, `decr` | `request_scale(..)` | one worker more, one fewer |
 //! | CHLD | | | reap and respawn |
@@ -120,6 +121,7 @@ pub use config::{
 pub use error::{BoxError, Error, Result};
 pub use files::{FileBody, StaticFiles};
 pub use hooks::{Event, WorkerInfo};
+pub use http::access_log::LogFormat;
 pub use http::body::Body;
 pub use http::client::ClientAddr;
 #[doc(hidden)]
@@ -130,7 +132,7 @@ pub use internal::{
 pub use sys::control::control;
 pub use sys::process::ExitStatus;
 
-pub use master::{request_drain, request_reload, request_scale, request_stop};
+pub use master::{request_drain, request_reload, request_reopen_logs, request_scale, request_stop};
 pub use protocol::BOOT_ERROR_EXIT_CODE;
 pub use reload_settings::ReloadSettings;
 pub use spawn::{CommandProducer, Readiness, Spawn, WorkerSlot};

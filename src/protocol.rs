@@ -122,10 +122,13 @@ impl Message {
 }
 
 /// What the master tells a worker on its status channel, one line each: `drain` (the
-/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting), and,
-/// first of all for an exec'd TLS worker, `tls-tickets HEX` (`http/tickets.rs`). End of file
-/// means the master is gone.
+/// shutdown delay has begun: answer with `Connection: close` / GOAWAY, keep accepting),
+/// [`REOPEN_LINE`], and, first of all for an exec'd TLS worker, `tls-tickets HEX`
+/// (`http/tickets.rs`). End of file means the master is gone.
 pub(crate) const DRAIN_LINE: &[u8] = b"drain\n";
+
+/// Tells a worker to reopen its log files (USR1 to the master: logrotate renamed them).
+pub(crate) const REOPEN_LINE: &[u8] = b"reopen\n";
 
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

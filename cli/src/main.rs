@@ -18,15 +18,13 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use forklift::{Event, Prefork, Spawn};
 
 mod check;
 mod deploy;
 mod lab;
+mod logs;
 mod reload;
 mod settings;
 mod single;
@@ -88,6 +86,9 @@ enum Command {
     /// Print forklift's manual page (roff): forklift man > forklift.1; forklift man serve >
     /// forklift-serve.1
     Man(tool::ManArgs),
+    /// Reopen the log files of a running master and its workers (--error-log,
+    /// --access-log PATH), as SIGUSR1: for logrotate's postrotate, after it renamed them.
+    ReopenLogs(ControlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +101,9 @@ struct RunArgs {
 
     #[command(flatten)]
     privileges: PrivilegeArgs,
+
+    #[command(flatten)]
+    logs: logs::LogArgs,
 
     /// Kill and replace a worker that sent WATCHDOG=1 once and then nothing for this long;
     /// 0 turns the check off
@@ -194,8 +198,8 @@ struct PoolArgs {
     #[arg(long, value_name = "SECS", default_value_t = Secs(forklift::DEFAULT_BOOT_TIMEOUT))]
     boot_timeout: Secs,
 
-    /// Answer `forklift status|reload|stop|drain|undrain --control PATH` on a Unix socket
-    /// (mode 0600)
+    /// Answer `forklift status|reload|stop|drain|undrain|reopen-logs --control PATH` on a
+    /// Unix socket (mode 0600)
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
 
@@ -262,6 +266,9 @@ struct ServeArgs {
 
     #[command(flatten)]
     privileges: PrivilegeArgs,
+
+    #[command(flatten)]
+    logs: logs::LogArgs,
 
     /// How workers are started: fork (fast, default) or exec (re-execute this binary)
     #[arg(long, value_enum, default_value_t = SpawnMode::Fork)]
@@ -343,9 +350,11 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     dir: Option<std::path::PathBuf>,
 
-    /// Log every request (method, path, status, bytes, duration, worker) on stderr
-    #[arg(long)]
-    access_log: bool,
+    /// Log every request (client, method, path, version, status, bytes, duration, request
+    /// id, user agent, referer, TLS version, worker): on stderr alone or with `-`, else to
+    /// the file PATH (reopened on SIGUSR1 or `forklift reopen-logs`)
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    access_log: Option<Option<std::path::PathBuf>>,
 
     /// Serve every request with hyper, without forklift's HTTP/1 fast path for requests
     /// without a body
@@ -495,19 +504,15 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli: Cli = settings::parse_or_exit(check::default_mode(std::env::args_os().collect()));
-    // `Targets` reads RUST_LOG's `target=level,...` form without a regex engine, which keeps
-    // the master small (it is resident all the time).
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .finish()
-        .with(filter)
-        .init();
+    let log_args = match &cli.command {
+        Command::Serve(a) => Some(&a.logs),
+        Command::Run(a) => Some(&a.logs),
+        _ => None,
+    };
+    logs::init_tracing(
+        log_args.map_or(logs::Format::Text, |l| l.log_format),
+        log_args.is_some_and(|l| l.error_log.is_some()),
+    );
     let result = match cli.command {
         Command::Serve(args) => serve(*args).map(|()| "stopped\n".to_string()),
         Command::Run(args) => run(*args).map(|()| "stopped\n".to_string()),
@@ -528,6 +533,7 @@ fn main() -> ExitCode {
         Command::Check(c) => return check::run(c),
         Command::Completions(c) => tool::completions(c).map_err(Into::into),
         Command::Man(m) => tool::man(m).map_err(Into::into),
+        Command::ReopenLogs(c) => forklift::control(&c.control, "reopen-logs").map_err(Into::into),
     };
     match result {
         Ok(text) if text.starts_with("error:") => {
@@ -564,11 +570,11 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
         })
         .header_read_timeout(args.header_read_timeout.0)
         .keep_alive_timeout(args.keep_alive_timeout.0)
-        .access_log(args.access_log)
         .http1_fast_path(!args.no_fast_path)
         .defer_accept(!args.no_defer_accept)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
     server = server.pin_workers(args.pin_workers);
+    server = logs::apply_access_log(args.logs.apply(server), &args.access_log);
     server = reload::on_hup(server, "serve");
     server = args.privileges.apply(server);
     server = args.limits.apply(server);
@@ -717,7 +723,9 @@ fn run(args: RunArgs) -> Result<(), forklift::BoxError> {
         })
         .relay_output(args.prefix_output)
         .worker_timeout((!args.worker_timeout.0.is_zero()).then_some(args.worker_timeout.0));
-    let server = args.limits.apply(args.privileges.apply(server));
+    let server = args
+        .logs
+        .apply(args.limits.apply(args.privileges.apply(server)));
     let server = reload::on_hup(server, "run");
     lifecycle_lines(server, "http")
         .run(|_| Err("forklift run starts COMMAND in each worker; this is never called".into()))

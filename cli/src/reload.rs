@@ -155,7 +155,7 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) {
             http = http
                 .header_read_timeout(a.header_read_timeout.0)
                 .keep_alive_timeout(a.keep_alive_timeout.0)
-                .access_log(a.access_log)
+                .access_log(a.access_log.is_some())
                 .http1_fast_path(!a.no_fast_path)
                 .tls_clear();
             for (cert, key) in a.tls_cert.iter().zip(&a.tls_key) {

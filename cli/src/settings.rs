@@ -435,6 +435,18 @@ fn file_values(item: &toml_edit::Item, sub: &Command, arg: &Arg) -> Result<Vec<S
     let is_flag = matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse);
     let repeatable = matches!(arg.get_action(), ArgAction::Append)
         || arg.get_num_args().is_some_and(|n| n.max_values() > 1);
+    // An option whose value may be left out (`--access-log [PATH]`): true gives it without
+    // one, false leaves it out.
+    let value_optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
+    if let (true, Some(on)) = (value_optional, value.as_bool()) {
+        // (clap has no getter for the missing value; `-`, "the default place", is forklift's
+        // for every such option.)
+        return Ok(if on {
+            vec!["-".to_string()]
+        } else {
+            Vec::new()
+        });
+    }
     if is_flag {
         return match value.as_bool() {
             Some(b) => Ok(vec![b.to_string()]),

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::error::BoxError;
+use crate::http::access_log::TlsVersion;
 use crate::http::body::Body;
 use crate::http::client::ClientAddr;
 use crate::http::fast;
@@ -236,6 +237,9 @@ pub(super) struct Conns<T> {
     /// The PROXY protocol on TCP connections, and the connections it refused.
     pub(super) proxy: Option<ProxyProtocol>,
     pub(super) refusals: Refusals,
+    /// Whether requests carry what only the access log reads (the TLS version).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(super) access_log: bool,
     /// Becomes true when the worker stops accepting.
     pub(super) stop: watch::Receiver<bool>,
     pub(super) live: Cell<usize>,
@@ -304,6 +308,7 @@ pub(super) async fn serve_connection<I, S, B>(
         inner: service,
         first: Rc::new(FirstRequest::default()),
         client: client.filter(|_| conns.client_addr).map(ClientAddr),
+        tls: None,
     };
     #[cfg(feature = "tls")]
     if let Some(tls) = &conns.tls {
@@ -314,7 +319,11 @@ pub(super) async fn serve_connection<I, S, B>(
             match handshake {
                 Ok(Ok(stream)) => {
                     let protocol = Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                    serve_stream(stream, service, &conns, protocol, tcp).await
+                    let version = match conns.access_log {
+                        true => stream.get_ref().1.protocol_version().map(tls_version),
+                        false => None,
+                    };
+                    serve_stream(stream, service, &conns, protocol, tcp, version).await
                 }
                 Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
                 Err(_) => debug!("TLS handshake timed out"),
@@ -323,7 +332,17 @@ pub(super) async fn serve_connection<I, S, B>(
         .await;
         return;
     }
-    serve_stream(stream, service, &conns, Protocol::Sniffed, tcp).await;
+    serve_stream(stream, service, &conns, Protocol::Sniffed, tcp, None).await;
+}
+
+/// The access log's name of a TLS version.
+#[cfg(feature = "tls")]
+fn tls_version(v: rustls::ProtocolVersion) -> TlsVersion {
+    TlsVersion(match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS",
+    })
 }
 
 /// The client a TCP connection's PROXY header names (see `proxy.rs`), read within the
@@ -370,11 +389,14 @@ async fn serve_stream<I, S, B>(
     conns: &Conns<Tls>,
     protocol: Protocol,
     tcp: Option<RawFd>,
+    tls: Option<TlsVersion>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
 {
+    let mut service = service;
+    service.tls = tls;
     let first = service.first.clone();
     let read = if conns.fast_path && protocol != Protocol::Http2 {
         match fast::serve(&mut io, &service, conns.timeouts, conns.stop.clone()).await {
@@ -463,29 +485,33 @@ struct FirstRequest {
 }
 
 /// A connection's service, noting its first request and giving each request the
-/// connection's client.
+/// connection's client, and its TLS version when the access log asked for it.
 #[derive(Clone)]
 struct Started<S> {
     inner: S,
     first: Rc<FirstRequest>,
     client: Option<ClientAddr>,
+    tls: Option<TlsVersion>,
 }
 
-impl<S> Service<Request<Body>> for Started<S>
+impl<S, B> Service<Request<B>> for Started<S>
 where
-    S: Service<Request<Body>>,
+    S: Service<Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
 
-    fn call(&self, mut req: Request<Body>) -> Self::Future {
+    fn call(&self, mut req: Request<B>) -> Self::Future {
         if !self.first.started.get() {
             self.first.started.set(true);
             self.first.notify.notify_one();
         }
         if let Some(client) = self.client {
             req.extensions_mut().insert(client);
+        }
+        if let Some(v) = self.tls {
+            req.extensions_mut().insert(v);
         }
         self.inner.call(req)
     }

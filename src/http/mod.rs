@@ -45,6 +45,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::BoxError;
 use crate::http::accept::{spawn_accept_loops, ConnLimit, TcpAcceptor};
+use crate::http::access_log::AccessLogWriter;
 use crate::http::body::Body;
 #[cfg(not(feature = "tls"))]
 use crate::http::conn::NoTls;
@@ -61,6 +62,13 @@ pub(crate) struct HttpConfig {
     pub keep_alive_timeout: Duration,
     pub graceful_timeout: Duration,
     pub access_log: bool,
+    /// Write the access log to this file instead of through `tracing` (from
+    /// `Config::access_log_file`).
+    pub access_log_file: Option<std::path::PathBuf>,
+    /// The form of the access log's lines in a file.
+    pub log_format: crate::http::access_log::LogFormat,
+    /// The error log the master put on fd 2, which a worker reopens when told (USR1).
+    pub error_log: Option<std::path::PathBuf>,
     /// Replace the worker after this many requests plus up to this many more.
     pub max_requests: Option<(u64, u64)>,
     /// Serve simple HTTP/1 requests with forklift's fast path (see `fast/`).
@@ -87,6 +95,9 @@ impl Default for HttpConfig {
             keep_alive_timeout: crate::config::DEFAULT_KEEP_ALIVE_TIMEOUT,
             graceful_timeout: crate::config::DEFAULT_GRACEFUL_TIMEOUT,
             access_log: false,
+            access_log_file: None,
+            log_format: crate::http::access_log::LogFormat::Text,
+            error_log: None,
             max_requests: None,
             fast_path: true,
             defer_accept: true,
@@ -204,14 +215,40 @@ where
         client_addr: cfg.client_addr || cfg.access_log || cfg.proxy_protocol.is_some(),
         proxy: cfg.proxy_protocol.clone(),
         refusals: proxy::Refusals::default(),
+        access_log: cfg.access_log,
         stop: stop_rx,
         live: Cell::new(0),
         idle: tokio::sync::Notify::new(),
     });
     let limit = cfg.max_connections.map(ConnLimit::new);
-    let loops = if cfg.access_log {
+    let access_log = match cfg.access_log {
+        true => Some(Rc::new(
+            AccessLogWriter::new(cfg.access_log_file.as_deref(), cfg.log_format, worker.id())
+                .map_err(|e| {
+                    let path = cfg.access_log_file.as_deref().unwrap_or("-".as_ref());
+                    format!("opening the access log {}: {e}", path.display())
+                })?,
+        )),
+        false => None,
+    };
+    let logs = Rc::new(Logs {
+        access: access_log.clone(),
+        error: cfg.error_log.clone(),
+    });
+    // USR1 sent to a worker directly (`killall -USR1`) reopens too, instead of killing it.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let on_usr1 = logs.clone();
+    let usr1_task = tokio::task::spawn_local(async move {
+        while usr1.recv().await.is_some() {
+            on_usr1.reopen();
+        }
+    });
+    let loops = if let Some(writer) = access_log {
         spawn_accept_loops(
-            crate::http::access_log::AccessLog(service),
+            crate::http::access_log::AccessLog {
+                inner: service,
+                writer,
+            },
             tcp,
             unix,
             &conns,
@@ -253,11 +290,12 @@ where
         }
         _ = quit.recv() => { info!("SIGQUIT: graceful stop"); false }
         _ = int.recv() => { info!("SIGINT: fast stop"); true }
-        _ = from_master(&mut master, &draining) => { master_died("its channel closed"); false }
+        _ = from_master(&mut master, &draining, &logs) => { master_died("its channel closed"); false }
     };
     let _ = stop_tx.send(true);
     let _ = until_tx.send(true);
     heartbeat.abort();
+    usr1_task.abort();
     if fast {
         return Ok(());
     }
@@ -339,10 +377,36 @@ fn random_below(n: u64) -> u64 {
     x % n
 }
 
+/// The log files a worker reopens when the master says so.
+struct Logs {
+    access: Option<Rc<AccessLogWriter>>,
+    error: Option<std::path::PathBuf>,
+}
+
+impl Logs {
+    /// Reopens the access log's file and the error log (onto fd 2), after logrotate renamed
+    /// them. A failure is logged and the old file kept.
+    fn reopen(&self) {
+        if let Some(path) = &self.error {
+            if let Err(e) = crate::sys::log_file::redirect_stderr(path) {
+                warn!("cannot reopen the error log {}: {e}", path.display());
+            }
+        }
+        if let Some(Err(e)) = self.access.as_ref().map(|a| a.reopen()) {
+            warn!("cannot reopen the access log: {e}");
+        }
+        debug!("log files reopened");
+    }
+}
+
 /// Reads what the master says until its end of the channel is closed (then resolves): a
 /// `drain` line starts the shutdown delay's behaviour, HTTP/1 responses closing their
-/// connection while the accept loops go on.
-async fn from_master(stream: &mut tokio::net::unix::OwnedReadHalf, draining: &Cell<bool>) {
+/// connection while the accept loops go on; a `reopen` line reopens the log files.
+async fn from_master(
+    stream: &mut tokio::net::unix::OwnedReadHalf,
+    draining: &Cell<bool>,
+    logs: &Logs,
+) {
     let mut buf = [0u8; 64];
     let mut line = Vec::new();
     loop {
@@ -354,6 +418,9 @@ async fn from_master(stream: &mut tokio::net::unix::OwnedReadHalf, draining: &Ce
                     if line[..=end] == *crate::protocol::DRAIN_LINE && !draining.get() {
                         info!("draining: connections close after their current request");
                         draining.set(true);
+                    }
+                    if line[..=end] == *crate::protocol::REOPEN_LINE {
+                        logs.reopen();
                     }
                     line.drain(..=end);
                 }

@@ -117,7 +117,7 @@ impl Secret {
     }
 
     fn from_hex(hex: &[u8]) -> Option<Secret> {
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return None;
         }
         let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);

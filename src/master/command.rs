@@ -34,6 +34,9 @@ pub(crate) enum Command {
     Drain,
     /// Report ready again after a drain.
     Undrain,
+    /// Reopen the log files (logrotate renamed them): the master's error log, and each
+    /// worker's, told on its channel. `logs.rs`.
+    ReopenLogs,
 }
 
 /// Where a command came from, for the log.
@@ -71,6 +74,11 @@ pub(crate) const TABLE: &[(Option<libc::c_int>, Option<&str>, Command)] = &[
     (Some(libc::SIGTTIN), Some("incr"), Command::AddWorker),
     (Some(libc::SIGTTOU), Some("decr"), Command::RemoveWorker),
     (Some(libc::SIGUSR2), Some("upgrade"), Command::Upgrade),
+    (
+        Some(libc::SIGUSR1),
+        Some("reopen-logs"),
+        Command::ReopenLogs,
+    ),
     (None, Some("status"), Command::Status { json: false }),
     (None, Some("status-json"), Command::Status { json: true }),
     (None, Some("drain"), Command::Drain),
@@ -79,7 +87,7 @@ pub(crate) const TABLE: &[(Option<libc::c_int>, Option<&str>, Command)] = &[
 
 impl Command {
     /// Every command, in the order requests are applied.
-    const ALL: [Command; 10] = [
+    const ALL: [Command; 11] = [
         Command::Stop { graceful: true },
         Command::Stop { graceful: false },
         Command::Reload,
@@ -90,6 +98,7 @@ impl Command {
         Command::Status { json: true },
         Command::Drain,
         Command::Undrain,
+        Command::ReopenLogs,
     ];
 
     /// The command a signal means, if any.
@@ -127,6 +136,7 @@ impl Command {
             Command::Status { json: true } => 9,
             Command::Drain => 7,
             Command::Undrain => 8,
+            Command::ReopenLogs => 10,
         }
     }
 }
@@ -216,6 +226,19 @@ pub fn request_reload() {
 /// ```
 pub fn request_drain(on: bool) {
     request(if on { Command::Drain } else { Command::Undrain });
+}
+
+/// Asks the master running in this process to reopen its log files and have every worker
+/// reopen theirs ([`Prefork::error_log`](crate::Prefork::error_log),
+/// [`Prefork::access_log_file`](crate::Prefork::access_log_file)), as SIGUSR1 does: for a
+/// program that rotates its own logs.
+///
+/// ```
+/// // After renaming the log files aside.
+/// forklift::request_reopen_logs();
+/// ```
+pub fn request_reopen_logs() {
+    request(Command::ReopenLogs);
 }
 
 /// Asks the master running in this process for one worker more (`true`, as SIGTTIN) or one
@@ -309,6 +332,7 @@ impl Master {
             }
             Command::Status { json: false } => self.status(),
             Command::Status { json: true } => self.status_json(),
+            Command::ReopenLogs => self.reopen_logs(origin),
             Command::Drain | Command::Undrain => {
                 let on = command == Command::Drain;
                 if self.draining != on {
@@ -526,6 +550,11 @@ mod tests {
             Some(Command::RemoveWorker)
         );
         assert_eq!(Command::from_signal(libc::SIGUSR2), Some(Command::Upgrade));
+        assert_eq!(
+            Command::from_signal(libc::SIGUSR1),
+            Some(Command::ReopenLogs)
+        );
+        assert_eq!(Command::from_word("reopen-logs"), Some(Command::ReopenLogs));
         assert_eq!(Command::from_signal(libc::SIGCHLD), None);
         assert_eq!(
             Command::from_word("status\n"),
@@ -551,6 +580,7 @@ mod tests {
                 "incr",
                 "decr",
                 "upgrade",
+                "reopen-logs",
                 "status",
                 "status-json",
                 "drain",

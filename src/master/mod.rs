@@ -14,6 +14,7 @@
 //! | `replace.rs` | reload (HUP), recycling, scaling (TTIN/TTOU) |
 //! | `guards.rs` | the memory and age limits that send a worker to recycling |
 //! | `upgrade.rs` | binary upgrade (USR2) |
+//! | `logs.rs` | the error log (reopened on USR1, workers told) and the pid file |
 //! | `exits.rs` | reaping, crashes and backoff, boot failures, boot and heartbeat deadlines |
 //! | `stop.rs` | graceful and fast stop, escalating to SIGKILL |
 //! | `policy.rs` | pure decisions: backoff, crash window, what to spawn, retire, recycle |
@@ -22,6 +23,7 @@ mod command;
 mod exits;
 mod guards;
 mod health;
+mod logs;
 pub(crate) mod policy;
 mod pool;
 mod replace;
@@ -34,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-pub use command::{request_drain, request_reload, request_scale, request_stop};
+pub use command::{
+    request_drain, request_reload, request_reopen_logs, request_scale, request_stop,
+};
 
 use self::command::Origin;
 use self::exits::ABORT_GRACE;
@@ -71,6 +75,9 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
         raise_nofile_limit();
     }
     guards::note_unsupported(&config);
+    // Before binding: a log or pid file that cannot be written fails at once.
+    logs::open_at_start(&config)?;
+    let pid_file = config.pid_file.clone();
     let opts = bind_options(&config);
     if let Some(max) = listener::somaxconn() {
         if max < config.backlog {
@@ -128,6 +135,7 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     };
     let credentials =
         process::resolve_credentials(config.user.as_deref(), config.group.as_deref())?;
+    logs::create_for_workers(&config, credentials)?;
     let cpus = if config.pin_workers {
         process::allowed_cpus()
     } else {
@@ -165,6 +173,7 @@ pub(crate) fn run(config: Config, hooks: Hooks, main: Arc<WorkerMain>) -> Result
     let outcome = master.run();
     // Close the sockets (and remove Unix socket files) before returning to the caller.
     drop(master);
+    logs::remove_pid_file(pid_file.as_deref());
     outcome
 }
 

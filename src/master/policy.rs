@@ -153,7 +153,7 @@ struct Mib(u64);
 impl fmt::Display for Mib {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const MIB: u64 = 1 << 20;
-        if self.0 % MIB == 0 {
+        if self.0.is_multiple_of(MIB) {
             write!(f, "{} MiB", self.0 / MIB)
         } else {
             write!(f, "{:.1} MiB", self.0 as f64 / MIB as f64)

@@ -476,6 +476,9 @@ impl Master {
             if let Some(n) = &self.notifier {
                 n.ready(&format!("{} workers serving", ready.len()));
             }
+            // Before the old master (a binary upgrade) is told to go: it then finds the
+            // file is no longer its own, and leaves it.
+            self.write_pid_file();
             self.retire_old_master();
             self.emit(Event::MasterReady(ready));
             release_startup_pages();

@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use crate::sys::fd;
 
 /// Signals the master acts on.
-pub(crate) const MASTER_SIGNALS: [libc::c_int; 8] = [
+pub(crate) const MASTER_SIGNALS: [libc::c_int; 9] = [
     libc::SIGTERM,
     libc::SIGQUIT,
     libc::SIGINT,
     libc::SIGHUP,
+    libc::SIGUSR1,
     libc::SIGUSR2,
     libc::SIGTTIN,
     libc::SIGTTOU,
