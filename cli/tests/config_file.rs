@@ -517,7 +517,7 @@ fn hup_applies_http_settings_to_forked_workers() {
     );
     assert!(
         s.stderr_text()
-            .contains("reload: access-log false -> true: applies to the new generation"),
+            .contains("reload: access-log (unset) -> -: applies to the new generation"),
         "{}",
         s.stderr_text()
     );
