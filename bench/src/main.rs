@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
 
-    /// Requests per h2 and h2c run (h2load -n) [default: 200000 full, 50000 quick]
+    /// Requests per h2 and h2c run (h2load -n) [default: 1000000 full, 200000 quick]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     h2_requests: Option<u64>,
 
@@ -373,7 +373,7 @@ fn bench(args: Args) -> Result<ExitCode, String> {
         h2load: h2load.clone().unwrap_or_else(|| "h2load".into()),
         h2_requests: args
             .h2_requests
-            .unwrap_or(if quick { 50_000 } else { 200_000 }),
+            .unwrap_or(if quick { 200_000 } else { 1_000_000 }),
         tls: tls_files,
         conn_requests: args
             .requests
@@ -616,7 +616,7 @@ mod tests {
             oha: "/x/oha".into(),
             wrk: "/usr/bin/wrk".into(),
             h2load: "/usr/bin/h2load".into(),
-            h2_requests: 200_000,
+            h2_requests: 1_000_000,
             tls: forklift_bench::tls::Files::under(Path::new("/t")),
             conn_requests: 100_000,
             wrk_secs: 10,
@@ -662,12 +662,12 @@ mod tests {
         );
         assert_eq!(
             load_command_text(&plan, Workload::H2),
-            "h2load -n 200000 -c 100 -m 10 --log-file=/tmp/h2load-requests.tsv \
+            "h2load -n 1000000 -c 100 -m 10 --log-file=/tmp/h2load-requests.tsv \
              https://127.0.0.1:PORT/"
         );
         assert_eq!(
             load_command_text(&plan, Workload::H2c),
-            "h2load -n 200000 -c 100 -m 10 --log-file=/tmp/h2load-requests.tsv \
+            "h2load -n 1000000 -c 100 -m 10 --log-file=/tmp/h2load-requests.tsv \
              http://127.0.0.1:PORT/"
         );
         assert!(plan.idle_text().contains("10000 connections"));

@@ -463,7 +463,8 @@ impl Plan {
             // Generous: even 500 req/s finishes in time.
             Tool::Oha => Some(Duration::from_secs(60 + self.conn_requests / 500)),
             Tool::Wrk => Some(Duration::from_secs(self.wrk_secs + 30)),
-            Tool::H2load => Some(Duration::from_secs(60 + self.h2_requests / 500)),
+            // Generous: even 2,000 req/s finishes in time.
+            Tool::H2load => Some(Duration::from_secs(60 + self.h2_requests / 2_000)),
             Tool::Harness => None,
         }
     }
