@@ -1292,6 +1292,94 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_h2_servers_share_the_runs_certificate() {
+        let dir = std::env::temp_dir().join(format!("forklift-bench-tls-{}", std::process::id()));
+        let plan = plan(&dir);
+        let c = plan
+            .server_command(&spec("forklift"), Workload::TlsResume, 20_001)
+            .unwrap();
+        assert_eq!(
+            args(&c),
+            [
+                "serve",
+                "--tls-cert",
+                "/t/cert.pem",
+                "--tls-key",
+                "/t/key.pem",
+                "--listen",
+                "127.0.0.1:20001",
+                "--workers",
+                "2"
+            ]
+        );
+        // h2c: plain.
+        let c = plan
+            .server_command(&spec("forklift"), Workload::H2c, 20_001)
+            .unwrap();
+        assert_eq!(
+            args(&c),
+            ["serve", "--listen", "127.0.0.1:20001", "--workers", "2"]
+        );
+        let conf = |name: &str, w: Workload, port: u16| {
+            let c = plan.server_command(&spec(name), w, port).unwrap();
+            assert_eq!(c.get_program(), "nginx");
+            let rundir = dir.join(format!("{name}-{}-{port}", w.name()));
+            std::fs::read_to_string(rundir.join("nginx.conf")).unwrap()
+        };
+        let ka = conf("nginx", Workload::TlsKa, 20_002);
+        assert!(ka.contains("listen 127.0.0.1:20002 ssl http2;"), "{ka}");
+        assert!(ka.contains("ssl_certificate     /t/cert.pem;"));
+        assert!(ka.contains("ssl_session_tickets on;"));
+        let full = conf("nginx-reuseport", Workload::TlsFull, 20_003);
+        assert!(
+            full.contains("listen 127.0.0.1:20003 reuseport ssl http2;"),
+            "{full}"
+        );
+        assert!(full.contains("ssl_session_tickets off;"));
+        assert!(full.contains("ssl_session_cache off;"));
+        let h2c = conf("nginx", Workload::H2c, 20_004);
+        assert!(h2c.contains("listen 127.0.0.1:20004 http2;"), "{h2c}");
+        // Only the prefork forklift servers and nginx run them.
+        for w in [
+            Workload::TlsKa,
+            Workload::TlsFull,
+            Workload::H2,
+            Workload::H2c,
+        ] {
+            let serving: Vec<&str> = SERVERS
+                .iter()
+                .filter(|s| s.serves(w))
+                .map(|s| s.name)
+                .collect();
+            assert_eq!(
+                serving,
+                [
+                    "forklift",
+                    "forklift-reuseport",
+                    "forklift-pinned",
+                    "nginx",
+                    "nginx-reuseport",
+                    "nginx-deferred"
+                ]
+            );
+        }
+        // The shim's environment: counts for both, no resumption for tls-full only.
+        let env = |w| {
+            plan.load_env(w)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(env(Workload::TlsKa), Vec::<&str>::new());
+        assert_eq!(env(Workload::TlsResume), ["LD_PRELOAD", tls::COUNTS_ENV]);
+        assert_eq!(
+            env(Workload::TlsFull),
+            ["LD_PRELOAD", tls::COUNTS_ENV, tls::NO_RESUME_ENV]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn the_static_nginx_config_is_what_the_issue_asks_for() {
         for line in [
             "worker_processes 2;",
