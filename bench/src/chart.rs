@@ -295,6 +295,7 @@ mod tests {
                     p99_ms: Some(20.0),
                     errors: Errors::default(),
                     bytes_read: None,
+                    tls_sessions: None,
                 },
                 ready_ms: 3.0,
                 ready_by: ReadyBy::ReadyLine,

@@ -388,6 +388,7 @@ pub fn run(root: u32, spec: &Spec) -> Result<(LoadReport, Figures), String> {
         p99_ms: ms(0.99),
         errors: opened.errors,
         bytes_read: None,
+        tls_sessions: None,
     };
     let figures = Figures {
         connections: spec.connections,

@@ -23,3 +23,4 @@ pub mod procs;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod tls;

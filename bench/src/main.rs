@@ -11,7 +11,7 @@ use forklift_bench::clock::{file_stamp, utc_date_time};
 use forklift_bench::machine::{cpu_model, loadavg, read_trim};
 use forklift_bench::procs;
 use forklift_bench::run::{self, Plan, Run, ServerKind, ServerSpec, Tool, Workload, SERVERS};
-use forklift_bench::{chart, docroot, report};
+use forklift_bench::{chart, docroot, report, tls};
 use forklift_testkit::groups;
 
 /// Benchmark forklift against its peers (nginx, fasthttp) and the ceiling on 127.0.0.1.
@@ -44,7 +44,8 @@ struct Args {
     servers: Vec<String>,
 
     /// Workloads to run, comma-separated [default: all when full, conn,keepalive,sleep when
-    /// quick]: conn, keepalive, sleep, static-small, static-big, idle
+    /// quick]: conn, keepalive, sleep, static-small, static-big, idle, tls-ka, tls-resume,
+    /// tls-full, h2, h2c
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
     workloads: Vec<String>,
 
@@ -52,8 +53,12 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
 
-    /// Seconds per keepalive, sleep, static-small and static-big run (wrk -d), overriding the
-    /// mode's
+    /// Requests per h2 and h2c run (h2load -n) [default: 1000000 full, 200000 quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    h2_requests: Option<u64>,
+
+    /// Seconds per keepalive, sleep, static-small, static-big and tls-* run (wrk -d),
+    /// overriding the mode's
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     duration: Option<u64>,
 
@@ -224,6 +229,7 @@ fn bench(args: Args) -> Result<ExitCode, String> {
     workloads.dedup();
     let oha = find_oha();
     let wrk = procs::on_path("wrk");
+    let h2load = procs::on_path("h2load");
     let missing = |tool: Tool| match tool {
         Tool::Oha => oha
             .is_none()
@@ -231,11 +237,54 @@ fn bench(args: Args) -> Result<ExitCode, String> {
         Tool::Wrk => wrk
             .is_none()
             .then_some("wrk not found (../shared/peers/setup.sh installs it)"),
+        Tool::H2load => h2load
+            .is_none()
+            .then_some("h2load not found (apt-get install nghttp2-client; bench/run does)"),
         Tool::Harness => None,
+    };
+    // The TLS and HTTP/2 workloads: the run's certificate, wrk's session shim, curl.
+    let target_dir = exe_dir
+        .parent()
+        .map_or_else(|| repo.join("target"), Path::to_path_buf);
+    let log_dir = target_dir.join("bench-logs");
+    let tls_files = tls::Files::under(&log_dir.join("tls"));
+    let tls_setup = if workloads.iter().any(|w| w.tls_or_h2()) {
+        let curl = procs::on_path("curl")
+            .map(|_| ())
+            .ok_or_else(|| "curl not found (apt-get install curl)".to_string());
+        let cert = curl.and_then(|()| tls::make_certificate(&tls_files));
+        let shim = if workloads.iter().any(|w| w.handshakes()) {
+            tls::build_shim(&tls_files)
+        } else {
+            Ok(())
+        };
+        if cert.is_ok() {
+            notices.push(format!(
+                "TLS certificate of both servers: ECDSA P-256, self-signed for 127.0.0.1 and \
+                 localhost, made by this run with openssl: {}",
+                tls_files.cert.display()
+            ));
+        }
+        Some((cert, shim))
+    } else {
+        None
+    };
+    let tls_missing = |w: Workload| -> Option<String> {
+        let (cert, shim) = tls_setup.as_ref()?;
+        if let (true, Err(e)) = (w.tls_or_h2(), cert) {
+            return Some(e.clone());
+        }
+        if let (true, Err(e)) = (w.handshakes(), shim) {
+            return Some(format!("wrk's session shim: {e}"));
+        }
+        None
     };
     let mut runnable = Vec::new();
     for w in workloads {
-        match missing(w.tool()) {
+        match missing(w.tool())
+            .map(str::to_string)
+            .or_else(|| tls_missing(w))
+        {
             Some(why) => {
                 let n = format!("{} skipped: {why}", w.name());
                 eprintln!("forklift-bench: {n}");
@@ -258,10 +307,6 @@ fn bench(args: Args) -> Result<ExitCode, String> {
         }
     }
 
-    let target_dir = exe_dir
-        .parent()
-        .map_or_else(|| repo.join("target"), Path::to_path_buf);
-    let log_dir = target_dir.join("bench-logs");
     let files = workloads.iter().any(|w| w.serves_files());
     let docroot = if files {
         std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
@@ -325,6 +370,11 @@ fn bench(args: Args) -> Result<ExitCode, String> {
         peers_start,
         oha: oha.clone().unwrap_or_else(|| "oha".into()),
         wrk: wrk.clone().unwrap_or_else(|| "wrk".into()),
+        h2load: h2load.clone().unwrap_or_else(|| "h2load".into()),
+        h2_requests: args
+            .h2_requests
+            .unwrap_or(if quick { 200_000 } else { 1_000_000 }),
+        tls: tls_files,
         conn_requests: args
             .requests
             .unwrap_or(if quick { 20_000 } else { 100_000 }),
@@ -349,6 +399,17 @@ fn bench(args: Args) -> Result<ExitCode, String> {
                 .to_string(),
         );
     }
+    if let (Some(h), true) = (
+        &h2load,
+        plan.workloads.iter().any(|w| w.tool() == Tool::H2load),
+    ) {
+        tools.push(first_line(&output_text(Command::new(h).arg("--version"))));
+    }
+    if plan.workloads.iter().any(|w| w.tls_or_h2()) {
+        tools.push(first_line(&output_text(
+            Command::new("openssl").arg("version"),
+        )));
+    }
     if plan.servers.iter().any(|s| s.name.starts_with("nginx")) {
         tools.push(first_line(&output_text(Command::new("nginx").arg("-v"))));
     }
@@ -372,7 +433,9 @@ fn bench(args: Args) -> Result<ExitCode, String> {
             .map(|&w| {
                 let text = match w.tool() {
                     Tool::Harness => plan.idle_text(),
-                    Tool::Oha | Tool::Wrk => format!("`{}`", load_command_text(&plan, w)),
+                    Tool::Oha | Tool::Wrk | Tool::H2load => {
+                        format!("`{}`", load_command_text(&plan, w))
+                    }
                 };
                 (w, text)
             })
@@ -513,14 +576,19 @@ fn load_command_text(plan: &Plan, w: Workload) -> String {
         .into_iter()
         .map(|a| {
             let a = a.replace("127.0.0.1:0", "127.0.0.1:PORT");
-            if a.contains('?') {
+            if a.contains('?') || a.contains(' ') {
                 format!("'{a}'")
             } else {
                 a
             }
         })
         .collect();
-    format!("{prog} {}", args.join(" "))
+    let env: String = plan
+        .load_env(w)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    format!("{env}{prog} {}", args.join(" "))
 }
 
 #[cfg(test)]
@@ -547,6 +615,9 @@ mod tests {
             peers_start: "start.sh".into(),
             oha: "/x/oha".into(),
             wrk: "/usr/bin/wrk".into(),
+            h2load: "/usr/bin/h2load".into(),
+            h2_requests: 1_000_000,
+            tls: forklift_bench::tls::Files::under(Path::new("/t")),
             conn_requests: 100_000,
             wrk_secs: 10,
             idle_connections: 10_000,
@@ -574,6 +645,31 @@ mod tests {
             "wrk -t 2 -c 32 -d 10 --latency http://127.0.0.1:PORT/1m.bin"
         );
         assert_eq!(load_command_text(&plan, Workload::Idle), "");
+        assert_eq!(
+            load_command_text(&plan, Workload::TlsKa),
+            "wrk -t 2 -c 256 -d 10 --latency https://127.0.0.1:PORT/"
+        );
+        assert_eq!(
+            load_command_text(&plan, Workload::TlsResume),
+            "LD_PRELOAD=/t/tls-sessions.so FORKLIFT_BENCH_TLS_COUNTS=/tmp/tls-sessions.txt \
+             wrk -t 2 -c 256 -d 10 --latency -H 'Connection: close' https://127.0.0.1:PORT/"
+        );
+        assert_eq!(
+            load_command_text(&plan, Workload::TlsFull),
+            "LD_PRELOAD=/t/tls-sessions.so FORKLIFT_BENCH_TLS_COUNTS=/tmp/tls-sessions.txt \
+             FORKLIFT_BENCH_TLS_NO_RESUME=1 \
+             wrk -t 2 -c 256 -d 10 --latency -H 'Connection: close' https://127.0.0.1:PORT/"
+        );
+        assert_eq!(
+            load_command_text(&plan, Workload::H2),
+            "h2load -n 1000000 -c 100 -m 10 --log-file=/tmp/h2load-requests.tsv \
+             https://127.0.0.1:PORT/"
+        );
+        assert_eq!(
+            load_command_text(&plan, Workload::H2c),
+            "h2load -n 1000000 -c 100 -m 10 --log-file=/tmp/h2load-requests.tsv \
+             http://127.0.0.1:PORT/"
+        );
         assert!(plan.idle_text().contains("10000 connections"));
     }
 }

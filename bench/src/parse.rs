@@ -21,6 +21,33 @@ pub struct LoadReport {
     /// Bytes read from the server, heads included (wrk's "read"; not given by oha).
     #[serde(default)]
     pub bytes_read: Option<u64>,
+    /// The client's TLS handshakes by kind (tls-resume and tls-full: counted in wrk by
+    /// bench/peers/tls-sessions.c).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_sessions: Option<TlsSessions>,
+}
+
+/// Completed TLS handshakes of a load generator, resumed and full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSessions {
+    pub resumed: u64,
+    pub full: u64,
+}
+
+impl TlsSessions {
+    /// Parses the shim's `resumed N full M` line.
+    pub fn parse(text: &str) -> Option<TlsSessions> {
+        let mut words = text.split_whitespace();
+        let (Some("resumed"), Some(resumed), Some("full"), Some(full)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return None;
+        };
+        Some(TlsSessions {
+            resumed: resumed.parse().ok()?,
+            full: full.parse().ok()?,
+        })
+    }
 }
 
 /// Bytes in a MiB, the unit of wrk's "MB" and of the static-big table.
@@ -168,6 +195,7 @@ pub fn parse_wrk(text: &str) -> Result<LoadReport, String> {
         p99_ms,
         errors,
         bytes_read,
+        tls_sessions: None,
     })
 }
 
@@ -268,6 +296,109 @@ pub fn parse_oha(json: &str) -> Result<LoadReport, String> {
         p99_ms: pct("p99"),
         errors,
         bytes_read: None,
+        tls_sessions: None,
+    })
+}
+
+/// Parses h2load's report, with the latency percentiles taken from its `--log-file` (one line
+/// per request: start time in µs, status (-1 for a failed stream), µs until the end of the
+/// response), since h2load itself gives only min, max, mean and sd.
+///
+/// Responses are h2load's "done" requests with a status; errors are the responses outside
+/// 2xx and the requests that did not complete (h2load's failed streams, errors and timeouts,
+/// and those never done).
+pub fn parse_h2load(text: &str, log: &str) -> Result<LoadReport, String> {
+    let mut duration_s = None;
+    let mut rps = None;
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut statuses: BTreeMap<&str, u64> = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            // "finished in 1.11s, 18053.51 req/s, 1.35MB/s"
+            let mut parts = rest.split(',').map(str::trim);
+            let d = parts.next().unwrap_or("");
+            duration_s = Some(
+                parse_wrk_time_ms(d).ok_or_else(|| format!("h2load: bad duration {d:?}"))? / 1000.0,
+            );
+            let r = parts.next().unwrap_or("");
+            let r = r
+                .strip_suffix(" req/s")
+                .ok_or_else(|| format!("h2load: bad rate {r:?}"))?;
+            rps = Some(
+                r.parse::<f64>()
+                    .map_err(|_| format!("h2load: bad rate {r:?}"))?,
+            );
+        } else if let Some(rest) = line.strip_prefix("requests:") {
+            // "requests: 20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, ..."
+            for part in rest.split(',') {
+                if let Some((n, what)) = part.trim().split_once(' ') {
+                    let n = n
+                        .parse()
+                        .map_err(|_| format!("h2load: bad count {part:?}"))?;
+                    counts.insert(what, n);
+                }
+            }
+        } else if let Some(rest) = line.strip_prefix("status codes:") {
+            // "status codes: 20000 2xx, 0 3xx, 0 4xx, 0 5xx"
+            for part in rest.split(',') {
+                if let Some((n, what)) = part.trim().split_once(' ') {
+                    let n = n
+                        .parse()
+                        .map_err(|_| format!("h2load: bad status count {part:?}"))?;
+                    statuses.insert(what, n);
+                }
+            }
+        }
+    }
+    let duration_s = duration_s.ok_or("h2load: no 'finished in' line")?;
+    let rps = rps.ok_or("h2load: no 'finished in' line")?;
+    let count = |k: &str| counts.get(k).copied();
+    let total = count("total").ok_or("h2load: no 'requests:' line")?;
+    let done = count("done").unwrap_or(0);
+    let with_status: u64 = statuses.values().sum();
+    let mut errors = Errors {
+        non_2xx: with_status - statuses.get("2xx").copied().unwrap_or(0),
+        ..Errors::default()
+    };
+    for (what, n) in [
+        ("h2load errored", count("errored").unwrap_or(0)),
+        ("h2load timeout", count("timeout").unwrap_or(0)),
+        ("not done", total.saturating_sub(done)),
+    ] {
+        if n > 0 {
+            errors.other.insert(what.to_string(), n);
+        }
+    }
+    // Latencies of the streams that got a response.
+    let mut micros: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.split('\t');
+            let _start = cols.next()?;
+            let status: i64 = cols.next()?.trim().parse().ok()?;
+            let us: u64 = cols.next()?.trim().parse().ok()?;
+            (status > 0).then_some(us)
+        })
+        .collect();
+    micros.sort_unstable();
+    let pct = |p: f64| -> Option<f64> {
+        if micros.is_empty() {
+            return None;
+        }
+        // Nearest rank.
+        let rank = ((p / 100.0) * micros.len() as f64).ceil() as usize;
+        Some(micros[rank.clamp(1, micros.len()) - 1] as f64 / 1000.0)
+    };
+    Ok(LoadReport {
+        requests: with_status,
+        duration_s,
+        rps,
+        p50_ms: pct(50.0),
+        p99_ms: pct(99.0),
+        errors,
+        bytes_read: None,
+        tls_sessions: None,
     })
 }
 
@@ -458,5 +589,48 @@ Transfer/sec:      2.21GB
     #[test]
     fn oha_garbage_is_an_error() {
         assert!(parse_oha("Error: connection refused").is_err());
+    }
+
+    #[test]
+    fn h2load_report_and_log() {
+        let text = "\
+starting benchmark...
+Application protocol: h2c
+finished in 689.55ms, 29004.47 req/s, 1.07MB/s
+requests: 20000 total, 20000 started, 19998 done, 19990 succeeded, 10 failed, 2 errored, 0 timeout
+status codes: 19990 2xx, 0 3xx, 8 4xx, 0 5xx
+traffic: 1.07MB (1120000) total
+                     min         max         mean         sd        +/- sd
+time for request:     1.39ms    109.83ms     30.13ms     27.33ms    82.67%
+";
+        let mut log = String::new();
+        for i in 1..=100 {
+            log.push_str(&format!("1796052426661888\t200\t{}\n", i * 1000));
+        }
+        log.push_str("1796052426661888\t-1\t5\n");
+        let r = parse_h2load(text, &log).unwrap();
+        assert_eq!(r.requests, 19_998);
+        assert!((r.duration_s - 0.68955).abs() < 1e-9);
+        assert!((r.rps - 29_004.47).abs() < 1e-9);
+        assert_eq!(r.p50_ms, Some(50.0));
+        assert_eq!(r.p99_ms, Some(99.0));
+        assert_eq!(r.errors.non_2xx, 8);
+        assert_eq!(r.errors.other.get("h2load errored"), Some(&2));
+        assert_eq!(r.errors.other.get("not done"), Some(&2));
+        assert_eq!(r.errors.total(), 12);
+        assert!(parse_h2load("nothing", "").is_err());
+    }
+
+    #[test]
+    fn tls_session_counts() {
+        assert_eq!(
+            TlsSessions::parse("resumed 1404 full 16\n"),
+            Some(TlsSessions {
+                resumed: 1404,
+                full: 16
+            })
+        );
+        assert_eq!(TlsSessions::parse("resumed x full 1"), None);
+        assert_eq!(TlsSessions::parse(""), None);
     }
 }

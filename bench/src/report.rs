@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::idle;
-use crate::parse::Errors;
+use crate::parse::{Errors, TlsSessions};
 use crate::run::{Figure, Outcome, ReadyBy, Run, Sample, ServerSpec, Workload};
 use crate::stats::Spread;
 
@@ -73,6 +73,8 @@ pub struct Row {
     pub ready_by: Option<ReadyBy>,
     /// The idle workload's memory figures.
     pub idle: Option<IdleRow>,
+    /// tls-resume and tls-full: the client's handshakes, summed over the rounds.
+    pub tls_sessions: Option<TlsSessions>,
 }
 
 /// The idle workload's figures over the rounds (PSS in MiB, summed over the server's
@@ -191,6 +193,13 @@ pub fn rows(runs: &[Run], w: Workload, servers: &[ServerSpec]) -> Vec<Row> {
                 ready_ms: Spread::of(samples.iter().map(|x| x.ready_ms)),
                 ready_by: samples.first().map(|x| x.ready_by),
                 idle,
+                tls_sessions: samples
+                    .iter()
+                    .filter_map(|x| x.load.tls_sessions)
+                    .reduce(|a, b| TlsSessions {
+                        resumed: a.resumed + b.resumed,
+                        full: a.full + b.full,
+                    }),
             }
         })
         .collect()
@@ -231,6 +240,8 @@ enum Col {
     Memory,
     /// Idle: PSS after close over PSS before.
     AfterClose,
+    /// tls-resume, tls-full: the share of the client's handshakes that resumed.
+    Resumed,
     Ready,
 }
 
@@ -248,6 +259,12 @@ fn columns(w: Workload) -> &'static [Col] {
         ],
         Workload::Idle => &[
             Figure, Ratio, Held, Memory, AfterClose, Errors, Cpu, P99, Ready,
+        ],
+        Workload::TlsKa | Workload::H2 | Workload::H2c => {
+            &[Figure, Ratio, P50, P99, Errors, Cpu, CpuRatio, Rss, Ready]
+        }
+        Workload::TlsResume | Workload::TlsFull => &[
+            Figure, Ratio, P50, P99, Errors, Cpu, CpuRatio, Resumed, Rss, Ready,
         ],
     }
 }
@@ -271,6 +288,7 @@ fn header(c: Col, w: Workload) -> String {
         Col::Held => "connections held".into(),
         Col::Memory => "PSS before / with / after close (MiB)".into(),
         Col::AfterClose => "PSS after close / before".into(),
+        Col::Resumed => "handshakes resumed".into(),
         Col::Ready => "ready in".into(),
     }
 }
@@ -298,6 +316,41 @@ fn explanation(w: Workload) -> Option<&'static str> {
              PSS stops moving; after close / before: 1.00 means it gave everything back. CPU \
              µs/conn: the server's CPU from the warm-up to the end, per connection answered; \
              connect + GET: the client's time to connect and get the answer.",
+        ),
+        Workload::TlsKa => Some(
+            "forklift runs `forklift serve --tls-cert CERT --tls-key KEY --workers 2` (rustls, \
+             aws-lc-rs); nginx runs bench/peers/nginx-tls.conf.in (2 workers, `listen ... ssl \
+             http2`, `ssl_session_tickets on; ssl_session_cache shared:SSL:10m;`, \
+             `keepalive_requests 10000`, `return 200 \"greeting!!!\"`). Both serve the same ECDSA \
+             P-256 certificate, made by this run, and negotiate TLS 1.3; before the load curl \
+             checks each answers the greeting in HTTP/1.1 over TLS. CPU/req forklift / this: \
+             below 1, forklift spent less CPU per request (paired within rounds).",
+        ),
+        Workload::TlsResume => Some(
+            "wrk sends `Connection: close`, so every request is a new TCP connection and TLS \
+             handshake; wrk's OpenSSL keeps each connection's last session and offers it on \
+             the next (TLS 1.3 PSK from the server's ticket). Servers as in tls-ka (forklift: \
+             tickets shared by its workers; nginx: tickets and a shared cache). Handshakes \
+             resumed: counted in wrk itself by bench/peers/tls-sessions.c (LD_PRELOAD: \
+             `SSL_session_reused` after each completed `SSL_connect`), summed over the rounds; \
+             each of the 256 connections' first handshake is full.",
+        ),
+        Workload::TlsFull => Some(
+            "As tls-resume, but every handshake is full on both servers: nginx refuses \
+             resumption (`ssl_session_tickets off; ssl_session_cache off;`), and forklift, which \
+             has no switch for it, is never offered a session: the shim \
+             (`FORKLIFT_BENCH_TLS_NO_RESUME=1`) makes wrk drop its session before each new \
+             connection, for both servers. Handshakes resumed should read 0%.",
+        ),
+        Workload::H2 | Workload::H2c => Some(
+            "h2load: 100 connections, at most 10 streams on each, a fixed number of requests. \
+             h2: forklift with `--tls-cert/--tls-key`, HTTP/2 by ALPN; nginx with `listen ... ssl \
+             http2`. h2c: plain ports, HTTP/2 by prior knowledge (hyper's auto builder sniffs the \
+             preface; nginx 1.22's `listen ... http2` without ssl). curl checks the protocol \
+             before the load. req/s: h2load's; p50 and p99: from h2load's per-request log \
+             (`--log-file`, each request's time until the end of its response), as h2load \
+             itself reports only min, max, mean and sd. Errors: responses outside 2xx and \
+             requests h2load counts as errored, timed out or not done.",
         ),
         _ => None,
     }
@@ -442,6 +495,19 @@ pub fn markdown(
                         .as_ref()
                         .and_then(|i| i.after_over_before)
                         .map_or(DASH.to_string(), |s| fmt_ratio(&s)),
+                    Col::Resumed => r.tls_sessions.map_or(DASH.to_string(), |t| {
+                        let all = t.resumed + t.full;
+                        format!(
+                            "{:.1}% ({} of {})",
+                            if all > 0 {
+                                100.0 * t.resumed as f64 / all as f64
+                            } else {
+                                0.0
+                            },
+                            thousands(t.resumed as f64),
+                            thousands(all as f64)
+                        )
+                    }),
                     Col::Ready => match (r.ready_ms, r.ready_by) {
                         (Some(s), Some(ReadyBy::FirstResponse)) => {
                             first_response_used = true;
@@ -589,6 +655,7 @@ mod tests {
                     p99_ms: Some(20.0),
                     errors: Errors::default(),
                     bytes_read: None,
+                    tls_sessions: None,
                 },
                 ready_ms: 3.0,
                 ready_by: ReadyBy::FirstResponse,
@@ -704,6 +771,7 @@ mod tests {
                     p99_ms: Some(20.0),
                     errors: Errors::default(),
                     bytes_read,
+                    tls_sessions: None,
                 },
                 ready_ms: 3.0,
                 ready_by: ReadyBy::ReadyLine,

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use forklift_testkit::{groups, http, process};
 use serde::Serialize;
 
-use crate::parse::{self, LoadReport};
+use crate::parse::{self, LoadReport, TlsSessions};
 use crate::procs::{Group, Stopped};
+use crate::tls::{self, Proto};
 use crate::{docroot, idle};
 
 /// How long a server may take to serve after it is started.
@@ -39,6 +40,16 @@ pub enum Workload {
     StaticBig,
     /// 10,000 keep-alive connections held idle by the harness (bench/src/idle.rs).
     Idle,
+    /// HTTPS keep-alive (HTTP/1.1), 256 connections.
+    TlsKa,
+    /// A TLS handshake per request, the client offering its last session.
+    TlsResume,
+    /// A TLS handshake per request, full: the client offers no session and nginx accepts none.
+    TlsFull,
+    /// HTTP/2 over TLS (h2load).
+    H2,
+    /// Cleartext HTTP/2 by prior knowledge (h2load).
+    H2c,
 }
 
 /// The figure a workload's table leads with, and the one its ratio column pairs.
@@ -71,18 +82,25 @@ impl Figure {
 pub enum Tool {
     Oha,
     Wrk,
+    /// h2load, from Debian's nghttp2-client.
+    H2load,
     /// The harness is the client (the idle workload).
     Harness,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Conn,
         Workload::Keepalive,
         Workload::Sleep,
         Workload::StaticSmall,
         Workload::StaticBig,
         Workload::Idle,
+        Workload::TlsKa,
+        Workload::TlsResume,
+        Workload::TlsFull,
+        Workload::H2,
+        Workload::H2c,
     ];
     /// `--quick` without `--workloads`: the static ones only on request, so the quick run of
     /// every server stays under a minute.
@@ -96,6 +114,11 @@ impl Workload {
             Workload::StaticSmall => "static-small",
             Workload::StaticBig => "static-big",
             Workload::Idle => "idle",
+            Workload::TlsKa => "tls-ka",
+            Workload::TlsResume => "tls-resume",
+            Workload::TlsFull => "tls-full",
+            Workload::H2 => "h2",
+            Workload::H2c => "h2c",
         }
     }
 
@@ -113,6 +136,20 @@ impl Workload {
             Workload::Idle => {
                 "idle: 10,000 keep-alive connections, one GET /4k.bin each, then idle (the harness)"
             }
+            Workload::TlsKa => "tls-ka: HTTPS, 256 keep-alive connections, GET / (wrk)",
+            Workload::TlsResume => {
+                "tls-resume: a TLS handshake per request, resuming the last session, 256 \
+                 connections, GET / (wrk)"
+            }
+            Workload::TlsFull => {
+                "tls-full: a full TLS handshake per request, no resumption, 256 connections, \
+                 GET / (wrk)"
+            }
+            Workload::H2 => "h2: HTTP/2 over TLS, 100 connections × 10 streams, GET / (h2load)",
+            Workload::H2c => {
+                "h2c: cleartext HTTP/2 by prior knowledge, 100 connections × 10 streams, GET / \
+                 (h2load)"
+            }
         }
     }
 
@@ -129,6 +166,35 @@ impl Workload {
         )
     }
 
+    /// Served over TLS with the run's certificate.
+    pub fn tls(self) -> bool {
+        matches!(
+            self,
+            Workload::TlsKa | Workload::TlsResume | Workload::TlsFull | Workload::H2
+        )
+    }
+
+    /// The TLS and HTTP/2 workloads: nginx from bench/peers/nginx-tls.conf.in, checked with
+    /// curl in [`Workload::proto`].
+    pub fn tls_or_h2(self) -> bool {
+        self.proto().is_some()
+    }
+
+    /// The protocol of the TLS and HTTP/2 workloads.
+    pub fn proto(self) -> Option<Proto> {
+        match self {
+            Workload::TlsKa | Workload::TlsResume | Workload::TlsFull => Some(Proto::Https1),
+            Workload::H2 => Some(Proto::H2),
+            Workload::H2c => Some(Proto::H2c),
+            _ => None,
+        }
+    }
+
+    /// A handshake per request (wrk with `Connection: close` and the session shim).
+    pub fn handshakes(self) -> bool {
+        matches!(self, Workload::TlsResume | Workload::TlsFull)
+    }
+
     pub fn figure(self) -> Figure {
         match self {
             Workload::StaticBig => Figure::MibPerSec,
@@ -141,6 +207,7 @@ impl Workload {
         match self {
             Workload::Conn => Tool::Oha,
             Workload::Idle => Tool::Harness,
+            Workload::H2 | Workload::H2c => Tool::H2load,
             _ => Tool::Wrk,
         }
     }
@@ -148,7 +215,13 @@ impl Workload {
     /// The path asked for, and for the static workloads the file it is.
     fn target(self) -> (String, Option<docroot::File>) {
         match self {
-            Workload::Conn | Workload::Keepalive => ("/".into(), None),
+            Workload::Conn
+            | Workload::Keepalive
+            | Workload::TlsKa
+            | Workload::TlsResume
+            | Workload::TlsFull
+            | Workload::H2
+            | Workload::H2c => ("/".into(), None),
             Workload::Sleep => ("/sleep?ms=100".into(), None),
             Workload::StaticSmall | Workload::Idle => (docroot::SMALL.path(), Some(docroot::SMALL)),
             Workload::StaticBig => (docroot::BIG.path(), Some(docroot::BIG)),
@@ -192,6 +265,12 @@ impl ServerSpec {
                 .then_some("--single-process serves the demo only (no --dir)"),
             (w, ServerKind::Peer | ServerKind::Ceiling) if w.serves_files() => {
                 Some("serves no files")
+            }
+            (w, ServerKind::Forklift(extra)) if w.tls_or_h2() => extra
+                .contains(&"--single-process")
+                .then_some("the TLS and HTTP/2 workloads run the prefork servers only"),
+            (w, ServerKind::Peer | ServerKind::Ceiling) if w.tls_or_h2() => {
+                Some("no TLS or HTTP/2 set up")
             }
             _ => None,
         }
@@ -268,6 +347,11 @@ pub struct Plan {
     pub peers_start: PathBuf,
     pub oha: PathBuf,
     pub wrk: PathBuf,
+    pub h2load: PathBuf,
+    /// h2load's `-n` for the h2 and h2c workloads.
+    pub h2_requests: u64,
+    /// The TLS workloads' certificate and key, and wrk's session shim.
+    pub tls: tls::Files,
     /// oha's `-n` for the conn workload.
     pub conn_requests: u64,
     /// wrk's `-d` in seconds.
@@ -292,6 +376,15 @@ impl Plan {
             a.push(format!("{base}{}", w.target().0));
             (self.wrk.clone(), a)
         };
+        let https = format!("https://127.0.0.1:{port}/");
+        let h2load = |url: String| {
+            let mut a = strs(&["-n"]);
+            a.push(self.h2_requests.to_string());
+            a.extend(strs(&["-c", "100", "-m", "10"]));
+            a.push(format!("--log-file={}", self.h2load_log().display()));
+            a.push(url);
+            (self.h2load.clone(), a)
+        };
         match w {
             Workload::Conn => {
                 let mut a = strs(&["-c", "500", "-n"]);
@@ -309,7 +402,45 @@ impl Plan {
             Workload::StaticSmall => Some(wrk("256")),
             Workload::StaticBig => Some(wrk("32")),
             Workload::Idle => None,
+            Workload::TlsKa | Workload::TlsResume | Workload::TlsFull => {
+                let mut a = strs(&["-t", "2", "-c", "256", "-d"]);
+                a.push(self.wrk_secs.to_string());
+                a.push("--latency".into());
+                if w.handshakes() {
+                    a.extend(strs(&["-H", "Connection: close"]));
+                }
+                a.push(https);
+                Some((self.wrk.clone(), a))
+            }
+            Workload::H2 => Some(h2load(https)),
+            Workload::H2c => Some(h2load(format!("{base}/"))),
         }
+    }
+
+    /// The load generator's environment for `w`: the session shim for tls-resume and
+    /// tls-full (the counts go to [`Plan::tls_counts`]).
+    pub fn load_env(&self, w: Workload) -> Vec<(&'static str, String)> {
+        if !w.handshakes() {
+            return Vec::new();
+        }
+        let mut env = vec![
+            ("LD_PRELOAD", self.tls.shim.display().to_string()),
+            (tls::COUNTS_ENV, self.tls_counts().display().to_string()),
+        ];
+        if w == Workload::TlsFull {
+            env.push((tls::NO_RESUME_ENV, "1".into()));
+        }
+        env
+    }
+
+    /// Where the session shim writes wrk's handshake counts.
+    pub fn tls_counts(&self) -> PathBuf {
+        self.log_dir.join("tls-sessions.txt")
+    }
+
+    /// h2load's per-request log (its latencies give p50 and p99).
+    pub fn h2load_log(&self) -> PathBuf {
+        self.log_dir.join("h2load-requests.tsv")
     }
 
     /// What the idle workload does, for the report's header.
@@ -332,6 +463,8 @@ impl Plan {
             // Generous: even 500 req/s finishes in time.
             Tool::Oha => Some(Duration::from_secs(60 + self.conn_requests / 500)),
             Tool::Wrk => Some(Duration::from_secs(self.wrk_secs + 30)),
+            // Generous: even 2,000 req/s finishes in time.
+            Tool::H2load => Some(Duration::from_secs(60 + self.h2_requests / 2_000)),
             Tool::Harness => None,
         }
     }
@@ -352,10 +485,19 @@ impl Plan {
                 if files {
                     c.arg("--dir").arg(&self.docroot);
                 }
+                if w.tls() {
+                    c.arg("--tls-cert")
+                        .arg(&self.tls.cert)
+                        .arg("--tls-key")
+                        .arg(&self.tls.key);
+                }
                 c.arg("--listen")
                     .arg(format!("127.0.0.1:{port}"))
                     .args(extra);
                 c
+            }
+            ServerKind::NginxPeer(opts) | ServerKind::NginxWith(opts) if w.tls_or_h2() => {
+                self.nginx_tls(s, w, opts, port)?
             }
             ServerKind::NginxPeer(opts) if files => self.nginx_static(s, opts, port)?,
             ServerKind::NginxWith(opts) if files => self.nginx_static(s, opts, port)?,
@@ -406,6 +548,42 @@ impl Plan {
             .map_err(|e| format!("{}: {e}", rundir.display()))?;
         let conf = rundir.join("nginx.conf");
         let text = nginx_static_conf(NGINX_STATIC_CONF, port, listen_opts, &rundir, &self.docroot);
+        std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        let mut c = Command::new("nginx");
+        c.arg("-p")
+            .arg(format!("{}/", rundir.display()))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(rundir.join("error.log"));
+        Ok(c)
+    }
+}
+
+impl Plan {
+    /// nginx from bench/peers/nginx-tls.conf.in for the TLS and HTTP/2 workloads, its config
+    /// and run directory in the log directory.
+    fn nginx_tls(
+        &self,
+        s: &ServerSpec,
+        w: Workload,
+        listen_opts: &str,
+        port: u16,
+    ) -> Result<Command, String> {
+        let rundir = self.log_dir.join(format!("{}-{}-{port}", s.name, w.name()));
+        std::fs::create_dir_all(rundir.join("tmp"))
+            .map_err(|e| format!("{}: {e}", rundir.display()))?;
+        let conf = rundir.join("nginx.conf");
+        let listen = format!(
+            "{listen_opts}{}",
+            if w.tls() { " ssl http2" } else { " http2" }
+        );
+        let sessions = if w == Workload::TlsFull {
+            tls::NGINX_SESSIONS_OFF
+        } else {
+            tls::NGINX_SESSIONS_ON
+        };
+        let text = tls::nginx_conf(port, &listen, sessions, &rundir, &self.tls);
         std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
         let mut c = Command::new("nginx");
         c.arg("-p")
@@ -665,9 +843,17 @@ fn serve_and_load(
     let (path, file) = w.target();
     // Only `GET /` answers 200 on every server; the static workloads' roots have no index.
     let probe = if file.is_some() { path.as_str() } else { "/" };
-    let (ready_ms, ready_by) = wait_ready(server, port, probe, started, ready_rx, log_path)?;
+    let probe = Probe {
+        path: probe,
+        proto: w.proto(),
+        cert: &plan.tls.cert,
+    };
+    let (ready_ms, ready_by) = wait_ready(server, port, &probe, started, ready_rx, log_path)?;
     if w.serves_files() {
         check_files(plan, port)?;
+    }
+    if let Some(proto) = w.proto() {
+        tls::check(proto, port, &plan.tls.cert)?;
     }
     let master = server.pid();
 
@@ -693,7 +879,7 @@ fn serve_and_load(
                 Err(e) => (Err(e), None),
             }
         }
-        Tool::Oha | Tool::Wrk => (run_load(plan, w, port), None),
+        Tool::Oha | Tool::Wrk | Tool::H2load => (run_load(plan, w, port), None),
     };
     let peak = sampler.finish();
     let cpu_s = process::tree_cpu_secs(master) - cpu_before;
@@ -769,7 +955,7 @@ fn check_files(plan: &Plan, port: u16) -> Result<(), String> {
 fn wait_ready(
     server: &mut Group,
     port: u16,
-    probe: &str,
+    probe: &Probe,
     started: Instant,
     ready_rx: Option<mpsc::Receiver<(Instant, Vec<u32>)>>,
     log_path: &Path,
@@ -790,7 +976,7 @@ fn wait_ready(
                 ready_line = Some(t);
             }
         }
-        if first_ok.is_none() && http_ok(port, probe) {
+        if first_ok.is_none() && probe.ok(port) {
             first_ok = Some(Instant::now());
         }
         match (&ready_rx, ready_line, first_ok) {
@@ -809,6 +995,28 @@ fn wait_ready(
             ));
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What the readiness poll asks: `GET path` in plain HTTP/1.1, or for the TLS and HTTP/2
+/// workloads `GET /` with curl in their protocol.
+struct Probe<'a> {
+    path: &'a str,
+    proto: Option<Proto>,
+    cert: &'a Path,
+}
+
+impl Probe<'_> {
+    fn ok(&self, port: u16) -> bool {
+        match self.proto {
+            None => http_ok(port, self.path),
+            // curl takes a few ms per try: connect first, so a port not yet bound costs none.
+            Some(proto) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    && tls::curl_get(proto, port, self.cert, Duration::from_secs(1)).is_ok()
+            }
+        }
     }
 }
 
@@ -851,8 +1059,19 @@ fn run_load(plan: &Plan, w: Workload, port: u16) -> Result<LoadReport, String> {
         || "load generator".into(),
         |n| n.to_string_lossy().into_owned(),
     );
+    let counts = plan.tls_counts();
+    let h2load_log = plan.h2load_log();
+    for f in [&counts, &h2load_log] {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{}: {e}", f.display()))
+            }
+            _ => {}
+        }
+    }
     let mut cmd = Command::new(&prog);
     cmd.args(&args)
+        .envs(plan.load_env(w))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -876,7 +1095,22 @@ fn run_load(plan: &Plan, w: Workload, port: u16) -> Result<LoadReport, String> {
         Some(s) if !s.success() => Err(format!("{name} failed ({s}): {err_line}")),
         Some(_) => match w.tool() {
             Tool::Oha => parse::parse_oha(&out),
-            Tool::Wrk | Tool::Harness => parse::parse_wrk(&out),
+            Tool::H2load => {
+                let log = std::fs::read_to_string(&h2load_log)
+                    .map_err(|e| format!("{}: {e}", h2load_log.display()))?;
+                parse::parse_h2load(&out, &log)
+            }
+            Tool::Wrk | Tool::Harness => {
+                let mut report = parse::parse_wrk(&out)?;
+                if w.handshakes() {
+                    let text = std::fs::read_to_string(&counts)
+                        .map_err(|e| format!("wrk's handshake counts {}: {e}", counts.display()))?;
+                    report.tls_sessions = Some(TlsSessions::parse(&text).ok_or_else(|| {
+                        format!("bad handshake counts in {}: {text:?}", counts.display())
+                    })?);
+                }
+                Ok(report)
+            }
         },
     }
 }
@@ -939,6 +1173,9 @@ mod tests {
             peers_start: "/peers/start.sh".into(),
             oha: "oha".into(),
             wrk: "wrk".into(),
+            h2load: "h2load".into(),
+            h2_requests: 1000,
+            tls: tls::Files::under(Path::new("/t")),
             conn_requests: 1000,
             wrk_secs: 3,
             idle_connections: 10_000,
@@ -1051,6 +1288,94 @@ mod tests {
             .unwrap();
         assert_eq!(c.get_program(), "/peers/start.sh");
         assert_eq!(args(&c), ["nginx", "20003"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_and_h2_servers_share_the_runs_certificate() {
+        let dir = std::env::temp_dir().join(format!("forklift-bench-tls-{}", std::process::id()));
+        let plan = plan(&dir);
+        let c = plan
+            .server_command(&spec("forklift"), Workload::TlsResume, 20_001)
+            .unwrap();
+        assert_eq!(
+            args(&c),
+            [
+                "serve",
+                "--tls-cert",
+                "/t/cert.pem",
+                "--tls-key",
+                "/t/key.pem",
+                "--listen",
+                "127.0.0.1:20001",
+                "--workers",
+                "2"
+            ]
+        );
+        // h2c: plain.
+        let c = plan
+            .server_command(&spec("forklift"), Workload::H2c, 20_001)
+            .unwrap();
+        assert_eq!(
+            args(&c),
+            ["serve", "--listen", "127.0.0.1:20001", "--workers", "2"]
+        );
+        let conf = |name: &str, w: Workload, port: u16| {
+            let c = plan.server_command(&spec(name), w, port).unwrap();
+            assert_eq!(c.get_program(), "nginx");
+            let rundir = dir.join(format!("{name}-{}-{port}", w.name()));
+            std::fs::read_to_string(rundir.join("nginx.conf")).unwrap()
+        };
+        let ka = conf("nginx", Workload::TlsKa, 20_002);
+        assert!(ka.contains("listen 127.0.0.1:20002 ssl http2;"), "{ka}");
+        assert!(ka.contains("ssl_certificate     /t/cert.pem;"));
+        assert!(ka.contains("ssl_session_tickets on;"));
+        let full = conf("nginx-reuseport", Workload::TlsFull, 20_003);
+        assert!(
+            full.contains("listen 127.0.0.1:20003 reuseport ssl http2;"),
+            "{full}"
+        );
+        assert!(full.contains("ssl_session_tickets off;"));
+        assert!(full.contains("ssl_session_cache off;"));
+        let h2c = conf("nginx", Workload::H2c, 20_004);
+        assert!(h2c.contains("listen 127.0.0.1:20004 http2;"), "{h2c}");
+        // Only the prefork forklift servers and nginx run them.
+        for w in [
+            Workload::TlsKa,
+            Workload::TlsFull,
+            Workload::H2,
+            Workload::H2c,
+        ] {
+            let serving: Vec<&str> = SERVERS
+                .iter()
+                .filter(|s| s.serves(w))
+                .map(|s| s.name)
+                .collect();
+            assert_eq!(
+                serving,
+                [
+                    "forklift",
+                    "forklift-reuseport",
+                    "forklift-pinned",
+                    "nginx",
+                    "nginx-reuseport",
+                    "nginx-deferred"
+                ]
+            );
+        }
+        // The shim's environment: counts for both, no resumption for tls-full only.
+        let env = |w| {
+            plan.load_env(w)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(env(Workload::TlsKa), Vec::<&str>::new());
+        assert_eq!(env(Workload::TlsResume), ["LD_PRELOAD", tls::COUNTS_ENV]);
+        assert_eq!(
+            env(Workload::TlsFull),
+            ["LD_PRELOAD", tls::COUNTS_ENV, tls::NO_RESUME_ENV]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
