@@ -243,12 +243,16 @@ pub(super) struct Conns<T> {
     /// Becomes true when the worker stops accepting.
     pub(super) stop: watch::Receiver<bool>,
     pub(super) live: Cell<usize>,
+    /// The most connections open since the heap was last trimmed.
+    pub(super) peak: Cell<usize>,
     pub(super) idle: tokio::sync::Notify,
 }
 
 impl<T> Conns<T> {
     fn enter(self: &Rc<Self>) -> Live<T> {
-        self.live.set(self.live.get() + 1);
+        let live = self.live.get() + 1;
+        self.live.set(live);
+        self.peak.set(self.peak.get().max(live));
         Live(self.clone())
     }
 
@@ -270,8 +274,19 @@ impl<T> Drop for Live<T> {
         if left == 0 {
             self.0.idle.notify_one();
         }
+        if self.0.peak.get() - left >= TRIM_AFTER_CLOSED {
+            // A burst is ending: what its connections held is free but still resident (the
+            // allocator keeps freed memory below live allocations). The worker's heartbeat
+            // trims what the last of them leave.
+            crate::sys::trim::release_free_heap();
+            self.0.peak.set(left);
+        }
     }
 }
+
+/// Connections closed since the busiest moment after which a worker gives its heap's free
+/// pages back (a few MiB's worth: each held some KiB).
+pub(super) const TRIM_AFTER_CLOSED: usize = 512;
 
 /// Stands in for the TLS acceptor when forklift is built without TLS.
 #[cfg(not(feature = "tls"))]

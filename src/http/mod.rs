@@ -49,7 +49,7 @@ use crate::http::access_log::AccessLogWriter;
 use crate::http::body::Body;
 #[cfg(not(feature = "tls"))]
 use crate::http::conn::NoTls;
-use crate::http::conn::{conn_builder, Conns, LocalExec, FIRST_REQUEST_GRACE};
+use crate::http::conn::{conn_builder, Conns, LocalExec, FIRST_REQUEST_GRACE, TRIM_AFTER_CLOSED};
 use crate::protocol::Message;
 use crate::sys::listener::Listener;
 use crate::worker::Worker;
@@ -218,6 +218,7 @@ where
         access_log: cfg.access_log,
         stop: stop_rx,
         live: Cell::new(0),
+        peak: Cell::new(0),
         idle: tokio::sync::Notify::new(),
     });
     let limit = cfg.max_connections.map(ConnLimit::new);
@@ -336,7 +337,7 @@ async fn heartbeat(
         let requests = served.get();
         let open = connections();
         peak = peak.max(open);
-        if peak - open >= TRIM_AFTER_CLOSED {
+        if peak - open >= TRIM_AFTER_CLOSED as u64 {
             // A burst ended: what its connections held is free but still resident (the
             // allocator keeps freed memory below live allocations).
             crate::sys::trim::release_free_heap();
@@ -359,10 +360,6 @@ async fn heartbeat(
 
 /// How often a worker sends a heartbeat.
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Connections closed since the busiest moment after which a worker gives its heap's free
-/// pages back (a few MiB's worth: each held some KiB).
-const TRIM_AFTER_CLOSED: u64 = 512;
 
 /// A number below `n` (n > 0), random enough to spread worker restarts.
 fn random_below(n: u64) -> u64 {
