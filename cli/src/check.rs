@@ -68,31 +68,22 @@ pub fn run(args: CheckArgs) -> ExitCode {
                     .apply(p)
                     .worker_timeout((!timeout.is_zero()).then_some(timeout))
             });
-            if s.tls_cert.len() != s.tls_key.len() {
-                report.check(
-                    "tls-cert and tls-key",
-                    Err(format!(
-                        "{} tls-cert but {} tls-key: they pair by position",
-                        s.tls_cert.len(),
-                        s.tls_key.len()
-                    )),
-                );
-            } else if !s.tls_cert.is_empty() {
-                let pairs: Vec<_> = s
-                    .tls_cert
-                    .iter()
-                    .zip(&s.tls_key)
-                    .map(|(c, k)| (c.as_path(), k.as_path()))
-                    .collect();
-                let shown: Vec<String> = pairs
-                    .iter()
-                    .map(|(c, k)| format!("tls-cert {} with tls-key {}", c.display(), k.display()))
-                    .collect();
-                report.check(
-                    &shown.join(", "),
-                    forklift::__check::tls_files(&pairs, s.tls_ticket_key_file.as_deref())
-                        .map_err(|e| e.to_string()),
-                );
+            match s.tls_pairs() {
+                Err(e) => report.check("tls-cert and tls-key", Err(e)),
+                Ok(pairs) if pairs.is_empty() => {}
+                Ok(pairs) => {
+                    let shown: Vec<String> = pairs
+                        .iter()
+                        .map(|(c, k)| {
+                            format!("tls-cert {} with tls-key {}", c.display(), k.display())
+                        })
+                        .collect();
+                    report.check(
+                        &shown.join(", "),
+                        forklift::__check::tls_files(&pairs, s.tls_ticket_key_file.as_deref())
+                            .map_err(|e| e.to_string()),
+                    );
+                }
             }
             if let Some(dir) = &s.dir {
                 report.check(

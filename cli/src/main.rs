@@ -384,6 +384,26 @@ struct ServeArgs {
     lab_routes: bool,
 }
 
+impl ServeArgs {
+    /// The `--tls-cert`/`--tls-key` pairs, by position, or why they do not pair.
+    fn tls_pairs(&self) -> Result<Vec<(&std::path::Path, &std::path::Path)>, String> {
+        if self.tls_cert.len() != self.tls_key.len() {
+            return Err(format!(
+                "{} --tls-cert but {} --tls-key: give one key after each certificate (they \
+                 pair by position)",
+                self.tls_cert.len(),
+                self.tls_key.len()
+            ));
+        }
+        Ok(self
+            .tls_cert
+            .iter()
+            .zip(&self.tls_key)
+            .map(|(c, k)| (c.as_path(), k.as_path()))
+            .collect())
+    }
+}
+
 /// The limits past which a worker is replaced (new one ready first, then the old one
 /// drains), for `serve` and `run` alike: the master reads each worker's memory and age.
 #[derive(Debug, clap::Args)]
@@ -587,16 +607,7 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
     if args.proxy_protocol {
         server = server.proxy_protocol(&args.trusted_proxies)?;
     }
-    if args.tls_cert.len() != args.tls_key.len() {
-        return Err(format!(
-            "{} --tls-cert but {} --tls-key: give one key after each certificate (they pair \
-             by position)",
-            args.tls_cert.len(),
-            args.tls_key.len()
-        )
-        .into());
-    }
-    for (cert, key) in args.tls_cert.iter().zip(&args.tls_key) {
+    for (cert, key) in args.tls_pairs()? {
         server = server.tls_files(cert, key);
     }
     if let Some(path) = &args.tls_ticket_key_file {

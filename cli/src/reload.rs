@@ -79,7 +79,7 @@ pub fn on_hup(server: Prefork, subcommand: &'static str) -> Prefork {
         say_changes(&before, &after, exec_workers);
         // The worker count as TTIN/TTOU left it stands unless the configured one changed.
         let workers = settings.workers;
-        apply(&cli, settings);
+        apply(&cli, settings)?;
         if before.get("workers") == after.get("workers") {
             settings.workers = workers;
         }
@@ -137,11 +137,11 @@ fn say_changes(before: &Raw, after: &Raw, exec_workers: bool) {
 }
 
 /// Writes the re-read settings the master can change in place into `settings`.
-fn apply(cli: &Cli, settings: &mut ReloadSettings) {
+fn apply(cli: &Cli, settings: &mut ReloadSettings) -> Result<(), String> {
     let (pool, limits, worker_timeout) = match &cli.command {
         Command::Serve(a) => (&a.pool, &a.limits, a.worker_timeout.0),
         Command::Run(a) => (&a.pool, &a.limits, a.worker_timeout.0),
-        _ => return,
+        _ => return Ok(()),
     };
     settings.workers = pool.workers.unwrap_or_else(forklift::default_workers);
     settings.graceful_timeout = pool.graceful_timeout.0;
@@ -151,6 +151,7 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) {
     settings.max_worker_memory = limits.max_worker_memory.map(|mib| mib << 20);
     settings.max_worker_age = limits.max_worker_age.map(|a| a.0);
     if let Command::Serve(a) = &cli.command {
+        let tls = a.tls_pairs()?;
         settings.http(|mut http| {
             http = http
                 .header_read_timeout(a.header_read_timeout.0)
@@ -158,7 +159,7 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) {
                 .access_log(a.access_log.is_some())
                 .http1_fast_path(!a.no_fast_path)
                 .tls_clear();
-            for (cert, key) in a.tls_cert.iter().zip(&a.tls_key) {
+            for (cert, key) in tls {
                 http = http.tls_files(cert, key);
             }
             if let Some(n) = a.max_requests {
@@ -170,4 +171,5 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) {
             http
         });
     }
+    Ok(())
 }

@@ -51,17 +51,15 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &st
 #[test]
 fn health_port_answers_livez_readyz_and_metrics_that_match_status() {
     let sock = TempSock::new("health");
-    let s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let s = Server::start_ready(&serve_args(
         "2",
-        "--health",
-        "127.0.0.1:0",
-        "--control",
-        sock.0.to_str().unwrap(),
-    ]);
+        &[
+            "--health",
+            "127.0.0.1:0",
+            "--control",
+            sock.0.to_str().unwrap(),
+        ],
+    ));
     let health = health_addr(&s);
     assert_eq!(get(health, "/livez").status, 200);
     assert!(
@@ -181,17 +179,15 @@ fn health_port_answers_livez_readyz_and_metrics_that_match_status() {
 #[test]
 fn drain_and_term_turn_readyz_to_503_at_once() {
     let sock = TempSock::new("health-drain");
-    let s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let s = Server::start_ready(&serve_args(
         "2",
-        "--health",
-        "127.0.0.1:0",
-        "--control",
-        sock.0.to_str().unwrap(),
-    ]);
+        &[
+            "--health",
+            "127.0.0.1:0",
+            "--control",
+            sock.0.to_str().unwrap(),
+        ],
+    ));
     let health = health_addr(&s);
     readyz_becomes(health, 200, Duration::from_secs(10)).expect("ready");
     assert_eq!(forklift_control(&sock.0, "drain").trim(), "draining");

@@ -60,18 +60,10 @@ fn access_lines(lines: &[Value]) -> Vec<&Value> {
 
 /// Master and workers log JSON, access lines included, in the given spawn mode.
 fn json_logs_from_master_and_workers(spawn: &str) {
-    let mut s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let mut s = Server::start_ready(&serve_args(
         "2",
-        "--spawn",
-        spawn,
-        "--log-format",
-        "json",
-        "--access-log",
-    ]);
+        &["--spawn", spawn, "--log-format", "json", "--access-log"],
+    ));
     let (r, _) = request(s.addr(), "HTTP/1.1", "User-Agent: probe/1\r\n");
     assert_eq!(r.status, 200);
     let id = r.header("x-request-id").expect("x-request-id").to_string();
@@ -150,17 +142,15 @@ fn json_logs_from_the_run_master() {
 fn access_log_file_fields(format: &str) {
     let dir = TempDir::new("access-fields");
     let log = dir.0.join("access.log");
-    let mut s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let mut s = Server::start_ready(&serve_args(
         "1",
-        "--log-format",
-        format,
-        "--access-log",
-        log.to_str().unwrap(),
-    ]);
+        &[
+            "--log-format",
+            format,
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    ));
     let (kept, client) = request(
         s.addr(),
         "HTTP/1.1",
@@ -294,21 +284,19 @@ fn rename_and_reopen_under_load_loses_no_access_line() {
     let access = dir.0.join("access.log");
     let error = dir.0.join("error.log");
     let ctl = dir.0.join("ctl.sock");
-    let mut s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let mut s = Server::start_ready(&serve_args(
         "2",
-        "--log-format",
-        "json",
-        "--access-log",
-        access.to_str().unwrap(),
-        "--error-log",
-        error.to_str().unwrap(),
-        "--control",
-        ctl.to_str().unwrap(),
-    ]);
+        &[
+            "--log-format",
+            "json",
+            "--access-log",
+            access.to_str().unwrap(),
+            "--error-log",
+            error.to_str().unwrap(),
+            "--control",
+            ctl.to_str().unwrap(),
+        ],
+    ));
     let addr = s.addr();
     const THREADS: usize = 4;
     const PER_THREAD: usize = 1500;
@@ -400,15 +388,10 @@ fn read_pid(path: &Path) -> Option<u32> {
 fn pid_file_holds_the_master_while_it_runs() {
     let dir = TempDir::new("pid-file");
     let pid_file = dir.0.join("forklift.pid");
-    let mut s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let mut s = Server::start_ready(&serve_args(
         "1",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ]);
+        &["--pid-file", pid_file.to_str().unwrap()],
+    ));
     assert!(
         poll_until(Instant::now() + Duration::from_secs(10), || read_pid(
             &pid_file
@@ -545,21 +528,19 @@ fn access_log_names_the_tls_version() {
     );
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let s = Server::start_ready(&serve_args(
         "1",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--log-format",
-        "json",
-        "--access-log",
-        log.to_str().unwrap(),
-    ]);
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    ));
     let root = made.cert.der().clone();
     for (version, name) in [
         (&rustls::version::TLS13, "TLSv1.3"),
@@ -605,19 +586,17 @@ fn workers_that_dropped_privileges_reopen_their_logs() {
     let dir = TempDir::new("logs-nobody");
     let access = dir.0.join("access.log");
     let error = dir.0.join("error.log");
-    let s = Server::start_ready(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
+    let s = Server::start_ready(&serve_args(
         "1",
-        "--user",
-        "nobody",
-        "--access-log",
-        access.to_str().unwrap(),
-        "--error-log",
-        error.to_str().unwrap(),
-    ]);
+        &[
+            "--user",
+            "nobody",
+            "--access-log",
+            access.to_str().unwrap(),
+            "--error-log",
+            error.to_str().unwrap(),
+        ],
+    ));
     assert_eq!(request(s.addr(), "HTTP/1.1", "").0.status, 200);
     for f in [&access, &error] {
         std::fs::rename(f, f.with_extension("log.1")).unwrap();

@@ -245,6 +245,9 @@ pub(super) struct Conns<T> {
     pub(super) live: Cell<usize>,
     /// The most connections open since the heap was last trimmed.
     pub(super) peak: Cell<usize>,
+    /// A burst's closes trimmed the heap: trim again at the next heartbeat, for the memory
+    /// of the connections that ended after (and of the tasks, freed after their count).
+    pub(super) trim_again: Cell<bool>,
     pub(super) idle: tokio::sync::Notify,
 }
 
@@ -277,16 +280,17 @@ impl<T> Drop for Live<T> {
         if self.0.peak.get() - left >= TRIM_AFTER_CLOSED {
             // A burst is ending: what its connections held is free but still resident (the
             // allocator keeps freed memory below live allocations). The worker's heartbeat
-            // trims what the last of them leave.
+            // trims once more (`trim_again`) for what the last of them leave.
             crate::sys::trim::release_free_heap();
             self.0.peak.set(left);
+            self.0.trim_again.set(true);
         }
     }
 }
 
 /// Connections closed since the busiest moment after which a worker gives its heap's free
 /// pages back (a few MiB's worth: each held some KiB).
-pub(super) const TRIM_AFTER_CLOSED: usize = 512;
+const TRIM_AFTER_CLOSED: usize = 512;
 
 /// Stands in for the TLS acceptor when forklift is built without TLS.
 #[cfg(not(feature = "tls"))]

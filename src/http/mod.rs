@@ -49,7 +49,7 @@ use crate::http::access_log::AccessLogWriter;
 use crate::http::body::Body;
 #[cfg(not(feature = "tls"))]
 use crate::http::conn::NoTls;
-use crate::http::conn::{conn_builder, Conns, LocalExec, FIRST_REQUEST_GRACE, TRIM_AFTER_CLOSED};
+use crate::http::conn::{conn_builder, Conns, LocalExec, Tls, FIRST_REQUEST_GRACE};
 use crate::protocol::Message;
 use crate::sys::listener::Listener;
 use crate::worker::Worker;
@@ -219,6 +219,7 @@ where
         stop: stop_rx,
         live: Cell::new(0),
         peak: Cell::new(0),
+        trim_again: Cell::new(false),
         idle: tokio::sync::Notify::new(),
     });
     let limit = cfg.max_connections.map(ConnLimit::new);
@@ -264,13 +265,7 @@ where
     let limit = cfg
         .max_requests
         .map(|(n, jitter)| n + random_below(jitter + 1));
-    let open = conns.clone();
-    let heartbeat = tokio::task::spawn_local(heartbeat(
-        to_master,
-        served,
-        move || open.live.get() as u64,
-        limit,
-    ));
+    let heartbeat = tokio::task::spawn_local(heartbeat(to_master, served, conns.clone(), limit));
 
     let master_pid = worker.master_pid();
     let master_died = |why: &str| {
@@ -320,33 +315,26 @@ where
 
 /// Tells the master, every second, that this worker's event loop runs, how many requests it
 /// served and how many connections it holds; asks once to be replaced when it reaches
-/// `limit`; gives the heap's free pages back after many connections closed. A task on the
+/// `limit`; finishes the heap trim a burst of closes began (`Conns::trim_again`). A task on the
 /// worker's own runtime, so a handler that blocks the loop stops the heartbeat and is caught.
 async fn heartbeat(
     to_master: tokio::net::unix::OwnedWriteHalf,
     served: Rc<Cell<u64>>,
-    connections: impl Fn() -> u64,
+    conns: Rc<Conns<Tls>>,
     limit: Option<u64>,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut asked = false;
-    // The most connections open since the heap was last trimmed.
-    let mut peak = 0;
     loop {
         tick.tick().await;
         let requests = served.get();
-        let open = connections();
-        peak = peak.max(open);
-        if peak - open >= TRIM_AFTER_CLOSED as u64 {
-            // A burst ended: what its connections held is free but still resident (the
-            // allocator keeps freed memory below live allocations).
+        if conns.trim_again.take() {
             crate::sys::trim::release_free_heap();
-            peak = open;
         }
         // A full channel means the master is behind: skip this beat rather than block.
         let beat = Message::Heartbeat {
             requests,
-            connections: open,
+            connections: conns.live.get() as u64,
         };
         let _ = to_master.try_write(&beat.encode());
         if let (Some(limit), false) = (limit, asked) {

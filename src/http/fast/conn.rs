@@ -40,8 +40,6 @@ pub(super) struct Conn<'a, I> {
     pub(super) next_read: usize,
     /// How many times gathered bytes were written out.
     pub(super) flushes: u64,
-    /// The buffers are in the worker's spares while the connection waits idle.
-    parked: bool,
 }
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
@@ -55,7 +53,6 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
             wbuf,
             next_read: first_read,
             flushes: 0,
-            parked: false,
         }
     }
 
@@ -66,20 +63,17 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
     /// connection that waits idle holds no buffer, and one that is busy makes the same system
     /// calls as before.
     pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.is_empty() && self.wbuf.is_empty() && (self.parked || buffers::crowded()) {
-            if !self.parked {
-                buffers::give(
-                    std::mem::take(&mut self.rbuf),
-                    std::mem::take(&mut self.wbuf),
-                );
-                self.parked = true;
-            }
+        if self.rbuf.is_empty() && self.wbuf.is_empty() && buffers::crowded() {
+            // (Buffers already given back are empty ones, which `give` drops.)
+            buffers::give(
+                std::mem::take(&mut self.rbuf),
+                std::mem::take(&mut self.wbuf),
+            );
             let mut stack = [MaybeUninit::<u8>::uninit(); IDLE_READ];
             let mut buf = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut *self.io).poll_read(cx, &mut buf))?;
             let read = buf.filled();
             (self.rbuf, self.wbuf) = buffers::take();
-            self.parked = false;
             self.rbuf.reserve(self.next_read.max(read.len()));
             self.rbuf.extend_from_slice(read);
             return Poll::Ready(Ok(read.len()));

@@ -382,6 +382,35 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 
+    /// Serves one request on a fresh connection, then (if `late` is given) sends these
+    /// bytes after this many seconds: how long until the connection ended, and what the
+    /// client got.
+    async fn served_then(timeouts: Timeouts, late: Option<(u64, &[u8])>) -> (Duration, String) {
+        let service = hyper::service::service_fn(answer);
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let sender = async {
+            if let Some((secs, bytes)) = late {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                client.write_all(bytes).await.unwrap();
+            }
+            client
+        };
+        let start = Instant::now();
+        let (outcome, mut client) =
+            tokio::join!(serve(&mut server, &service, timeouts, stop), sender);
+        assert!(matches!(outcome, Outcome::Closed));
+        let took = start.elapsed();
+        drop(server);
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        (took, out)
+    }
+
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn an_idle_connection_waits_the_keep_alive_timeout_and_a_late_head_the_header_read_one() {
         let timeouts = Timeouts {
@@ -389,62 +418,26 @@ mod tests {
             keep_alive: Duration::from_secs(10),
             first_request_grace: Duration::from_secs(1),
         };
-        let service = hyper::service::service_fn(answer);
-        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         // Served, then idle: open past the header-read timeout, closed at the keep-alive one.
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        let (_stop_tx, stop) = watch::channel(false);
-        client.write_all(request).await.unwrap();
-        let start = Instant::now();
-        assert!(matches!(
-            serve(&mut server, &service, timeouts, stop).await,
-            Outcome::Closed
-        ));
-        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        let (took, _) = served_then(timeouts, None).await;
+        assert_eq!(took, Duration::from_secs(10));
         // Served, idle 8 s, then half a head: closed 3 s after its first byte.
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        let (_stop_tx, stop) = watch::channel(false);
-        client.write_all(request).await.unwrap();
-        let late = async {
-            tokio::time::sleep(Duration::from_secs(8)).await;
-            client.write_all(b"GET / HT").await.unwrap();
-            client
-        };
-        let start = Instant::now();
-        let (outcome, _client) = tokio::join!(serve(&mut server, &service, timeouts, stop), late);
-        assert!(matches!(outcome, Outcome::Closed));
-        assert_eq!(start.elapsed(), Duration::from_secs(11));
+        let (took, _) = served_then(timeouts, Some((8, b"GET / HT"))).await;
+        assert_eq!(took, Duration::from_secs(11));
         // A keep-alive timeout shorter than the header-read one bounds the idle wait.
         let short = Timeouts {
             keep_alive: Duration::from_secs(1),
             ..timeouts
         };
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        let (_stop_tx, stop) = watch::channel(false);
-        client.write_all(request).await.unwrap();
-        let start = Instant::now();
-        assert!(matches!(
-            serve(&mut server, &service, short, stop).await,
-            Outcome::Closed
-        ));
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let (took, _) = served_then(short, None).await;
+        assert_eq!(took, Duration::from_secs(1));
         // Zero: no keep-alive; the answer says close.
         let off = Timeouts {
             keep_alive: Duration::ZERO,
             ..timeouts
         };
-        let (mut client, mut server) = tokio::io::duplex(1024);
-        let (_stop_tx, stop) = watch::channel(false);
-        client.write_all(request).await.unwrap();
-        let start = Instant::now();
-        assert!(matches!(
-            serve(&mut server, &service, off, stop).await,
-            Outcome::Closed
-        ));
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        drop(server);
-        let mut out = String::new();
-        client.read_to_string(&mut out).await.unwrap();
+        let (took, out) = served_then(off, None).await;
+        assert_eq!(took, Duration::ZERO);
         assert!(out.contains("connection: close\r\n"), "{out}");
     }
 
