@@ -121,3 +121,47 @@ fn the_default_is_75_seconds() {
         "{help}"
     );
 }
+
+/// Waits `d` of a connection's idle time: the scenario needs the connection idle that long
+/// (past the 100 ms after which an idle connection is parked), not a sync point.
+fn stay_idle(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn parked_idle_connections_are_served_again_and_closed_at_once_by_a_stop() {
+    // Connections idle past 100 ms are parked (fast/mod.rs, PARK_AFTER): their next request
+    // goes on in a new task, the keep-alive timeout and a stop still hold.
+    let mut s = Server::start_ready(&serve_args("1", &[]));
+    let mut conns: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(s.addr()).unwrap())
+        .collect();
+    for round in 0..3 {
+        for c in &mut conns {
+            let resp = get_on(c);
+            assert_eq!(resp.status, 200, "round {round}");
+            assert!(!resp.closes(), "round {round}");
+        }
+        stay_idle(Duration::from_millis(300));
+    }
+    // A head that has started is not parked: half of it, a pause, the rest.
+    conns[0].write_all(b"GET / HT").unwrap();
+    stay_idle(Duration::from_millis(300));
+    conns[0].write_all(b"TP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut conns[0], &mut buf).unwrap().status, 200);
+    stay_idle(Duration::from_millis(300));
+    // A stop closes every parked connection at once, and the worker exits well within the
+    // graceful timeout.
+    let since = Instant::now();
+    s.send_signal(libc::SIGTERM);
+    for c in &mut conns {
+        let took = closed_after(c, since, Duration::from_secs(10));
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    }
+    let status = s.wait_exit(Instant::now() + Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}

@@ -227,7 +227,7 @@ async fn accept_loop<A, S, B>(
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, acceptor.accept()).await
     {
         queued += 1;
-        let conn = serve_connection(stream, peer, service.clone(), conns.clone());
+        let conn = serve_connection(stream, peer, service.clone(), conns.clone(), None);
         tokio::task::spawn_local(conn);
     }
     if queued > 0 {
@@ -265,18 +265,9 @@ async fn run_accept_loop<A, S, B>(
         match accepted {
             Ok((stream, peer)) => {
                 pause = Duration::from_millis(5);
-                let conn = serve_connection(stream, peer, service.clone(), conns.clone());
-                match permit.take() {
-                    Some(permit) => {
-                        tokio::task::spawn_local(async move {
-                            conn.await;
-                            drop(permit);
-                        });
-                    }
-                    None => {
-                        tokio::task::spawn_local(conn);
-                    }
-                }
+                let (service, conns) = (service.clone(), conns.clone());
+                let conn = serve_connection(stream, peer, service, conns, permit.take());
+                tokio::task::spawn_local(conn);
             }
             Err(e) if is_exhaustion(&e) => {
                 // Out of fds or memory: accepting again at once would spin. Wait for

@@ -18,7 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::{self, HttpServerConnExec};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::debug;
 
 use crate::error::BoxError;
@@ -243,20 +243,48 @@ pub(super) struct Conns<T> {
     /// Becomes true when the worker stops accepting.
     pub(super) stop: watch::Receiver<bool>,
     pub(super) live: Cell<usize>,
-    /// The most connections open since the heap was last trimmed.
-    pub(super) peak: Cell<usize>,
-    /// A burst's closes trimmed the heap: trim again at the next heartbeat, for the memory
-    /// of the connections that ended after (and of the tasks, freed after their count).
+    /// Of those, the connections parked while idle (see [`parked`]).
+    pub(super) parked: Cell<usize>,
+    /// The most connections open, and the most busy ones (open, not parked), since the heap
+    /// was last trimmed.
+    pub(super) peak: Cell<(usize, usize)>,
+    /// The heap is to be trimmed at the next heartbeat: after a burst's closes trimmed it,
+    /// for the memory of the connections that ended after (and of the tasks, freed after
+    /// their count), or after a burst's connections were parked.
     pub(super) trim_again: Cell<bool>,
     pub(super) idle: tokio::sync::Notify,
 }
 
 impl<T> Conns<T> {
-    fn enter(self: &Rc<Self>) -> Live<T> {
-        let live = self.live.get() + 1;
-        self.live.set(live);
-        self.peak.set(self.peak.get().max(live));
-        Live(self.clone())
+    fn enter(self: &Rc<Self>, permit: Option<OwnedSemaphorePermit>) -> Live<T> {
+        self.live.set(self.live.get() + 1);
+        self.note_busy();
+        Live(self.clone(), permit)
+    }
+
+    /// Connections with a task of their own that serves them: open and not parked.
+    fn busy(&self) -> usize {
+        self.live.get() - self.parked.get()
+    }
+
+    fn note_busy(&self) {
+        let (live, busy) = self.peak.get();
+        self.peak
+            .set((live.max(self.live.get()), busy.max(self.busy())));
+    }
+
+    /// Whether the open or the busy connections fell by [`TRIM_AFTER_QUIETER`] since their
+    /// peak (which it moves to now): a burst is ending, and what its connections held is
+    /// free but still resident (the allocator keeps freed memory below live allocations).
+    fn quieter(&self) -> bool {
+        let (live, busy) = (self.live.get(), self.busy());
+        let (peak_live, peak_busy) = self.peak.get();
+        let quieter =
+            peak_live - live >= TRIM_AFTER_QUIETER || peak_busy - busy >= TRIM_AFTER_QUIETER;
+        if quieter {
+            self.peak.set((live, busy));
+        }
+        quieter
     }
 
     /// Resolves once every connection has ended.
@@ -267,8 +295,13 @@ impl<T> Conns<T> {
     }
 }
 
-/// One open connection, counted until it is dropped.
-struct Live<T>(Rc<Conns<T>>);
+/// One open connection, counted until it is dropped, with its place under
+/// `--max-connections` if there is one.
+struct Live<T>(
+    Rc<Conns<T>>,
+    // Held, not read: given back as the connection's `Live` is dropped.
+    #[allow(dead_code)] Option<OwnedSemaphorePermit>,
+);
 
 impl<T> Drop for Live<T> {
     fn drop(&mut self) {
@@ -277,20 +310,51 @@ impl<T> Drop for Live<T> {
         if left == 0 {
             self.0.idle.notify_one();
         }
-        if self.0.peak.get() - left >= TRIM_AFTER_CLOSED {
-            // A burst is ending: what its connections held is free but still resident (the
-            // allocator keeps freed memory below live allocations). The worker's heartbeat
-            // trims once more (`trim_again`) for what the last of them leave.
+        if self.0.quieter() {
+            // The worker's heartbeat trims once more (`trim_again`) for what the last of
+            // them leave.
             crate::sys::trim::release_free_heap();
-            self.0.peak.set(left);
             self.0.trim_again.set(true);
         }
     }
 }
 
-/// Connections closed since the busiest moment after which a worker gives its heap's free
-/// pages back (a few MiB's worth: each held some KiB).
-const TRIM_AFTER_CLOSED: usize = 512;
+/// A parked connection, counted until it goes on or closes.
+struct Parked<T>(Option<Live<T>>);
+
+impl<T> Parked<T> {
+    fn new(live: Live<T>) -> Self {
+        let conns = &live.0;
+        conns.parked.set(conns.parked.get() + 1);
+        if conns.quieter() {
+            // The tasks that served them are freed as their parked tasks first run: the
+            // heartbeat trims.
+            conns.trim_again.set(true);
+        }
+        Parked(Some(live))
+    }
+
+    /// Its next request has started.
+    fn resume(mut self) -> Live<T> {
+        let live = self.0.take().expect("a parked connection resumes once");
+        live.0.parked.set(live.0.parked.get() - 1);
+        live.0.note_busy();
+        live
+    }
+}
+
+impl<T> Drop for Parked<T> {
+    fn drop(&mut self) {
+        // Before the `Live` in it: a parked connection is counted among the live ones.
+        if let Some(live) = &self.0 {
+            live.0.parked.set(live.0.parked.get() - 1);
+        }
+    }
+}
+
+/// Busy connections fewer than at the busiest moment (closed or parked) after which a worker
+/// gives its heap's free pages back (a few MiB's worth: each held some KiB).
+const TRIM_AFTER_QUIETER: usize = 512;
 
 /// Stands in for the TLS acceptor when forklift is built without TLS.
 #[cfg(not(feature = "tls"))]
@@ -302,18 +366,20 @@ pub(super) type Tls = tokio_rustls::TlsAcceptor;
 pub(super) type Tls = NoTls;
 
 /// Serves one accepted connection from `peer` (TCP), after its PROXY header if the worker
-/// takes the PROXY protocol, and after a TLS handshake if the worker has TLS.
+/// takes the PROXY protocol, and after a TLS handshake if the worker has TLS. `permit`, the
+/// connection's place under `--max-connections`, is given back when it closes.
 pub(super) async fn serve_connection<I, S, B>(
     mut stream: I,
     peer: Option<SocketAddr>,
     service: S,
     conns: Rc<Conns<Tls>>,
+    permit: Option<OwnedSemaphorePermit>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
 {
-    let _live = conns.enter();
+    let live = conns.enter(permit);
     let tcp = tcp_fd(&stream);
     let mut client = peer;
     if let (Some(proxy), Some(peer)) = (&conns.proxy, peer) {
@@ -342,7 +408,8 @@ pub(super) async fn serve_connection<I, S, B>(
                         true => stream.get_ref().1.protocol_version().map(tls_version),
                         false => None,
                     };
-                    serve_stream(stream, service, &conns, protocol, tcp, version).await
+                    let resume = fast::Resume::NEW;
+                    serve_stream(stream, service, live, protocol, tcp, version, resume).await
                 }
                 Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
                 Err(_) => debug!("TLS handshake timed out"),
@@ -351,7 +418,8 @@ pub(super) async fn serve_connection<I, S, B>(
         .await;
         return;
     }
-    serve_stream(stream, service, &conns, Protocol::Sniffed, tcp, None).await;
+    let resume = fast::Resume::NEW;
+    serve_stream(stream, service, live, Protocol::Sniffed, tcp, None, resume).await;
 }
 
 /// The access log's name of a TLS version.
@@ -401,26 +469,43 @@ fn tcp_fd<I: 'static>(stream: &I) -> Option<RawFd> {
 }
 
 /// Serves a connection with the fast path while it can, then with hyper; an HTTP/2 one
-/// (by ALPN) with hyper alone.
+/// (by ALPN) with hyper alone. A plain TCP keep-alive connection that goes idle is parked
+/// ([`parked`]).
 async fn serve_stream<I, S, B>(
     mut io: I,
     service: Started<S>,
-    conns: &Conns<Tls>,
+    live: Live<Tls>,
     protocol: Protocol,
     tcp: Option<RawFd>,
     tls: Option<TlsVersion>,
+    resume: fast::Resume,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: WorkerService<B>,
     B: ResponseBody,
 {
+    let conns = live.0.clone();
+    let conns = &*conns;
     let mut service = service;
     service.tls = tls;
     let first = service.first.clone();
     let read = if conns.fast_path && protocol != Protocol::Http2 {
-        match fast::serve(&mut io, &service, conns.timeouts, conns.stop.clone()).await {
+        let tcp_stream = (&io as &dyn std::any::Any).is::<tokio::net::TcpStream>();
+        let park = tcp_stream && tls.is_none();
+        let stop = conns.stop.clone();
+        match fast::serve(&mut io, &service, conns.timeouts, stop, park, resume).await {
             fast::Outcome::Closed => return,
             fast::Outcome::Handoff(read) => read,
+            fast::Outcome::Idle { until, resume } => {
+                let mut io = Some(io);
+                let io = &mut io as &mut dyn std::any::Any;
+                if let Some(stream) = io.downcast_mut::<Option<tokio::net::TcpStream>>() {
+                    let stream = stream.take().expect("taken once");
+                    let conn = parked(stream, service, live, until, resume);
+                    tokio::task::spawn_local(conn);
+                }
+                return;
+            }
         }
     } else {
         bytes::Bytes::new()
@@ -430,6 +515,46 @@ async fn serve_stream<I, S, B>(
     // once); the HTTP/2 preface turns the screen off.
     let io = fast::Screened::new(Prefixed { read, io }, conns.timeouts.header_read);
     Box::pin(drive(io, service, first, conns, protocol, tcp)).await;
+}
+
+/// A plain TCP keep-alive connection that went idle ([`fast::Outcome::Idle`]): it waits in a
+/// small task of its own until its next request starts, the keep-alive timeout ends at
+/// `until` or the worker stops, and goes on in a new task. The task that served it has ended,
+/// and with it the memory of the largest state a request needs, and its buffers went back to
+/// the worker's spares: so an idle connection holds its socket, this task (1 KiB) and little
+/// else, as in nginx, which frees an idle connection's buffers.
+async fn parked<S, B>(
+    stream: tokio::net::TcpStream,
+    service: Started<S>,
+    live: Live<Tls>,
+    until: tokio::time::Instant,
+    resume: fast::Resume,
+) where
+    S: WorkerService<B>,
+    B: ResponseBody,
+{
+    let mut stop = live.0.stop.clone();
+    let parked = Parked::new(live);
+    tokio::select! {
+        biased;
+        // `poll_read_ready`, not `readable()`: it takes the socket's one reader slot, where
+        // the task that served the connection left its waker, and so lets that task be freed.
+        ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
+            if let Err(e) = ready {
+                debug!("waiting for a parked connection failed: {e}");
+                return;
+            }
+        }
+        _ = stop.wait_for(|stopped| *stopped) => return,
+        _ = tokio::time::sleep_until(until) => {
+            debug!("idle for the keep-alive timeout: closing");
+            return;
+        }
+    }
+    let tcp = Some(stream.as_raw_fd());
+    let live = parked.resume();
+    let conn = serve_stream(stream, service, live, Protocol::Sniffed, tcp, None, resume);
+    tokio::task::spawn_local(conn);
 }
 
 /// Runs hyper on a connection until it ends or the worker stops.
@@ -636,8 +761,17 @@ pub async fn __serve_connection<I, S, B>(
         first_request_grace: FIRST_REQUEST_GRACE,
     };
     let tcp = tcp_fd(&io);
-    let read = match fast::serve(&mut io, &service, timeouts, stop.clone()).await {
-        fast::Outcome::Closed => return,
+    let read = match fast::serve(
+        &mut io,
+        &service,
+        timeouts,
+        stop.clone(),
+        false,
+        fast::Resume::NEW,
+    )
+    .await
+    {
+        fast::Outcome::Closed | fast::Outcome::Idle { .. } => return,
         fast::Outcome::Handoff(read) => read,
     };
     let builder = conn_builder(hyper_util::rt::TokioExecutor::new(), &timeouts);

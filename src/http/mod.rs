@@ -218,7 +218,8 @@ where
         access_log: cfg.access_log,
         stop: stop_rx,
         live: Cell::new(0),
-        peak: Cell::new(0),
+        parked: Cell::new(0),
+        peak: Cell::new((0, 0)),
         trim_again: Cell::new(false),
         idle: tokio::sync::Notify::new(),
     });

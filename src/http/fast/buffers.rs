@@ -16,10 +16,6 @@ const MAX_SPARE: usize = 64;
 /// not kept.
 const MAX_KEPT: usize = 64 * 1024;
 
-/// Connections a worker holds before the waiting ones give their buffers back: about
-/// 2.5 MiB of buffers at 2.5 KiB each.
-const PARK_ABOVE: usize = 1024;
-
 struct Spare {
     reads: Vec<BytesMut>,
     writes: Vec<Vec<u8>>,
@@ -54,7 +50,7 @@ pub(super) fn pretend_open(n: isize) {
 
 /// Whether waiting connections give their buffers back: the thread holds many.
 pub(super) fn crowded() -> bool {
-    OPEN.get() > PARK_ABOVE
+    OPEN.get() > super::CROWDED
 }
 
 /// A read and a write buffer: spare ones, or empty ones that allocate when first used.

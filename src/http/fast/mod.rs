@@ -82,18 +82,53 @@ pub(crate) enum Outcome {
     Closed,
     /// Hyper serves the rest of the connection, starting with these bytes already read.
     Handoff(Bytes),
+    /// Idle between requests for [`PARK_AFTER`], with nothing buffered either way: the caller
+    /// parks the connection until its next request starts (then [`serve`] again with
+    /// `resume`) or the keep-alive timeout ends at `until`.
+    Idle { until: Instant, resume: Resume },
 }
+
+/// Where a connection served before left off, for [`serve`] to go on with it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume {
+    /// Requests served so far.
+    served: u64,
+    /// The HTTP version of the last of them (hyper answers a malformed head in it).
+    last_version: http::Version,
+}
+
+impl Resume {
+    /// A new connection.
+    pub(crate) const NEW: Resume = Resume {
+        served: 0,
+        last_version: http::Version::HTTP_11,
+    };
+}
+
+/// How long a keep-alive connection waits idle for its next request before it is parked
+/// ([`Outcome::Idle`]): its task, sized for the largest state a request needs, ends, and a
+/// small one waits in its place. Connections under load seldom wait this long between
+/// requests, so they seldom pay the trip (two task spawns, about a microsecond).
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// Connections a worker holds before the waiting ones give their buffers back at once (see
+/// `buffers.rs`; they all do once parked).
+const CROWDED: usize = 1024;
 
 /// Serves requests on `io` until it closes or needs hyper; see the module doc.
 ///
 /// `stop` turns true when the worker stops: an idle connection closes at once, one that has
 /// not sent its first request gets `first_request_grace`, a request in progress is answered
-/// with `Connection: close`.
+/// with `Connection: close`. With `park` (the caller can park the connection), one idle for
+/// [`PARK_AFTER`] between requests ends [`Outcome::Idle`]. `resume` says where the connection left off
+/// ([`Resume::NEW`] for a new one).
 pub(crate) async fn serve<I, S, B>(
     io: &mut I,
     service: &S,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
+    park: bool,
+    resume: Resume,
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -120,20 +155,35 @@ where
         None => now + timeouts.header_read,
     };
     let mut timer = pin!(tokio::time::sleep_until(first_deadline));
-    let mut served = 0u64;
-    // hyper answers a malformed head in the version of the request before it.
-    let mut last_version = http::Version::HTTP_11;
+    let Resume {
+        mut served,
+        // hyper answers a malformed head in the version of the request before it.
+        mut last_version,
+    } = resume;
     loop {
         // Read until a complete head is buffered.
         let waiting_since = Instant::now();
         // When the head being waited for started: the connection's start for the first one,
         // its first byte for later ones (the wait before that byte is keep-alive idle time).
         let mut head_since = (served == 0 || !conn.rbuf.is_empty()).then_some(waiting_since);
+        let idle_until = waiting_since + timeouts.keep_alive;
+        // When this wait parks the connection, if it is still idle then.
+        let mut park_at = None;
         if head_since.is_none() {
+            let mut until = idle_until;
+            if park && !stopping {
+                let at = waiting_since + PARK_AFTER;
+                park_at = Some(at);
+                // A timer that fires within one more PARK_AFTER stays as it is (and is moved
+                // on when it fires, below): re-arming it for every request of a busy
+                // connection would cost more than a park a little late.
+                if timer.deadline() > at + PARK_AFTER {
+                    until = until.min(at);
+                }
+            }
             // The timer may stand past this wait's end only if keep-alive is the shorter.
-            let idle_until = waiting_since + timeouts.keep_alive;
-            if idle_until < timer.deadline() {
-                timer.as_mut().reset(idle_until);
+            if until < timer.deadline() {
+                timer.as_mut().reset(until);
             }
         }
         let head = loop {
@@ -167,14 +217,21 @@ where
                     continue;
                 }
                 _ = &mut timer => {
+                    let now = Instant::now();
+                    if let (None, Some(at)) = (head_since, park_at) {
+                        if now >= at && conn.rbuf.is_empty() && conn.wbuf.is_empty() {
+                            let resume = Resume { served, last_version };
+                            return Outcome::Idle { until: idle_until, resume };
+                        }
+                    }
                     let mut deadline = match head_since {
                         Some(since) => since + timeouts.header_read,
-                        None => waiting_since + timeouts.keep_alive,
+                        None => idle_until,
                     };
                     if let Some(grace) = grace_until {
                         deadline = deadline.min(grace);
                     }
-                    if Instant::now() >= deadline {
+                    if now >= deadline {
                         if head_since.is_some() {
                             debug!("no complete request head in time: closing");
                         } else {
@@ -182,7 +239,11 @@ where
                         }
                         return Outcome::Closed;
                     }
-                    timer.as_mut().reset(deadline);
+                    let next = match (head_since, park_at) {
+                        (None, Some(at)) if at > now => deadline.min(at),
+                        _ => deadline,
+                    };
+                    timer.as_mut().reset(next);
                     continue;
                 }
             };
@@ -286,7 +347,7 @@ mod tests {
             first_request_grace: Duration::from_secs(1),
         };
         let service = hyper::service::service_fn(answer);
-        let outcome = serve(&mut server, &service, timeouts, stop).await;
+        let outcome = serve(&mut server, &service, timeouts, stop, false, Resume::NEW).await;
         let Outcome::Handoff(rest) = outcome else {
             panic!("expected a handoff");
         };
@@ -348,7 +409,10 @@ mod tests {
                 drop(client);
                 out
             };
-            let (outcome, out) = tokio::join!(serve(&mut server, &service, timeouts, stop), client);
+            let (outcome, out) = tokio::join!(
+                serve(&mut server, &service, timeouts, stop, false, Resume::NEW),
+                client
+            );
             assert!(matches!(outcome, Outcome::Closed));
             buffers::pretend_open(if crowded { -5000 } else { 0 });
             let text = String::from_utf8_lossy(&out).to_string();
@@ -376,7 +440,7 @@ mod tests {
         let start = Instant::now();
         let service = hyper::service::service_fn(answer);
         assert!(matches!(
-            serve(&mut server, &service, timeouts, stop).await,
+            serve(&mut server, &service, timeouts, stop, false, Resume::NEW).await,
             Outcome::Closed
         ));
         assert_eq!(start.elapsed(), Duration::from_secs(3));
@@ -401,8 +465,10 @@ mod tests {
             client
         };
         let start = Instant::now();
-        let (outcome, mut client) =
-            tokio::join!(serve(&mut server, &service, timeouts, stop), sender);
+        let (outcome, mut client) = tokio::join!(
+            serve(&mut server, &service, timeouts, stop, false, Resume::NEW),
+            sender
+        );
         assert!(matches!(outcome, Outcome::Closed));
         let took = start.elapsed();
         drop(server);
@@ -461,7 +527,10 @@ mod tests {
             stop_tx.send(true).unwrap();
         };
         let start = Instant::now();
-        let (outcome, ()) = tokio::join!(serve(&mut server, &service, timeouts, stop), stopper);
+        let (outcome, ()) = tokio::join!(
+            serve(&mut server, &service, timeouts, stop, false, Resume::NEW),
+            stopper
+        );
         assert!(matches!(outcome, Outcome::Closed));
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         // Never sent a request, stop already under way: the grace, then closed.
@@ -469,7 +538,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(true);
         let start = Instant::now();
         assert!(matches!(
-            serve(&mut server, &service, timeouts, stop).await,
+            serve(&mut server, &service, timeouts, stop, false, Resume::NEW).await,
             Outcome::Closed
         ));
         assert_eq!(start.elapsed(), Duration::from_secs(1));
@@ -504,7 +573,7 @@ mod tests {
             // The client's side stays open: the answer may not wait for more.
             client.write_all(input).await.unwrap();
             let start = Instant::now();
-            let outcome = serve(&mut server, &service, timeouts, stop).await;
+            let outcome = serve(&mut server, &service, timeouts, stop, false, Resume::NEW).await;
             assert!(matches!(outcome, Outcome::Closed));
             assert_eq!(start.elapsed(), Duration::ZERO, "{}", input.escape_ascii());
             drop(server);
