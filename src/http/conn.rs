@@ -273,14 +273,13 @@ impl<T> Conns<T> {
             .set((live.max(self.live.get()), busy.max(self.busy())));
     }
 
-    /// Whether the open or the busy connections fell by [`TRIM_AFTER_QUIETER`] since their
-    /// peak (which it moves to now): a burst is ending, and what its connections held is
-    /// free but still resident (the allocator keeps freed memory below live allocations).
-    fn quieter(&self) -> bool {
+    /// Whether the open or the busy connections fell by `by` since their peak (which it
+    /// moves to now): a burst is ending, and what its connections held is free but still
+    /// resident (the allocator keeps freed memory below live allocations).
+    pub(super) fn quieter(&self, by: usize) -> bool {
         let (live, busy) = (self.live.get(), self.busy());
         let (peak_live, peak_busy) = self.peak.get();
-        let quieter =
-            peak_live - live >= TRIM_AFTER_QUIETER || peak_busy - busy >= TRIM_AFTER_QUIETER;
+        let quieter = peak_live - live >= by || peak_busy - busy >= by;
         if quieter {
             self.peak.set((live, busy));
         }
@@ -310,9 +309,10 @@ impl<T> Drop for Live<T> {
         if left == 0 {
             self.0.idle.notify_one();
         }
-        if self.0.quieter() {
-            // The worker's heartbeat trims once more (`trim_again`) for what the last of
-            // them leave.
+        // And when the last connection of such a burst closes, at once: the heartbeat may
+        // come a second later. The heartbeat trims once more (`trim_again`) for what the
+        // last of them leave.
+        if self.0.quieter(TRIM_AFTER_QUIETER) || (left == 0 && self.0.trim_again.get()) {
             crate::sys::trim::release_free_heap();
             self.0.trim_again.set(true);
         }
@@ -326,7 +326,7 @@ impl<T> Parked<T> {
     fn new(live: Live<T>) -> Self {
         let conns = &live.0;
         conns.parked.set(conns.parked.get() + 1);
-        if conns.quieter() {
+        if conns.quieter(TRIM_AFTER_QUIETER) {
             // The tasks that served them are freed as their parked tasks first run: the
             // heartbeat trims.
             conns.trim_again.set(true);
@@ -355,6 +355,10 @@ impl<T> Drop for Parked<T> {
 /// Busy connections fewer than at the busiest moment (closed or parked) after which a worker
 /// gives its heap's free pages back (a few MiB's worth: each held some KiB).
 const TRIM_AFTER_QUIETER: usize = 512;
+
+/// The same, checked at each heartbeat: a burst that ended by less than
+/// [`TRIM_AFTER_QUIETER`] (its last connections parked, say) still left a few hundred KiB.
+pub(super) const TRIM_AT_HEARTBEAT: usize = 64;
 
 /// Stands in for the TLS acceptor when forklift is built without TLS.
 #[cfg(not(feature = "tls"))]
@@ -550,6 +554,12 @@ async fn parked<S, B>(
             debug!("idle for the keep-alive timeout: closing");
             return;
         }
+    }
+    // A client that closed (the usual end of an idle connection) is closed here, not in a
+    // new task that would take a request's state and buffers to read the end.
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    if let Ok(0) = socket2::SockRef::from(&stream).peek(&mut probe) {
+        return;
     }
     let tcp = Some(stream.as_raw_fd());
     let live = parked.resume();

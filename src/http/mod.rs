@@ -316,7 +316,8 @@ where
 
 /// Tells the master, every second, that this worker's event loop runs, how many requests it
 /// served and how many connections it holds; asks once to be replaced when it reaches
-/// `limit`; finishes the heap trim a burst of closes began (`Conns::trim_again`). A task on the
+/// `limit`; finishes the heap trim a burst of closes began (`Conns::trim_again`), or trims
+/// after a smaller burst. A task on the
 /// worker's own runtime, so a handler that blocks the loop stops the heartbeat and is caught.
 async fn heartbeat(
     to_master: tokio::net::unix::OwnedWriteHalf,
@@ -329,7 +330,7 @@ async fn heartbeat(
     loop {
         tick.tick().await;
         let requests = served.get();
-        if conns.trim_again.take() {
+        if conns.trim_again.take() | conns.quieter(conn::TRIM_AT_HEARTBEAT) {
             crate::sys::trim::release_free_heap();
         }
         // A full channel means the master is behind: skip this beat rather than block.
