@@ -123,7 +123,7 @@ fn the_default_is_75_seconds() {
 }
 
 /// Waits `d` of a connection's idle time: the scenario needs the connection idle that long
-/// (past the 100 ms after which an idle connection is parked), not a sync point.
+/// (past the 10 ms after which an idle connection is parked), not a sync point.
 fn stay_idle(d: Duration) {
     let start = Instant::now();
     while start.elapsed() < d {
@@ -133,7 +133,7 @@ fn stay_idle(d: Duration) {
 
 #[test]
 fn parked_idle_connections_are_served_again_and_closed_at_once_by_a_stop() {
-    // Connections idle past 100 ms are parked (fast/mod.rs, PARK_AFTER): their next request
+    // Connections idle past 10 ms are parked (fast/mod.rs, PARK_AFTER): their next request
     // goes on in a new task, the keep-alive timeout and a stop still hold.
     let mut s = Server::start_ready(&serve_args("1", &[]));
     let mut conns: Vec<TcpStream> = (0..20)
