@@ -309,9 +309,9 @@ impl<T> Drop for Live<T> {
         if left == 0 {
             self.0.idle.notify_one();
         }
-        // And when the last connection of such a burst closes, at once: the heartbeat may
-        // come a second later. The heartbeat trims once more (`trim_again`) for what the
-        // last of them leave.
+        // Trim as a burst of closes goes on (see `quieter`), and when its last connection
+        // closes, without waiting up to a second for the heartbeat; the heartbeat trims once
+        // more (`trim_again`) for what the last of them leave.
         if self.0.quieter(TRIM_AFTER_QUIETER) || (left == 0 && self.0.trim_again.get()) {
             crate::sys::trim::release_free_heap();
             self.0.trim_again.set(true);
@@ -494,19 +494,19 @@ async fn serve_stream<I, S, B>(
     service.tls = tls;
     let first = service.first.clone();
     let read = if conns.fast_path && protocol != Protocol::Http2 {
-        let tcp_stream = (&io as &dyn std::any::Any).is::<tokio::net::TcpStream>();
-        let park = tcp_stream && tls.is_none();
+        // Only a plain TCP stream is parked (its type says so: a TLS one is not).
+        let park = (&io as &dyn std::any::Any).is::<tokio::net::TcpStream>();
         let stop = conns.stop.clone();
         match fast::serve(&mut io, &service, conns.timeouts, stop, park, resume).await {
             fast::Outcome::Closed => return,
             fast::Outcome::Handoff(read) => read,
             fast::Outcome::Idle { until, resume } => {
+                // (Only with `park`, so `io` is a TcpStream.)
                 let mut io = Some(io);
                 let io = &mut io as &mut dyn std::any::Any;
                 if let Some(stream) = io.downcast_mut::<Option<tokio::net::TcpStream>>() {
                     let stream = stream.take().expect("taken once");
-                    let conn = parked(stream, service, live, until, resume);
-                    tokio::task::spawn_local(conn);
+                    tokio::task::spawn_local(parked(stream, service, live, until, resume));
                 }
                 return;
             }

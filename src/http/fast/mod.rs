@@ -123,8 +123,8 @@ const CROWDED: usize = 1024;
 /// `stop` turns true when the worker stops: an idle connection closes at once, one that has
 /// not sent its first request gets `first_request_grace`, a request in progress is answered
 /// with `Connection: close`. With `park` (the caller can park the connection), one idle for
-/// [`PARK_AFTER`] between requests ends [`Outcome::Idle`]. `resume` says where the connection left off
-/// ([`Resume::NEW`] for a new one).
+/// [`PARK_AFTER`] between requests ends [`Outcome::Idle`]. `resume` says where the
+/// connection left off ([`Resume::NEW`] for a new one).
 pub(crate) async fn serve<I, S, B>(
     io: &mut I,
     service: &S,
