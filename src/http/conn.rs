@@ -77,6 +77,8 @@ macro_rules! http1_settings {
             // fast path).
             .half_close(true)
             .keep_alive(!$timeouts.keep_alive.is_zero())
+            // hyper's default, named: the screen keeps each read within it (`fast::screen`).
+            .max_buf_size(fast::MAX_HYPER_HEAD)
     };
 }
 

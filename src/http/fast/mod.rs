@@ -55,7 +55,7 @@ use tracing::debug;
 use self::conn::Conn;
 pub(crate) use self::parse::{parse, Parsed};
 use self::parse::{Head, MAX_HEAD};
-pub(crate) use self::screen::{Screen, Screened};
+pub(crate) use self::screen::{Screen, Screened, MAX_HYPER_HEAD};
 use crate::error::BoxError;
 use crate::http::body::Body;
 

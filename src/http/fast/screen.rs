@@ -17,6 +17,14 @@
 //! [`MAX_SCREENED`], more fields than hyper takes, a body hyper rejects, the HTTP/2 preface)
 //! ends the screening for the rest of the connection, so a request it let through is never
 //! changed: hyper's answer is then what it always was.
+//!
+//! The screen also makes hyper's head limit exact. hyper answers 431 when its buffer holds
+//! [`MAX_HYPER_HEAD`] bytes of a head not yet complete, but it parses before it checks: a head
+//! longer than the limit whose end came in the read that crossed it was served, so whether a
+//! 450 KB head got 431 or 200 depended on how the bytes were cut by the network and by the
+//! reads. The screen follows a long head to its end (as hyper finds it) and never lets a read
+//! take hyper past the limit within a head: a head up to the limit is served, a longer one
+//! gets 431, however it arrives.
 
 use std::future::Future;
 use std::io;
@@ -34,6 +42,10 @@ use super::parse::{bare_lf, host_rule, BARE_LF, H2_START, MAX_HEAD};
 /// The longest head the screen follows; a longer one and the rest of its connection are
 /// hyper's alone (hyper takes about 400 KiB of head, and answers 431 beyond).
 pub(crate) const MAX_SCREENED: usize = 64 * 1024;
+
+/// hyper's limit on a request head (its `max_buf_size`, set to this in `conn.rs`: hyper's own
+/// default): it answers 431 to a longer one.
+pub(crate) const MAX_HYPER_HEAD: usize = 8192 + 4096 * 100;
 
 /// hyper's limit on a request's header fields; it answers 431 beyond.
 const HYPER_MAX_HEADERS: usize = 100;
@@ -90,7 +102,27 @@ impl<I: AsyncRead + Unpin> AsyncRead for Screened<I> {
         let this = &mut *self;
         if this.inject.is_empty() {
             let start = buf.filled().len();
-            if Pin::new(&mut this.io).poll_read(cx, buf)?.is_pending() {
+            let polled = match this.screen.read_cap() {
+                Some(cap) if cap < buf.remaining() => {
+                    // A read that could take hyper past its head limit within a head is cut
+                    // there (a cap of 0 is not asked for: hyper answers 431 at the limit).
+                    let mut part = buf.take(cap);
+                    let polled = Pin::new(&mut this.io).poll_read(cx, &mut part);
+                    let n = part.filled().len();
+                    // SAFETY: `part` is the start of `buf`'s unfilled bytes, and its first `n`
+                    // bytes were filled by the read.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    if cap == 0 && polled.is_ready() {
+                        // Not an end of stream: nothing may be read until hyper answers.
+                        Poll::Pending
+                    } else {
+                        polled
+                    }
+                }
+                _ => Pin::new(&mut this.io).poll_read(cx, buf),
+            };
+            if polled?.is_pending() {
                 if let Some(timer) = &mut this.head_timer {
                     ready!(timer.as_mut().poll(cx));
                     debug!("no complete request head within the header-read timeout: closing");
@@ -178,6 +210,10 @@ enum State {
     Body(u64),
     /// In a chunked body.
     Chunked(Chunk),
+    /// In a head past [`MAX_SCREENED`] bytes: `len` bytes so far, followed only to find its
+    /// end as hyper does (`tail`: its last bytes) and to keep hyper within its limit. Its end
+    /// turns the screening off.
+    Long { len: usize, tail: [u8; 3] },
     /// Not screening: the rest of the connection is hyper's alone.
     Off,
 }
@@ -254,6 +290,16 @@ impl Screen {
                     self.state = chunk.next(bytes[at]).map_or(State::Off, State::Chunked);
                     at += 1;
                 }
+                State::Long { len, tail } => {
+                    let rest = &bytes[at..];
+                    if hyper_end_of_head(*tail, rest) {
+                        self.stop();
+                        break;
+                    }
+                    *len += rest.len();
+                    *tail = last_three(*tail, rest);
+                    break;
+                }
                 State::Head => match self.head_step(&bytes[at..]) {
                     HeadStep::More => break,
                     HeadStep::Done(n) => at += n,
@@ -292,7 +338,22 @@ impl Screen {
 
     /// Whether a head is partly read.
     pub(crate) fn in_head(&self) -> bool {
-        self.state == State::Head && !self.head.is_empty()
+        match self.state {
+            State::Head => !self.head.is_empty(),
+            State::Long { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The most the next read may take: a head's bytes so far and the read's stay within
+    /// [`MAX_HYPER_HEAD`]. `None` outside a head (a body, or screening off), where a read
+    /// is hyper's buffer's size and a head in it starts after its first byte.
+    pub(crate) fn read_cap(&self) -> Option<usize> {
+        match self.state {
+            State::Head => Some(MAX_HYPER_HEAD.saturating_sub(self.head.len())),
+            State::Long { len, .. } => Some(MAX_HYPER_HEAD.saturating_sub(len)),
+            _ => None,
+        }
     }
 
     fn stop(&mut self) {
@@ -335,7 +396,12 @@ impl Screen {
                 }
                 if self.head.len() > MAX_SCREENED {
                     debug!("a request head past {MAX_SCREENED} bytes: not screened");
-                    return HeadStep::Off;
+                    let head = std::mem::take(&mut self.head);
+                    self.state = State::Long {
+                        len: head.len(),
+                        tail: last_three([0; 3], &head),
+                    };
+                    return HeadStep::More;
                 }
                 HeadStep::More
             }
@@ -382,6 +448,33 @@ impl Screen {
 
 /// Whether the bytes of `head` from `from` on (with the two before) hold an end of head, an
 /// LF followed by an empty line, as hyper looks for one.
+/// Whether `new`, after a head's bytes ending in `tail`, ends the head as hyper finds an end
+/// (`proto/h1/role.rs`, `is_complete_fast`: an LF then LF, or CR LF CR LF).
+fn hyper_end_of_head(tail: [u8; 3], new: &[u8]) -> bool {
+    let mut last = tail;
+    for &b in new {
+        let ended = match b {
+            b'\n' => last[2] == b'\n' || last == *b"\r\n\r",
+            _ => false,
+        };
+        if ended {
+            return true;
+        }
+        last = [last[1], last[2], b];
+    }
+    false
+}
+
+/// The last three bytes of `tail` followed by `new`.
+fn last_three(tail: [u8; 3], new: &[u8]) -> [u8; 3] {
+    match *new {
+        [.., a, b, c] => [a, b, c],
+        [a, b] => [tail[2], a, b],
+        [a] => [tail[1], tail[2], a],
+        [] => tail,
+    }
+}
+
 fn has_end_of_head(head: &[u8], from: usize) -> bool {
     let tail = &head[from.saturating_sub(2)..];
     tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
@@ -764,6 +857,59 @@ mod tests {
                 "{}: {out:?}",
                 input.escape_ascii()
             );
+        }
+    }
+
+    #[test]
+    fn a_long_head_is_followed_to_its_end_and_reads_stay_within_hyper_s_limit() {
+        let head = |len: usize| {
+            let mut h = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+            h.resize(len - 4, b'b');
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        for (len, served) in [(MAX_HYPER_HEAD, true), (MAX_HYPER_HEAD + 1, false)] {
+            for piece in [1000, 4096, 65_536, 300_000, 1 << 20] {
+                // Reads as hyper makes them, each cut to the screen's cap.
+                let input = [head(len), GET.to_vec()].concat();
+                let mut screen = Screen::default();
+                let mut at = 0;
+                while at < input.len() {
+                    let cap = screen.read_cap().unwrap_or(usize::MAX);
+                    if cap == 0 {
+                        break;
+                    }
+                    let n = piece.min(cap).min(input.len() - at);
+                    assert_eq!(screen.feed(&input[at..at + n]), Verdict::Pass);
+                    at += n;
+                }
+                if served {
+                    // All of it went through: a head that came in one read was screened
+                    // whole, the end of one followed past MAX_SCREENED ended the screening.
+                    assert_eq!(at, input.len(), "{len} in pieces of {piece}");
+                    assert!(!screen.in_head());
+                } else {
+                    // hyper holds exactly its limit of an unfinished head: it answers 431.
+                    assert_eq!(at, MAX_HYPER_HEAD, "{len} in pieces of {piece}");
+                    assert!(screen.in_head());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hyper_s_end_of_head_is_found_across_reads() {
+        let ends = |input: &[u8]| {
+            (0..=input.len()).all(|cut| {
+                let (a, b) = input.split_at(cut);
+                hyper_end_of_head([0; 3], a) || hyper_end_of_head(last_three([0; 3], a), b)
+            })
+        };
+        for input in [&b"x\r\n\r\n"[..], b"x\n\n", b"x\r\n\n"] {
+            assert!(ends(input), "{}", input.escape_ascii());
+        }
+        for input in [&b"x\r\n\r"[..], b"x\n\r\n", b"x\r\nY: 1\r\n", b"\r\r\n"] {
+            assert!(!ends(input), "{}", input.escape_ascii());
         }
     }
 }
