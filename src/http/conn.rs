@@ -367,7 +367,7 @@ pub(super) const TRIM_AT_HEARTBEAT: usize = 64;
 pub(super) struct NoTls;
 
 #[cfg(feature = "tls")]
-pub(super) type Tls = tokio_rustls::TlsAcceptor;
+pub(super) type Tls = crate::http::tls::Acceptor;
 #[cfg(not(feature = "tls"))]
 pub(super) type Tls = NoTls;
 

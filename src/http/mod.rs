@@ -174,10 +174,10 @@ where
     }
     // Loaded in the worker as it boots, so a respawned worker serves renewed files.
     #[cfg(feature = "tls")]
-    let tls: Option<tokio_rustls::TlsAcceptor> = if cfg.tls.is_on() {
+    let tls: Option<crate::http::tls::Acceptor> = if cfg.tls.is_on() {
         let secret =
             crate::http::tickets::worker_secret(worker, cfg.tls.ticket_key_file.as_deref())?;
-        Some(cfg.tls.load(secret)?.into())
+        Some(cfg.tls.acceptor(secret)?)
     } else {
         None
     };

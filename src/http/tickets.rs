@@ -30,7 +30,7 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, NONCE_LEN};
@@ -242,7 +242,15 @@ pub(crate) struct Ticketer {
     /// The rotation period in seconds, at least 1.
     period: u64,
     random: SystemRandom,
+    /// The keys of the epochs used lately (at most [`KEYS_KEPT`]): a handshake seals two
+    /// tickets and may open one, and deriving a key (HKDF, then AES's key schedule) for each
+    /// cost more than the sealing.
+    keys: Mutex<Vec<(u64, Arc<LessSafeKey>)>>,
 }
+
+/// Keys the ticketer keeps: the current epoch's, the one before (tickets still open) and
+/// the one after (a clock at an epoch's edge).
+const KEYS_KEPT: usize = 3;
 
 impl std::fmt::Debug for Ticketer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -258,10 +266,27 @@ impl Ticketer {
             secret,
             period: period.as_secs().max(1),
             random: SystemRandom::new(),
+            keys: Mutex::new(Vec::with_capacity(KEYS_KEPT)),
         }
     }
 
-    fn key(&self, epoch: u64) -> Option<LessSafeKey> {
+    /// The key of `epoch`, derived once.
+    fn key(&self, epoch: u64) -> Option<Arc<LessSafeKey>> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, key)) = keys.iter().find(|(e, _)| *e == epoch) {
+            return Some(key.clone());
+        }
+        let key = Arc::new(self.derive(epoch)?);
+        if keys.len() >= KEYS_KEPT {
+            // Out goes the epoch farthest from this one.
+            let far = (0..keys.len()).max_by_key(|&i| keys[i].0.abs_diff(epoch))?;
+            keys.swap_remove(far);
+        }
+        keys.push((epoch, key.clone()));
+        Some(key)
+    }
+
+    fn derive(&self, epoch: u64) -> Option<LessSafeKey> {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.secret.0);
         let epoch = epoch.to_be_bytes();
         let info = [&epoch[..]];
@@ -366,6 +391,26 @@ mod tests {
         // Random nonces: the same state never seals to the same ticket.
         assert_ne!(a.seal_at(NOW, b"session state").unwrap(), sealed);
         assert_eq!(a.open_at(NOW, &a.seal_at(NOW, b"").unwrap()).unwrap(), b"");
+    }
+
+    #[test]
+    fn keys_are_kept_for_three_epochs_and_rotate_on() {
+        let t = ticketer(&[7; 32]);
+        let fresh = ticketer(&[7; 32]);
+        for epoch in 0..10 {
+            let at = NOW + epoch * HOUR;
+            let sealed = t.seal_at(at, b"state").unwrap();
+            // The same key as a ticketer that derives it anew.
+            assert_eq!(fresh.open_at(at, &sealed).unwrap(), b"state");
+            assert_eq!(t.open_at(at + HOUR, &sealed).unwrap(), b"state");
+            assert!(t.keys.lock().unwrap().len() <= KEYS_KEPT);
+        }
+        let epochs: Vec<u64> = t.keys.lock().unwrap().iter().map(|(e, _)| *e).collect();
+        let last = t.epoch(NOW + 9 * HOUR);
+        assert!(
+            epochs.contains(&last) && epochs.contains(&(last - 1)),
+            "{epochs:?}"
+        );
     }
 
     #[test]
