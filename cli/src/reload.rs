@@ -156,9 +156,11 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) -> Result<(), String> {
             http = http
                 .header_read_timeout(a.header_read_timeout.0)
                 .keep_alive_timeout(a.keep_alive_timeout.0)
-                .access_log(a.access_log.is_some())
                 .http1_fast_path(!a.no_fast_path)
                 .tls_clear();
+            // Off first: `access-log` unset turns it off, `-` sends it through tracing, a
+            // path moves the new generation to that file (the master opens it first).
+            http = crate::logs::apply_access_log(http.access_log(false), &a.access_log);
             for (cert, key) in tls {
                 http = http.tls_files(cert, key);
             }

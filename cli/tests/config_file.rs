@@ -536,6 +536,106 @@ fn hup_applies_http_settings_to_forked_workers() {
     s.stop(Duration::from_secs(10));
 }
 
+/// The access lines (`GET / HTTP/1.1` requests) in the file at `path`.
+fn access_lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("path=\"/\""))
+        .count()
+}
+
+#[test]
+fn hup_moves_the_access_log_to_the_file_named() {
+    let dir = TempDir::new("cfg-access");
+    let (first, second) = (dir.0.join("a.log"), dir.0.join("b.log"));
+    let base = "listen = \"127.0.0.1:0\"\nworkers = 1\n";
+    let cfg = ConfigFile::new(base);
+    let config = cfg.arg();
+    let mut s = start_ready(&["serve", "--config", &config], &[]);
+    let addr = s.addr();
+    let mut before = "(unset)".to_string();
+    for (generation, path) in [(2, &first), (3, &second)] {
+        cfg.write(&format!(
+            "{base}[serve]\naccess-log = \"{}\"\n",
+            path.display()
+        ));
+        s.send_signal(libc::SIGHUP);
+        s.expect_line(
+            &format!("`reloaded generation={generation}`"),
+            |l| l.starts_with(&format!("reloaded generation={generation} ")),
+            READY_TIMEOUT,
+        );
+        let said = format!(
+            "reload: access-log {before} -> {}: applies to the new generation",
+            path.display()
+        );
+        assert!(
+            s.stderr_text().contains(&said),
+            "{said}: {}",
+            s.stderr_text()
+        );
+        before = path.display().to_string();
+        // The master opened (created) the file before the new generation started.
+        assert!(path.exists(), "{} was not created", path.display());
+        // The previous generation drains away; then every request is the new worker's.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while worker_procs(&s).len() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            worker_procs(&s).len(),
+            1,
+            "the old generation did not leave"
+        );
+        let earlier = access_lines_in(&first);
+        for _ in 0..5 {
+            assert_greeting(&http_get(addr, "/").unwrap());
+        }
+        // The worker writes each line before the next request on a fresh connection is
+        // read, but poll to the deadline rather than assume it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while access_lines_in(path) < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(access_lines_in(path), 5, "{}", path.display());
+        if path == &second {
+            assert_eq!(
+                access_lines_in(&first),
+                earlier,
+                "the new generation still writes to the old file"
+            );
+        }
+        assert!(
+            !s.stderr_text().contains("forklift::access"),
+            "an access line went to stderr: {}",
+            s.stderr_text()
+        );
+    }
+    // A file the workers could not open refuses the reload: the worker serves on, to the
+    // file it has.
+    let missing = dir.0.join("missing").join("c.log");
+    cfg.write(&format!(
+        "{base}[serve]\naccess-log = \"{}\"\n",
+        missing.display()
+    ));
+    s.send_signal(libc::SIGHUP);
+    let refused = s
+        .wait_stderr_contains("refused", READY_TIMEOUT)
+        .unwrap_or_else(|| panic!("no refusal: {}", s.stderr_text()));
+    assert!(
+        refused.contains(&format!("opening the access log {}", missing.display())),
+        "{refused}"
+    );
+    assert_greeting(&http_get(addr, "/").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while access_lines_in(&second) < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(access_lines_in(&second), 6);
+    s.stop(Duration::from_secs(10));
+}
+
 #[test]
 fn a_command_table_beats_the_top_level_and_flags_come_from_the_environment() {
     let cfg = ConfigFile::new(
