@@ -412,9 +412,10 @@ fn hup_rereads_the_file() {
     let mut s = start_ready(&["serve", "--config", &config], &[]);
     let addr = s.addr();
 
-    // More workers, a new timeout, and a listen address (which needs USR2).
+    // More workers, new timeouts, and a listen address (which needs USR2).
     cfg.write(&format!(
-        "listen = \"127.0.0.1:1\"\nworkers = 3\ngraceful-timeout = 7\ncontrol = \"{control}\"\n"
+        "listen = \"127.0.0.1:1\"\nworkers = 3\ngraceful-timeout = 7\nkeep-alive-timeout = 9\n\
+         control = \"{control}\"\n"
     ));
     s.send_signal(libc::SIGHUP);
     let line = s.expect_line(
@@ -428,6 +429,12 @@ fn hup_rereads_the_file() {
     assert!(log.contains("reload: workers 1 -> 3: applies"), "{log}");
     assert!(
         log.contains("reload: graceful-timeout 30 -> 7: applies"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload: keep-alive-timeout ")
+                && l.ends_with(" -> 9: applies to the new generation")),
         "{log}"
     );
     assert!(
@@ -463,6 +470,39 @@ fn hup_rereads_the_file() {
     );
     assert!(s.stderr_text().contains("refused"), "{}", s.stderr_text());
     assert_greeting(&http_get(addr, "/").unwrap());
+    s.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn hup_in_exec_mode_leaves_the_master_files_to_an_upgrade() {
+    let dir = TempDir::new("cfg-exec");
+    let text = |name: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nworkers = 1\npid-file = \"{0}/{name}.pid\"\n\
+             error-log = \"{0}/{name}.log\"\n[serve]\nspawn = \"exec\"\n",
+            dir.0.display()
+        )
+    };
+    let cfg = ConfigFile::new(&text("a"));
+    let config = cfg.arg();
+    let mut s = start_ready(&["serve", "--config", &config], &[]);
+    cfg.write(&text("b"));
+    s.send_signal(libc::SIGHUP);
+    s.expect_line(
+        "`reloaded generation=2`",
+        |l| l.starts_with("reloaded generation=2 "),
+        READY_TIMEOUT,
+    );
+    // The master's log is the error log named at start: the pid file and the error log are
+    // the master's, which an exec-mode worker does not open; only a new master takes them.
+    let log = std::fs::read_to_string(dir.0.join("a.log")).unwrap();
+    let d = dir.0.display();
+    for (key, ext) in [("pid-file", "pid"), ("error-log", "log")] {
+        let want = format!(
+            "reload: {key} {d}/a.{ext} -> {d}/b.{ext}: not applied; it needs a binary upgrade"
+        );
+        assert!(log.contains(&want), "{want} missing: {log}");
+    }
     s.stop(Duration::from_secs(10));
 }
 
