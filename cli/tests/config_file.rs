@@ -365,6 +365,43 @@ fn check_finds_each_kind_of_bad_input_without_binding() {
         );
         assert!(out.contains("1 problem(s) found"), "{flags:?}: {out}");
     }
+    // A pid or log file in a missing directory, with the message `serve` refuses it with
+    // (`unwritable_log_and_pid_paths_fail_before_binding` in logs.rs).
+    for (flag, file, says) in [
+        ("--pid-file", "forklift.pid", "cannot write the pid file"),
+        ("--error-log", "error.log", "opening the error log"),
+        ("--access-log", "access.log", "opening the access log"),
+    ] {
+        let path = dir.0.join("missing").join(file).display().to_string();
+        let (code, out, err) = forklift(&["check", "serve", "--config", &config, flag, &path], &[]);
+        assert_eq!(code, 1, "{flag}: {out}{err}");
+        let key = flag.trim_start_matches('-');
+        let want = format!("PROBLEM  {key} {path}: {says} {path} (does its directory exist");
+        assert!(out.contains(&want), "{flag}: expected {want:?} in {out}");
+        assert!(out.contains("1 problem(s) found"), "{flag}: {out}");
+    }
+    // Writable paths are fine, and the check creates none of the files.
+    let (code, out, err) = forklift(
+        &[
+            "check",
+            "--config",
+            &config,
+            "--pid-file",
+            &dir.0.join("f.pid").display().to_string(),
+            "--error-log",
+            &dir.0.join("e.log").display().to_string(),
+            "--access-log",
+            &dir.0.join("a.log").display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for key in ["pid-file", "error-log", "access-log"] {
+        assert!(out.contains(&format!("ok       {key} ")), "{key}: {out}");
+    }
+    for file in ["f.pid", "e.log", "a.log"] {
+        assert!(!dir.0.join(file).exists(), "check created {file}");
+    }
     // run's COMMAND is looked up too.
     let (code, out, _) = forklift(
         &["check", "run", "--", "forklift-no-such-program", "x"],
