@@ -238,9 +238,15 @@ fn a_broken_file_names_the_line_and_key() {
         ),
         ("workers = 1\n[serve\n", ":2: not valid TOML"),
         (
-            "tls-cert = \"/etc/cert.pem\"\n",
-            ": with the flags and environment given: the following required arguments were \
-             not provided: --tls-key <PATH>",
+            "workers = 1\ntls-cert = \"/etc/cert.pem\"\n",
+            ":2: tls-cert: the following required arguments were not provided: --tls-key \
+             <PATH> (with the flags and environment given)",
+        ),
+        (
+            "workers = 1\n[serve]\n\ntls-ticket-key-file = \"/etc/t.key\"\n",
+            ":4: serve.tls-ticket-key-file: the following required arguments were not \
+             provided: --tls-key <PATH> --tls-cert <PATH> (with the flags and environment \
+             given)",
         ),
     ];
     for (text, expected) in cases {
