@@ -639,6 +639,11 @@ impl Prefork {
     /// ([`access_log_file`](Prefork::access_log_file) costs less than a tracing
     /// subscriber's formatting).
     ///
+    /// This and [`access_log_file`](Prefork::access_log_file) replace each other: the last
+    /// one called says where the lines go (`access_log(false)` turns the log off, file and
+    /// all). So a reload's [`http`](crate::ReloadSettings::http) edit can move the log
+    /// between a file, `tracing` and off.
+    ///
     /// ```
     /// // Lines go wherever the program's tracing subscriber sends them.
     /// let server = forklift::Prefork::new().access_log(true);
@@ -646,6 +651,7 @@ impl Prefork {
     /// ```
     pub fn access_log(mut self, on: bool) -> Self {
         self.http.access_log = on;
+        self.config.access_log_file = None;
         self
     }
 
@@ -711,7 +717,10 @@ impl Prefork {
     /// master creates the file (and each new one at a reopen) owned by the workers' user, as
     /// nginx does, so that they may open it.
     ///
-    /// `serve` opens the file once before binding, so a missing directory fails at once.
+    /// `serve` opens the file once before binding, so a missing directory fails at once. A
+    /// reload whose [`http`](crate::ReloadSettings::http) edit names another file has the
+    /// master open that one before the new generation starts (a failure refuses the reload);
+    /// the new workers write there, the old ones to the old file until they exit.
     ///
     /// ```
     /// let server = forklift::Prefork::new().access_log_file("/var/log/forklift/access.log");
@@ -868,14 +877,16 @@ impl Prefork {
 
     /// A builder holding `http` (for [`ReloadSettings::http`](crate::ReloadSettings::http)).
     pub(crate) fn with_http(http: HttpConfig) -> Prefork {
-        Prefork {
-            http,
-            ..Prefork::new()
-        }
+        let mut server = Prefork::new();
+        // The access log's file is set on the config (the master creates it for the
+        // workers); carry it both ways so a reload's edit can keep or change it.
+        server.config.access_log_file = http.access_log_file.clone();
+        Prefork { http, ..server }
     }
 
-    /// Its HTTP settings.
-    pub(crate) fn into_http(self) -> HttpConfig {
+    /// Its HTTP settings, the access log's file included.
+    pub(crate) fn into_http(mut self) -> HttpConfig {
+        self.http.access_log_file = self.config.access_log_file;
         self.http
     }
 
@@ -1014,16 +1025,7 @@ impl Prefork {
         http.access_log_file = self.config.access_log_file.clone();
         if let (Some(path), false) = (&http.access_log_file, worker::is_worker()) {
             // Fail before binding or starting anything; each worker opens it as it boots.
-            crate::sys::log_file::LogFile::open(path).map_err(|e| {
-                Error::io(
-                    format!(
-                        "opening the access log {} (does its directory exist, and may this \
-                         user write there?)",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
+            crate::master::logs::open_access_log(path, None)?;
         }
         #[cfg(feature = "tls")]
         if http.tls.is_on() && !worker::is_worker() {

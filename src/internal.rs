@@ -122,6 +122,20 @@ pub mod check {
         .check()
     }
 
+    /// Checks that the pid file can be written, as `serve` and `run` do before binding (a
+    /// temporary file beside it is created and removed); the error is theirs.
+    pub fn pid_file(path: &std::path::Path) -> crate::Result<()> {
+        crate::sys::pid_file::check(path).map_err(|e| crate::master::logs::pid_file_error(path, e))
+    }
+
+    /// Checks that a log file (`what`: "error log", "access log") can be opened for
+    /// appending, as `serve` and `run` do before binding, but without creating it; the error
+    /// is theirs.
+    pub fn log_file(what: &str, path: &std::path::Path) -> crate::Result<()> {
+        crate::sys::log_file::check(path)
+            .map_err(|e| crate::master::logs::log_file_error(what, path, e))
+    }
+
     /// Looks up the user and group workers would run as: their (uid, gid).
     pub fn credentials(
         user: Option<&str>,

@@ -2,6 +2,7 @@
 //! [`Prefork::on_reload`](crate::Prefork::on_reload) receives, to re-read a configuration file
 //! on SIGHUP as nginx and gunicorn do.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,12 +43,21 @@ pub struct ReloadSettings {
     pub max_worker_age: Option<Duration>,
     /// The HTTP settings of [`Prefork::serve`]'s workers, when serving HTTP.
     http: Option<HttpConfig>,
+    /// The access log's file, which the master opens (and creates for the workers' user):
+    /// the config's until an [`http`](ReloadSettings::http) edit changes it.
+    access_log_file: Option<PathBuf>,
+    /// The workers' (uid, gid) when they drop privileges: a new access log file is theirs.
+    credentials: Option<(u32, u32)>,
 }
 
 impl ReloadSettings {
     /// The settings `config` runs with, `workers` being the current slot count (TTIN/TTOU
-    /// included).
-    pub(crate) fn from_config(config: &Config, workers: usize) -> ReloadSettings {
+    /// included), and `credentials` the workers' user and group if they drop privileges.
+    pub(crate) fn from_config(
+        config: &Config,
+        workers: usize,
+        credentials: Option<(u32, u32)>,
+    ) -> ReloadSettings {
         ReloadSettings {
             workers,
             graceful_timeout: config.graceful_timeout,
@@ -57,6 +67,8 @@ impl ReloadSettings {
             max_worker_memory: config.max_worker_memory,
             max_worker_age: config.max_worker_age,
             http: None,
+            access_log_file: config.access_log_file.clone(),
+            credentials,
         }
     }
 
@@ -106,6 +118,7 @@ impl ReloadSettings {
         config.shutdown_delay = next.shutdown_delay;
         config.max_worker_memory = next.max_worker_memory;
         config.max_worker_age = next.max_worker_age;
+        config.access_log_file = self.access_log_file.clone();
         Ok(())
     }
 }
@@ -132,6 +145,14 @@ pub(crate) fn share_http(
         if http.tls.is_on() {
             http.tls.check()?;
         }
+        if let Some(path) = &http.access_log_file {
+            if http.access_log_file != settings.access_log_file {
+                // The new generation's workers open it as they boot: a path they could not
+                // open refuses the reload now, while the old generation serves on.
+                crate::master::logs::open_access_log(path, settings.credentials)?;
+            }
+        }
+        settings.access_log_file = http.access_log_file.clone();
         *shared.lock().unwrap_or_else(PoisonError::into_inner) = http;
         Ok(())
     }))

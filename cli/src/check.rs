@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use forklift::Prefork;
 
+use crate::logs::LogArgs;
 use crate::{say, PoolArgs, PrivilegeArgs, RunArgs, ServeArgs};
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +92,11 @@ pub fn run(args: CheckArgs) -> ExitCode {
                     crate::static_files::check_root(dir).map(drop),
                 );
             }
+            let access_log = match &s.access_log {
+                Some(Some(path)) if path.as_os_str() != "-" => Some(path.as_path()),
+                _ => None,
+            };
+            log_files(&mut report, &s.logs, access_log);
             if s.proxy_protocol {
                 report.check(
                     &format!("trusted-proxies {}", s.trusted_proxies.join(",")),
@@ -109,6 +115,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
                     .apply(p)
                     .worker_timeout((!timeout.is_zero()).then_some(timeout))
             });
+            log_files(&mut report, &r.logs, None);
             let program = r.command.first().map(Path::new);
             report.check(
                 &format!(
@@ -176,6 +183,28 @@ fn pool(
     }
     if let Some(path) = &pool.reexec_as {
         report.check(&format!("reexec-as {}", path.display()), find_program(path));
+    }
+}
+
+/// The pid file and the log files can be written, as `serve` and `run` check before binding
+/// (with the same errors), without creating them.
+fn log_files(report: &mut Report, logs: &LogArgs, access_log: Option<&Path>) {
+    if let Some(path) = &logs.pid_file {
+        report.check(
+            &format!("pid-file {}", path.display()),
+            forklift::__check::pid_file(path).map_err(|e| e.to_string()),
+        );
+    }
+    for (key, what, path) in [
+        ("error-log", "error log", logs.error_log.as_deref()),
+        ("access-log", "access log", access_log),
+    ] {
+        if let Some(path) = path {
+            report.check(
+                &format!("{key} {}", path.display()),
+                forklift::__check::log_file(what, path).map_err(|e| e.to_string()),
+            );
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! A reload (HUP, `forklift reload`) re-reads the settings: the same command line, with the
 //! environment and the configuration file as they are now. What the master can change in
 //! place (worker count, timeouts, limits, and `serve`'s HTTP settings: TLS files, access log,
-//! header timeout, request and connection limits) applies to the new generation; the log
-//! says what else changed and that it needs a binary upgrade (USR2). A file that no longer parses
-//! refuses the reload: the workers serve on with the old settings, and the error is logged
-//! and is what `forklift reload` answers.
+//! header and keep-alive timeouts, request and connection limits) applies to the new
+//! generation; the log says what else changed and that it needs a binary upgrade (USR2). A
+//! file that no longer parses refuses the reload: the workers serve on with the old
+//! settings, and the error is logged and is what `forklift reload` answers.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -29,6 +29,7 @@ const RELOADED: &[&str] = &[
 /// [`ReloadSettings::http`]).
 const HTTP_RELOADED: &[&str] = &[
     "header-read-timeout",
+    "keep-alive-timeout",
     "access-log",
     "tls-cert",
     "tls-key",
@@ -38,8 +39,8 @@ const HTTP_RELOADED: &[&str] = &[
     "no-fast-path",
 ];
 
-/// What the master holds from its start (sockets, credentials, how workers start): only a
-/// new master (USR2) takes a change.
+/// What the master holds from its start (sockets, credentials, how workers start, the pid
+/// file and the error log it opened): only a new master (USR2) takes a change.
 const MASTER_BOUND: &[&str] = &[
     "listen",
     "reuse-port",
@@ -58,6 +59,8 @@ const MASTER_BOUND: &[&str] = &[
     "ready-after",
     "prefix-output",
     "command",
+    "pid-file",
+    "error-log",
 ];
 
 type Raw = BTreeMap<String, Vec<OsString>>;
@@ -156,9 +159,11 @@ fn apply(cli: &Cli, settings: &mut ReloadSettings) -> Result<(), String> {
             http = http
                 .header_read_timeout(a.header_read_timeout.0)
                 .keep_alive_timeout(a.keep_alive_timeout.0)
-                .access_log(a.access_log.is_some())
                 .http1_fast_path(!a.no_fast_path)
                 .tls_clear();
+            // Off first: `access-log` unset turns it off, `-` sends it through tracing, a
+            // path moves the new generation to that file (the master opens it first).
+            http = crate::logs::apply_access_log(http.access_log(false), &a.access_log);
             for (cert, key) in tls {
                 http = http.tls_files(cert, key);
             }

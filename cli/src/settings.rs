@@ -38,6 +38,8 @@ struct FileSettings {
     shared: Values,
     /// `[name]` tables: for that subcommand only.
     scoped: BTreeMap<String, Values>,
+    /// The line of each key, as errors name it (`workers`, `serve.tls-cert`).
+    lines: BTreeMap<String, usize>,
 }
 
 impl FileSettings {
@@ -47,6 +49,28 @@ impl FileSettings {
             .and_then(|v| v.get(id))
             .or_else(|| self.shared.get(id))
     }
+
+    /// The key [`value`](FileSettings::value) took its value from, as errors name it, and
+    /// its line.
+    fn origin(&self, scope: &str, id: &str) -> (String, usize) {
+        let key = match self.scoped.get(scope).is_some_and(|v| v.contains_key(id)) {
+            true => format!("{scope}.{id}"),
+            false => id.to_string(),
+        };
+        let line = self.lines.get(&key).copied().unwrap_or(0);
+        (key, line)
+    }
+}
+
+/// A file value that won (no flag or variable gave its option), as the argument that would
+/// have given it.
+struct FileArg {
+    /// `run`'s COMMAND, which goes after `--`.
+    positional: bool,
+    arg: OsString,
+    /// The key and line it came from, for an error.
+    key: String,
+    line: usize,
 }
 
 /// Parses `argv` as `T` (the CLI's clap definition) with the environment, the configuration
@@ -104,30 +128,41 @@ pub fn load<T: clap::FromArgMatches + clap::CommandFactory>(
     let matches = if from_file.is_empty() {
         matches
     } else {
-        let mut with_file = argv.to_vec();
-        let at = with_file
-            .iter()
-            .position(|a| a == "--")
-            .unwrap_or(with_file.len());
-        let (flags, command): (Vec<_>, Vec<_>) = from_file
-            .into_iter()
-            .partition(|(positional, _)| !positional);
-        with_file.splice(at..at, flags.into_iter().map(|(_, a)| a));
-        if !command.is_empty() {
-            with_file.push("--".into());
-            with_file.extend(command.into_iter().map(|(_, a)| a));
-        }
+        let (flags, command): (Vec<_>, Vec<_>) = from_file.iter().partition(|f| !f.positional);
         let strict = layer(
             T::command(),
             &FileSettings::default(),
             &platform_defaults().map_err(Error::File)?,
             true,
         );
-        strict.try_get_matches_from(&with_file).map_err(|e| {
+        let parse = |flags: &[&FileArg]| {
+            let mut with_file = argv.to_vec();
+            let at = with_file
+                .iter()
+                .position(|a| a == "--")
+                .unwrap_or(with_file.len());
+            with_file.splice(at..at, flags.iter().map(|f| f.arg.clone()));
+            if !command.is_empty() {
+                with_file.push("--".into());
+                with_file.extend(command.iter().map(|f| f.arg.clone()));
+            }
+            strict.clone().try_get_matches_from(&with_file)
+        };
+        parse(&flags).map_err(|e| {
+            // Name the key that broke the rule: the first file value whose addition to the
+            // flags and environment makes the parse fail (on the error path only). If they
+            // fail alone, the file is not to blame: clap's own error.
+            if let Err(e) = parse(&[]) {
+                return Error::Clap(e);
+            }
             let shown = path.as_deref().map(Path::display);
+            let shown = shown.map(|p| p.to_string()).unwrap_or_default();
+            let at = (1..=flags.len())
+                .find(|&n| parse(&flags[..n]).is_err())
+                .map(|n| format!(":{}: {}", flags[n - 1].line, flags[n - 1].key))
+                .unwrap_or_default();
             Error::File(format!(
-                "{}: with the flags and environment given: {}",
-                shown.map(|p| p.to_string()).unwrap_or_default(),
+                "{shown}{at}: {} (with the flags and environment given)",
                 clap_message(&e)
             ))
         })?
@@ -137,8 +172,8 @@ pub fn load<T: clap::FromArgMatches + clap::CommandFactory>(
 }
 
 /// The file's values that `matches` took (no flag or variable gave the option), as the
-/// arguments that would have given them: `(positional, argument)`.
-fn file_flags(cmd: &Command, matches: &ArgMatches, file: &FileSettings) -> Vec<(bool, OsString)> {
+/// arguments that would have given them.
+fn file_flags(cmd: &Command, matches: &ArgMatches, file: &FileSettings) -> Vec<FileArg> {
     let (mut cmd, mut matches) = (cmd, matches);
     while let Some((name, sub)) = matches.subcommand() {
         match cmd.find_subcommand(name) {
@@ -158,17 +193,24 @@ fn file_flags(cmd: &Command, matches: &ArgMatches, file: &FileSettings) -> Vec<(
         {
             continue;
         }
+        let (key, line) = file.origin(scope, &key);
+        let file_arg = |positional, arg: String| FileArg {
+            positional,
+            arg: arg.into(),
+            key: key.clone(),
+            line,
+        };
         match arg.get_long() {
-            None => out.extend(values.iter().map(|v| (true, OsString::from(v)))),
+            None => out.extend(values.iter().map(|v| file_arg(true, v.clone()))),
             Some(long) if matches!(arg.get_action(), ArgAction::SetTrue) => {
                 if values.iter().any(|v| v == "true") {
-                    out.push((false, format!("--{long}").into()));
+                    out.push(file_arg(false, format!("--{long}")));
                 }
             }
             Some(long) => out.extend(
                 values
                     .iter()
-                    .map(|v| (false, format!("--{long}={v}").into())),
+                    .map(|v| file_arg(false, format!("--{long}={v}"))),
             ),
         }
     }
@@ -381,6 +423,7 @@ fn read_file(path: &Path, cmd: &Command) -> Result<FileSettings, String> {
                     file_values(inner_item, sub, arg)
                         .map_err(|e| format!("{shown}:{line}: {full}: {e}"))?,
                 );
+                settings.lines.insert(full, line);
             }
             settings.scoped.insert(key.to_string(), values);
             continue;
@@ -404,6 +447,7 @@ fn read_file(path: &Path, cmd: &Command) -> Result<FileSettings, String> {
         settings
             .shared
             .insert(key.to_string(), strings.unwrap_or_default());
+        settings.lines.insert(key.to_string(), line);
     }
     Ok(settings)
 }

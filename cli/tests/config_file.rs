@@ -238,9 +238,15 @@ fn a_broken_file_names_the_line_and_key() {
         ),
         ("workers = 1\n[serve\n", ":2: not valid TOML"),
         (
-            "tls-cert = \"/etc/cert.pem\"\n",
-            ": with the flags and environment given: the following required arguments were \
-             not provided: --tls-key <PATH>",
+            "workers = 1\ntls-cert = \"/etc/cert.pem\"\n",
+            ":2: tls-cert: the following required arguments were not provided: --tls-key \
+             <PATH> (with the flags and environment given)",
+        ),
+        (
+            "workers = 1\n[serve]\n\ntls-ticket-key-file = \"/etc/t.key\"\n",
+            ":4: serve.tls-ticket-key-file: the following required arguments were not \
+             provided: --tls-key <PATH> --tls-cert <PATH> (with the flags and environment \
+             given)",
         ),
     ];
     for (text, expected) in cases {
@@ -365,6 +371,43 @@ fn check_finds_each_kind_of_bad_input_without_binding() {
         );
         assert!(out.contains("1 problem(s) found"), "{flags:?}: {out}");
     }
+    // A pid or log file in a missing directory, with the message `serve` refuses it with
+    // (`unwritable_log_and_pid_paths_fail_before_binding` in logs.rs).
+    for (flag, file, says) in [
+        ("--pid-file", "forklift.pid", "cannot write the pid file"),
+        ("--error-log", "error.log", "opening the error log"),
+        ("--access-log", "access.log", "opening the access log"),
+    ] {
+        let path = dir.0.join("missing").join(file).display().to_string();
+        let (code, out, err) = forklift(&["check", "serve", "--config", &config, flag, &path], &[]);
+        assert_eq!(code, 1, "{flag}: {out}{err}");
+        let key = flag.trim_start_matches('-');
+        let want = format!("PROBLEM  {key} {path}: {says} {path} (does its directory exist");
+        assert!(out.contains(&want), "{flag}: expected {want:?} in {out}");
+        assert!(out.contains("1 problem(s) found"), "{flag}: {out}");
+    }
+    // Writable paths are fine, and the check creates none of the files.
+    let (code, out, err) = forklift(
+        &[
+            "check",
+            "--config",
+            &config,
+            "--pid-file",
+            &dir.0.join("f.pid").display().to_string(),
+            "--error-log",
+            &dir.0.join("e.log").display().to_string(),
+            "--access-log",
+            &dir.0.join("a.log").display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for key in ["pid-file", "error-log", "access-log"] {
+        assert!(out.contains(&format!("ok       {key} ")), "{key}: {out}");
+    }
+    for file in ["f.pid", "e.log", "a.log"] {
+        assert!(!dir.0.join(file).exists(), "check created {file}");
+    }
     // run's COMMAND is looked up too.
     let (code, out, _) = forklift(
         &["check", "run", "--", "forklift-no-such-program", "x"],
@@ -412,9 +455,10 @@ fn hup_rereads_the_file() {
     let mut s = start_ready(&["serve", "--config", &config], &[]);
     let addr = s.addr();
 
-    // More workers, a new timeout, and a listen address (which needs USR2).
+    // More workers, new timeouts, and a listen address (which needs USR2).
     cfg.write(&format!(
-        "listen = \"127.0.0.1:1\"\nworkers = 3\ngraceful-timeout = 7\ncontrol = \"{control}\"\n"
+        "listen = \"127.0.0.1:1\"\nworkers = 3\ngraceful-timeout = 7\nkeep-alive-timeout = 9\n\
+         control = \"{control}\"\n"
     ));
     s.send_signal(libc::SIGHUP);
     let line = s.expect_line(
@@ -428,6 +472,12 @@ fn hup_rereads_the_file() {
     assert!(log.contains("reload: workers 1 -> 3: applies"), "{log}");
     assert!(
         log.contains("reload: graceful-timeout 30 -> 7: applies"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload: keep-alive-timeout ")
+                && l.ends_with(" -> 9: applies to the new generation")),
         "{log}"
     );
     assert!(
@@ -463,6 +513,39 @@ fn hup_rereads_the_file() {
     );
     assert!(s.stderr_text().contains("refused"), "{}", s.stderr_text());
     assert_greeting(&http_get(addr, "/").unwrap());
+    s.stop(Duration::from_secs(10));
+}
+
+#[test]
+fn hup_in_exec_mode_leaves_the_master_files_to_an_upgrade() {
+    let dir = TempDir::new("cfg-exec");
+    let text = |name: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nworkers = 1\npid-file = \"{0}/{name}.pid\"\n\
+             error-log = \"{0}/{name}.log\"\n[serve]\nspawn = \"exec\"\n",
+            dir.0.display()
+        )
+    };
+    let cfg = ConfigFile::new(&text("a"));
+    let config = cfg.arg();
+    let mut s = start_ready(&["serve", "--config", &config], &[]);
+    cfg.write(&text("b"));
+    s.send_signal(libc::SIGHUP);
+    s.expect_line(
+        "`reloaded generation=2`",
+        |l| l.starts_with("reloaded generation=2 "),
+        READY_TIMEOUT,
+    );
+    // The master's log is the error log named at start: the pid file and the error log are
+    // the master's, which an exec-mode worker does not open; only a new master takes them.
+    let log = std::fs::read_to_string(dir.0.join("a.log")).unwrap();
+    let d = dir.0.display();
+    for (key, ext) in [("pid-file", "pid"), ("error-log", "log")] {
+        let want = format!(
+            "reload: {key} {d}/a.{ext} -> {d}/b.{ext}: not applied; it needs a binary upgrade"
+        );
+        assert!(log.contains(&want), "{want} missing: {log}");
+    }
     s.stop(Duration::from_secs(10));
 }
 
@@ -533,6 +616,106 @@ fn hup_applies_http_settings_to_forked_workers() {
         "the new generation logs each request: {}",
         s.stderr_text()
     );
+    s.stop(Duration::from_secs(10));
+}
+
+/// The access lines (`GET / HTTP/1.1` requests) in the file at `path`.
+fn access_lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("path=\"/\""))
+        .count()
+}
+
+#[test]
+fn hup_moves_the_access_log_to_the_file_named() {
+    let dir = TempDir::new("cfg-access");
+    let (first, second) = (dir.0.join("a.log"), dir.0.join("b.log"));
+    let base = "listen = \"127.0.0.1:0\"\nworkers = 1\n";
+    let cfg = ConfigFile::new(base);
+    let config = cfg.arg();
+    let mut s = start_ready(&["serve", "--config", &config], &[]);
+    let addr = s.addr();
+    let mut before = "(unset)".to_string();
+    for (generation, path) in [(2, &first), (3, &second)] {
+        cfg.write(&format!(
+            "{base}[serve]\naccess-log = \"{}\"\n",
+            path.display()
+        ));
+        s.send_signal(libc::SIGHUP);
+        s.expect_line(
+            &format!("`reloaded generation={generation}`"),
+            |l| l.starts_with(&format!("reloaded generation={generation} ")),
+            READY_TIMEOUT,
+        );
+        let said = format!(
+            "reload: access-log {before} -> {}: applies to the new generation",
+            path.display()
+        );
+        assert!(
+            s.stderr_text().contains(&said),
+            "{said}: {}",
+            s.stderr_text()
+        );
+        before = path.display().to_string();
+        // The master opened (created) the file before the new generation started.
+        assert!(path.exists(), "{} was not created", path.display());
+        // The previous generation drains away; then every request is the new worker's.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while worker_procs(&s).len() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            worker_procs(&s).len(),
+            1,
+            "the old generation did not leave"
+        );
+        let earlier = access_lines_in(&first);
+        for _ in 0..5 {
+            assert_greeting(&http_get(addr, "/").unwrap());
+        }
+        // The worker writes each line before the next request on a fresh connection is
+        // read, but poll to the deadline rather than assume it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while access_lines_in(path) < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(access_lines_in(path), 5, "{}", path.display());
+        if path == &second {
+            assert_eq!(
+                access_lines_in(&first),
+                earlier,
+                "the new generation still writes to the old file"
+            );
+        }
+        assert!(
+            !s.stderr_text().contains("forklift::access"),
+            "an access line went to stderr: {}",
+            s.stderr_text()
+        );
+    }
+    // A file the workers could not open refuses the reload: the worker serves on, to the
+    // file it has.
+    let missing = dir.0.join("missing").join("c.log");
+    cfg.write(&format!(
+        "{base}[serve]\naccess-log = \"{}\"\n",
+        missing.display()
+    ));
+    s.send_signal(libc::SIGHUP);
+    let refused = s
+        .wait_stderr_contains("refused", READY_TIMEOUT)
+        .unwrap_or_else(|| panic!("no refusal: {}", s.stderr_text()));
+    assert!(
+        refused.contains(&format!("opening the access log {}", missing.display())),
+        "{refused}"
+    );
+    assert_greeting(&http_get(addr, "/").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while access_lines_in(&second) < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(access_lines_in(&second), 6);
     s.stop(Duration::from_secs(10));
 }
 

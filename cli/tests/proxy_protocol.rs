@@ -4,7 +4,8 @@
 //! demo sees the real client (127.0.0.1 and the client's own port); headers written by hand
 //! cover what HAProxy does not send (v2 LOCAL, a header trickled byte by byte, requests
 //! pipelined behind the header) and what must be refused (an untrusted source, a malformed
-//! or missing header). The HAProxy test is skipped with a notice where `haproxy` is not
+//! or missing header), and that the access log names the client from the header, not the
+//! proxy's connection. The HAProxy test is skipped with a notice where `haproxy` is not
 //! installed (`.ci/run` installs it).
 
 mod common;
@@ -133,24 +134,57 @@ fn behind_haproxy_send_proxy_and_send_proxy_v2_the_demo_sees_the_real_client() {
     assert_eq!(stderr_count(&s, "PROXY protocol: closed"), 0);
 }
 
+/// The `client=` fields of the access log's text lines in the file at `path`.
+fn logged_clients(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|w| w.strip_prefix("client="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Polls until the access log at `path` holds `n` lines; returns their client fields.
+fn wait_logged_clients(path: &std::path::Path, n: usize) -> Vec<String> {
+    poll_until(Instant::now() + WAIT, || logged_clients(path).len() >= n);
+    logged_clients(path)
+}
+
 #[test]
 fn headers_by_hand_v1_v2_local_trickled_and_pipelined_and_refusals() {
-    let s = proxied("127.0.0.1,::1");
+    let dir = TempDir::new("proxy-access");
+    let log = dir.0.join("access.log");
+    let s = Server::start_ready(&serve_args(
+        "1",
+        &[
+            "--proxy-protocol",
+            "--trusted-proxies",
+            "127.0.0.1,::1",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    ));
     let addr = s.addr();
 
-    // v1, with two requests pipelined behind the header in the same write.
+    // v1, with two requests pipelined behind the header in the same write. The access log
+    // names the client from the header, not the proxy's connection (127.0.0.1, its port).
     let bytes = [
         b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 80\r\n".as_slice(),
         get_client(false).as_bytes(),
         get_client(true).as_bytes(),
     ]
     .concat();
-    let (answer, _) = exchange(addr, &bytes);
+    let (answer, peer) = exchange(addr, &bytes);
     assert_eq!(answer.statuses, [200, 200], "{}", answer.text);
     assert_eq!(
         client_lines(&answer.text),
         ["192.0.2.7:4242", "192.0.2.7:4242"]
     );
+    let logged = wait_logged_clients(&log, 2);
+    assert_eq!(logged, ["192.0.2.7:4242", "192.0.2.7:4242"], "not {peer}");
 
     // v2 over IPv6, the request behind it; and a request with a body (hyper's path).
     let mut addrs = [0u8; 36];
@@ -167,6 +201,7 @@ fn headers_by_hand_v1_v2_local_trickled_and_pipelined_and_refusals() {
     let (answer, _) = exchange(addr, &bytes);
     assert_eq!(answer.statuses, [200], "{}", answer.text);
     assert_eq!(client_lines(&answer.text), ["[2001:db8::5]:5000"]);
+    assert_eq!(wait_logged_clients(&log, 3)[2], "[2001:db8::5]:5000");
 
     // v2 LOCAL (the proxy's own health check): the peer's address.
     let bytes = [
@@ -177,6 +212,7 @@ fn headers_by_hand_v1_v2_local_trickled_and_pipelined_and_refusals() {
     let (answer, local) = exchange(addr, &bytes);
     assert_eq!(answer.statuses, [200], "{}", answer.text);
     assert_eq!(client_lines(&answer.text), [local.to_string()]);
+    assert_eq!(wait_logged_clients(&log, 4)[3], local.to_string());
 
     // A header and request trickled one byte per segment.
     let mut stream = TcpStream::connect(addr).unwrap();

@@ -1,8 +1,10 @@
 //! The master's log and pid files: the error log on fd 2 (opened before binding, reopened on
-//! USR1 or `reopen-logs`, each worker told to reopen its own), and the pid file (checked
-//! before binding, written once every worker serves, removed at exit while it is still this
-//! master's).
+//! USR1 or `reopen-logs`, each worker told to reopen its own), the access log's file (opened
+//! before binding and before a reload that names a new one, so the workers can open it), and
+//! the pid file (checked before binding, written once every worker serves, removed at exit
+//! while it is still this master's).
 
+use std::io;
 use std::path::Path;
 
 use tracing::{error, info, warn};
@@ -17,30 +19,48 @@ use crate::sys::{log_file, pid_file};
 /// Checks that the pid file can be written and sends stderr to the error log, if set.
 pub(super) fn open_at_start(config: &Config) -> Result<()> {
     if let Some(path) = &config.pid_file {
-        pid_file::check(path).map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot write the pid file {} (does its directory exist, and may this user \
-                     create files there?)",
-                    path.display()
-                ),
-                e,
-            )
-        })?;
+        pid_file::check(path).map_err(|e| pid_file_error(path, e))?;
     }
     if let Some(path) = &config.error_log {
-        log_file::redirect_stderr(path).map_err(|e| {
-            Error::io(
-                format!(
-                    "opening the error log {} (does its directory exist, and may this user \
-                     write there?)",
-                    path.display()
-                ),
-                e,
-            )
-        })?;
+        log_file::redirect_stderr(path).map_err(|e| log_file_error("error log", path, e))?;
     }
     Ok(())
+}
+
+/// Opens (creating) the access log's file as the workers will, so that a path they could not
+/// open fails here: before binding at start, and before the new generation starts on a
+/// reload that names a new file (the reload is refused). With workers that drop privileges
+/// (`credentials`) the file is given to their user, as at start.
+pub(crate) fn open_access_log(path: &Path, credentials: Option<(u32, u32)>) -> Result<()> {
+    let opened = match credentials {
+        Some((uid, gid)) => log_file::create_for(path, uid, gid),
+        None => log_file::LogFile::open(path).map(drop),
+    };
+    opened.map_err(|e| log_file_error("access log", path, e))
+}
+
+/// The error for a pid file that cannot be written at `path`.
+pub(crate) fn pid_file_error(path: &Path, e: io::Error) -> Error {
+    Error::io(
+        format!(
+            "cannot write the pid file {} (does its directory exist, and may this user create \
+             files there?)",
+            path.display()
+        ),
+        e,
+    )
+}
+
+/// The error for a log file (`what`: "error log", "access log") that cannot be opened at
+/// `path`.
+pub(crate) fn log_file_error(what: &str, path: &Path, e: io::Error) -> Error {
+    Error::io(
+        format!(
+            "opening the {what} {} (does its directory exist, and may this user write there?)",
+            path.display()
+        ),
+        e,
+    )
 }
 
 /// With workers that drop privileges: creates the log files the workers open (the access

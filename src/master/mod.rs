@@ -23,7 +23,7 @@ mod command;
 mod exits;
 mod guards;
 mod health;
-mod logs;
+pub(crate) mod logs;
 pub(crate) mod policy;
 mod pool;
 mod replace;

@@ -88,7 +88,8 @@ impl Master {
         let Some(hook) = &mut self.hooks.on_reload else {
             return Ok(());
         };
-        let mut settings = ReloadSettings::from_config(&self.config, self.slots.len());
+        let mut settings =
+            ReloadSettings::from_config(&self.config, self.slots.len(), self.credentials);
         hook(&mut settings).map_err(|e| format!("hook on_reload failed: {e}"))?;
         settings
             .apply_to(&mut self.config)

@@ -46,6 +46,17 @@ impl LogFile {
     }
 }
 
+/// Checks that `path` could be opened for appending, leaving nothing behind: an existing
+/// file is opened; for a missing one, a file is created beside it and removed (as the pid
+/// file's check does), which fails as the open would if the directory is missing or not
+/// writable.
+pub(crate) fn check(path: &Path) -> io::Result<()> {
+    match std::fs::OpenOptions::new().append(true).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => super::pid_file::check(path),
+        opened => opened.map(drop),
+    }
+}
+
 /// Sends this process's stderr (fd 2: tracing's output, panics, and what children inherit)
 /// to `path`, opened for appending: at start and again on each reopen.
 pub(crate) fn redirect_stderr(path: &Path) -> io::Result<()> {
@@ -111,6 +122,27 @@ mod tests {
         // SAFETY: F_GETFD on an fd the log owns.
         let flags = unsafe { libc::fcntl(log.file.as_raw_fd(), libc::F_GETFD) };
         assert_ne!(flags & libc::FD_CLOEXEC, 0, "still close-on-exec");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn check_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("forklift-log-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        check(&dir.join("new.log")).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "nothing created"
+        );
+        std::fs::write(dir.join("old.log"), "kept\n").unwrap();
+        check(&dir.join("old.log")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("old.log")).unwrap(),
+            "kept\n"
+        );
+        let missing = check(&dir.join("missing").join("a.log")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
