@@ -100,7 +100,20 @@ impl ReloadSettings {
     /// Writes them to `config` (all but `workers`, which the master scales to), or says why
     /// the master cannot run with them; `config` is unchanged then.
     pub(crate) fn apply_to(&self, config: &mut Config) -> crate::Result<()> {
-        let mut next = Config {
+        let next = self.validated()?;
+        config.graceful_timeout = next.graceful_timeout;
+        config.boot_timeout = next.boot_timeout;
+        config.worker_timeout = next.worker_timeout;
+        config.shutdown_delay = next.shutdown_delay;
+        config.max_worker_memory = next.max_worker_memory;
+        config.max_worker_age = next.max_worker_age;
+        config.access_log_file = self.access_log_file.clone();
+        Ok(())
+    }
+
+    /// The pool settings as a config, checked as `Prefork::serve` checks them.
+    fn validated(&self) -> crate::Result<Config> {
+        let next = Config {
             workers: self.workers,
             graceful_timeout: self.graceful_timeout,
             boot_timeout: self.boot_timeout,
@@ -111,15 +124,7 @@ impl ReloadSettings {
             ..Config::default()
         };
         next.validate()?;
-        next.workers = config.workers;
-        config.graceful_timeout = next.graceful_timeout;
-        config.boot_timeout = next.boot_timeout;
-        config.worker_timeout = next.worker_timeout;
-        config.shutdown_delay = next.shutdown_delay;
-        config.max_worker_memory = next.max_worker_memory;
-        config.max_worker_age = next.max_worker_age;
-        config.access_log_file = self.access_log_file.clone();
-        Ok(())
+        Ok(next)
     }
 }
 
@@ -137,6 +142,9 @@ pub(crate) fn share_http(
             .clone();
         settings.http = Some(current);
         hook(settings)?;
+        // A reload the pool settings refuse must leave the HTTP settings as they were: the
+        // workers forked later (respawns of the generation that serves on) take them.
+        settings.validated()?;
         let Some(mut http) = settings.http.take() else {
             return Ok(());
         };

@@ -719,6 +719,58 @@ fn hup_moves_the_access_log_to_the_file_named() {
     s.stop(Duration::from_secs(10));
 }
 
+/// A reload its pool settings refuse (here `max-worker-age = 0`) changes nothing, HTTP
+/// settings included: a worker respawned after it still logs to the file from before.
+#[test]
+fn a_refused_reload_leaves_the_http_settings_for_later_respawns() {
+    let dir = TempDir::new("cfg-respawn");
+    let (kept, later) = (dir.0.join("a.log"), dir.0.join("b.log"));
+    let base = "listen = \"127.0.0.1:0\"\nworkers = 1\n";
+    let cfg = ConfigFile::new(&format!(
+        "{base}[serve]\naccess-log = \"{}\"\n",
+        kept.display()
+    ));
+    let config = cfg.arg();
+    let mut s = start_ready(&["serve", "--config", &config], &[]);
+    let addr = s.addr();
+    cfg.write(&format!(
+        "{base}max-worker-age = 0\n[serve]\naccess-log = \"{}\"\n",
+        later.display()
+    ));
+    s.send_signal(libc::SIGHUP);
+    let refused = s
+        .wait_stderr_contains("refused", READY_TIMEOUT)
+        .unwrap_or_else(|| panic!("no refusal: {}", s.stderr_text()));
+    assert!(refused.contains("max_worker_age"), "{refused}");
+    // The worker that served before is killed; its respawn takes the settings as they are.
+    let old: Vec<u32> = worker_procs(&s).into_iter().collect();
+    assert_eq!(old.len(), 1);
+    unsafe { libc::kill(old[0] as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let now = worker_procs(&s);
+        if now.len() == 1 && !now.contains(&old[0]) && http_get(addr, "/").is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no respawn: {}", s.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = access_lines_in(&kept);
+    for _ in 0..3 {
+        assert_greeting(&http_get(addr, "/").unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while access_lines_in(&kept) < before + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(access_lines_in(&kept), before + 3, "{}", s.stderr_text());
+    assert!(
+        !later.exists(),
+        "the refused reload's access log was opened"
+    );
+    s.stop(Duration::from_secs(10));
+}
+
 #[test]
 fn a_command_table_beats_the_top_level_and_flags_come_from_the_environment() {
     let cfg = ConfigFile::new(
