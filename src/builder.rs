@@ -258,11 +258,12 @@ impl Prefork {
     /// How long a graceful stop (TERM, QUIT, `stop`) keeps serving before it stops accepting
     /// (default: zero). The host reports unready at once (the health port's `/readyz` answers
     /// 503, systemd hears `STOPPING=1`), and for the delay keeps accepting and serving, with
-    /// `Connection: close` on HTTP/1 responses and a GOAWAY on HTTP/2 so clients move on;
-    /// then it stops accepting, serves the connections already waiting in the accept queue,
-    /// and finishes in-flight requests within the graceful timeout. Behind Kubernetes or a
-    /// balancer with health checks, set it above the time the balancer takes to notice
-    /// (a few probe periods; 5 s for checks every second): see docs/deploying.md.
+    /// `Connection: close` on HTTP/1 responses and a GOAWAY on HTTP/2 connections (at once
+    /// on those open, after the first request on those opened during the delay) so clients
+    /// move on; then it stops accepting, serves the connections already waiting in the
+    /// accept queue, and finishes in-flight requests within the graceful timeout. Behind
+    /// Kubernetes or a balancer with health checks, set it above the time the balancer takes
+    /// to notice (a few probe periods; 5 s for checks every second): see docs/deploying.md.
     ///
     /// ```
     /// let server = forklift::Prefork::new().shutdown_delay(std::time::Duration::from_secs(5));

@@ -176,8 +176,63 @@ fn health_port_answers_livez_readyz_and_metrics_that_match_status() {
     drop(silent);
 }
 
+/// Tries of each flip. Enough for a median that one descheduled try cannot move.
+const FLIP_TRIES: usize = 20;
+
+/// Polls `/readyz` back to back (a new connection each, no pause: the master answers each
+/// before the next is sent) until it answers 503; how long after `t0` that answer came.
+fn first_503_after(health: SocketAddr, t0: Instant, within: Duration) -> Option<Duration> {
+    loop {
+        let r = http_get_timeout(health, "/readyz", within);
+        if r.is_ok_and(|r| r.status == 503) {
+            return Some(t0.elapsed());
+        }
+        if t0.elapsed() > within {
+            return None;
+        }
+    }
+}
+
+/// Asserts the issue's target, `/readyz` 503 within 10 ms of TERM or `drain`, on
+/// `FLIP_TRIES` measured flips (sorted here), and prints their spread.
+///
+/// The median must be under 10 ms and every try under 500 ms. The median is the target as
+/// a typical host sees it and holds on a loaded 2-core CI machine, where one try in a few
+/// may wait for the CPU behind other tests' processes; a slow flip fails it: one that waited
+/// for a periodic tick of even 20 ms would have a median near half the tick. "At least one
+/// try under 10 ms" would not: a 100 ms tick passes it by luck nine times in ten over 20
+/// tries. The 500 ms bound on every try catches a flip that is sometimes lost until some
+/// later event wakes the master.
+fn assert_flips_fast(what: &str, flips: &mut [Duration]) {
+    flips.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (min, median, p90, max) = (
+        flips[0],
+        flips[flips.len() / 2],
+        flips[flips.len() * 9 / 10],
+        flips[flips.len() - 1],
+    );
+    println!(
+        "/readyz 503 after {what}, {} tries: min {:.2} ms, median {:.2} ms, p90 {:.2} ms, \
+         max {:.2} ms",
+        flips.len(),
+        ms(min),
+        ms(median),
+        ms(p90),
+        ms(max)
+    );
+    assert!(
+        median < Duration::from_millis(10),
+        "/readyz turned 503 after {what} in a median of {median:?}: {flips:?}"
+    );
+    assert!(
+        max < Duration::from_millis(500),
+        "/readyz turned 503 after {what} only after {max:?}: {flips:?}"
+    );
+}
+
 #[test]
-fn drain_and_term_turn_readyz_to_503_at_once() {
+fn drain_turns_readyz_to_503_within_10_ms() {
     let sock = TempSock::new("health-drain");
     let s = Server::start_ready(&serve_args(
         "2",
@@ -190,20 +245,49 @@ fn drain_and_term_turn_readyz_to_503_at_once() {
     ));
     let health = health_addr(&s);
     readyz_becomes(health, 200, Duration::from_secs(10)).expect("ready");
-    assert_eq!(forklift_control(&sock.0, "drain").trim(), "draining");
-    let drained = readyz_becomes(health, 503, Duration::from_secs(5));
-    let r = get(health, "/readyz");
-    assert_eq!(r.status, 503);
-    assert_eq!(r.body_str(), "draining\n");
-    // The workers keep serving meanwhile.
-    assert_greeting(&http_get(s.addr(), "/").unwrap());
-    assert_eq!(forklift_control(&sock.0, "undrain").trim(), "not draining");
-    assert!(readyz_becomes(health, 200, Duration::from_secs(5)).is_some());
-    // TERM: unready at once, while the workers drain.
-    s.send_signal(libc::SIGTERM);
-    let stopping = readyz_becomes(health, 503, Duration::from_secs(5));
-    println!("/readyz 503 after drain: {drained:?}; after TERM: {stopping:?}");
-    assert!(drained.is_some() && stopping.is_some());
+    let mut flips = Vec::new();
+    for _ in 0..FLIP_TRIES {
+        // The word written on the control socket by hand, so that the clock starts as it is
+        // sent (`forklift drain` would add its own start-up) and the polling starts without
+        // waiting for the answer.
+        let mut control = std::os::unix::net::UnixStream::connect(&sock.0).unwrap();
+        let t0 = Instant::now();
+        control.write_all(b"drain\n").unwrap();
+        let flip = first_503_after(health, t0, Duration::from_secs(5));
+        flips.push(flip.unwrap_or_else(|| panic!("/readyz did not turn 503 after drain")));
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut control, &mut answer).unwrap();
+        assert_eq!(answer.trim(), "draining");
+        let r = get(health, "/readyz");
+        assert_eq!((r.status, r.body_str().as_str()), (503, "draining\n"));
+        // The workers keep serving meanwhile.
+        assert_greeting(&http_get(s.addr(), "/").unwrap());
+        assert_eq!(forklift_control(&sock.0, "undrain").trim(), "not draining");
+        assert!(readyz_becomes(health, 200, Duration::from_secs(5)).is_some());
+    }
+    assert_flips_fast("drain", &mut flips);
+}
+
+#[test]
+fn term_turns_readyz_to_503_within_10_ms() {
+    let mut flips = Vec::new();
+    for _ in 0..FLIP_TRIES {
+        // A short shutdown delay keeps the master, and its health port, up after the TERM
+        // (without one a master with idle workers may be gone before the first poll).
+        let mut s = Server::start_ready(&serve_args(
+            "1",
+            &["--health", "127.0.0.1:0", "--shutdown-delay", "0.2"],
+        ));
+        let health = health_addr(&s);
+        readyz_becomes(health, 200, Duration::from_secs(10)).expect("ready");
+        let t0 = Instant::now();
+        s.send_signal(libc::SIGTERM);
+        let flip = first_503_after(health, t0, Duration::from_secs(5));
+        flips.push(flip.unwrap_or_else(|| panic!("/readyz did not turn 503 after TERM")));
+        let st = s.wait_exit(Instant::now() + Duration::from_secs(10));
+        assert!(st.success(), "{}", describe_status(&st));
+    }
+    assert_flips_fast("TERM", &mut flips);
 }
 
 #[test]

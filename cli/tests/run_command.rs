@@ -972,3 +972,64 @@ fn ttin_ttou_with_python_workers() {
     assert_py_served_by(addr, &pool, 200);
     assert_eq!(s.spawned_pids().len(), 3, "{:?}", s.stdout_lines());
 }
+
+// ---------------------------------------------------------------------------
+// --shutdown-delay with a program forklift runs
+// ---------------------------------------------------------------------------
+
+/// With `--shutdown-delay`, a TERM turns the master's `/readyz` to 503 at once while the
+/// program goes on serving, new connections included, for the delay: the master keeps the
+/// listening socket open and sends the program its TERM only when the delay is over. (What
+/// forklift's own workers add, `Connection: close` and a GOAWAY, is the program's to do.)
+#[test]
+fn shutdown_delay_keeps_a_run_program_serving_while_unready() {
+    let delay = Duration::from_secs(3);
+    let (mut s, ready) = start_python(&[
+        "--workers",
+        "2",
+        "--ready-notify",
+        "--health",
+        "127.0.0.1:0",
+        "--shutdown-delay",
+        "3",
+    ]);
+    let addr = s.addr();
+    let health = health_addr(&s);
+    let workers = worker_map(&s, &ready);
+    assert!(
+        poll_until(Instant::now() + Duration::from_secs(10), || {
+            http_get(health, "/readyz").is_ok_and(|r| r.status == 200)
+        }),
+        "/readyz never answered 200: {}",
+        s.stderr_text()
+    );
+    let t0 = Instant::now();
+    s.send_signal(libc::SIGTERM);
+    assert!(
+        poll_until_every(
+            t0 + Duration::from_secs(1),
+            Duration::from_millis(1),
+            || { http_get(health, "/readyz").is_ok_and(|r| r.status == 503) }
+        ),
+        "/readyz did not turn 503 after TERM: {}",
+        s.stderr_text()
+    );
+    // Unready, and still serving: every worker answers new connections, none has its TERM.
+    assert_py_served_by(addr, &workers, 200);
+    assert!(
+        t0.elapsed() < delay,
+        "the checks ran past the delay ({:?})",
+        t0.elapsed()
+    );
+    for &pid in workers.keys() {
+        assert!(process_alive(pid), "worker {pid} stopped during the delay");
+    }
+    assert_eq!(http_get(health, "/readyz").unwrap().status, 503);
+    let st = s.wait_exit(t0 + Duration::from_secs(20));
+    assert!(st.success(), "{}", describe_status(&st));
+    assert!(
+        t0.elapsed() >= delay,
+        "stopped before the delay was over: {:?}",
+        t0.elapsed()
+    );
+}

@@ -1,6 +1,7 @@
 //! `--shutdown-delay SECS`: on TERM the host turns unready at once, keeps accepting and
 //! serving for SECS with `Connection: close`, then stops; and a stop serves the connections
-//! already waiting in the accept queue instead of resetting them.
+//! already waiting in the accept queue instead of resetting them. HTTP/2 connections get a
+//! GOAWAY when the delay begins.
 
 mod common;
 
@@ -8,6 +9,8 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+use hyper::body::Bytes;
 
 /// Sends `GET /` on `s` (keep-alive) and reads one response: (status, Connection header).
 fn get_on(s: &mut TcpStream) -> (u16, Option<String>) {
@@ -100,6 +103,8 @@ fn unready_then_close(extra: &[&str]) {
         ),
         "/readyz did not turn 503"
     );
+    // Only that it flips; how fast is measured and asserted in health.rs
+    // (`term_turns_readyz_to_503_within_10_ms`).
     let unready = t0.elapsed();
     // The worker hears of the delay on its channel; its next response says close.
     assert!(
@@ -170,4 +175,143 @@ fn a_stop_serves_the_connections_waiting_in_the_accept_queue() {
     let st = s.wait_exit(Instant::now() + Duration::from_secs(15));
     assert!(st.success(), "{}", describe_status(&st));
     assert_eq!(answered, 8, "queued connections must be served, not reset");
+}
+
+/// The h2 crate's client on a cleartext connection to `addr` (prior knowledge), and the task
+/// that drives the connection, which ends when the server closes it. h2's, not hyper's,
+/// client: hyper reports a request refused by a GOAWAY as "connection closed".
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// A GET on an HTTP/2 connection: its status, once the body has arrived.
+async fn h2_get(send: h2::client::SendRequest<Bytes>, path: &str) -> Result<u16, h2::Error> {
+    let req = hyper::Request::get(format!("http://x{path}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.ready().await?.send_request(req, true)?;
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(status)
+}
+
+/// Whether `e` is the client's report of a GOAWAY the server sent without an error (a
+/// graceful one: "no new streams here", not a failure).
+fn is_graceful_goaway(e: &h2::Error) -> bool {
+    e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
+}
+
+#[test]
+fn term_sends_http2_connections_a_goaway_for_the_delay() {
+    let delay = Duration::from_secs(6);
+    let mut s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--shutdown-delay",
+        "6",
+    ]);
+    let addr = s.addr();
+    // Multi-threaded, so that the client's connection tasks run while this thread polls the
+    // server's output.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (open, open_conn) = rt.block_on(h2c(addr));
+    assert_eq!(rt.block_on(h2_get(open.clone(), "/")).unwrap(), 200);
+    // A stream in flight as the delay begins: it must be answered.
+    let in_flight = rt.spawn(h2_get(open.clone(), "/sleep?ms=2000"));
+    assert!(
+        poll_until(Instant::now() + Duration::from_secs(5), || {
+            s.stderr_text().contains("sleep started")
+        }),
+        "{}",
+        s.stderr_text()
+    );
+    let t0 = Instant::now();
+    s.send_signal(libc::SIGTERM);
+    assert!(
+        poll_until(t0 + Duration::from_secs(3), || {
+            s.stderr_text()
+                .matches("draining: connections close")
+                .count()
+                == 2
+        }),
+        "{}",
+        s.stderr_text()
+    );
+    // The open connection is told GOAWAY: a new stream on it is refused, while the stream
+    // in flight still runs (so the connection is open: this is the GOAWAY, not a close).
+    let mut refused = None;
+    let told = poll_until_every(
+        t0 + Duration::from_secs(3),
+        Duration::from_millis(10),
+        || {
+            match rt.block_on(h2_get(open.clone(), "/")) {
+                Ok(status) => {
+                    // Sent before the GOAWAY arrived, so still served.
+                    assert_eq!(status, 200);
+                    false
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    true
+                }
+            }
+        },
+    );
+    assert!(told, "no GOAWAY on the open HTTP/2 connection");
+    let refused = refused.unwrap();
+    assert!(is_graceful_goaway(&refused), "refused by: {refused:?}");
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight stream ended before the GOAWAY was seen"
+    );
+    assert_eq!(
+        rt.block_on(in_flight)
+            .unwrap()
+            .expect("the in-flight stream is answered"),
+        200
+    );
+    // With its streams done, the server closes the connection, without an error.
+    let closed =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), open_conn).await });
+    assert!(
+        matches!(closed, Ok(Ok(Ok(())))),
+        "the open connection did not close cleanly: {closed:?}"
+    );
+
+    // A connection made during the delay is served, and its first request is answered
+    // before its GOAWAY; then the server closes it.
+    let (new, new_conn) = rt.block_on(h2c(addr));
+    assert_eq!(rt.block_on(h2_get(new.clone(), "/")).unwrap(), 200);
+    let closed =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), new_conn).await });
+    assert!(
+        matches!(closed, Ok(Ok(Ok(())))),
+        "the new connection was not told GOAWAY and closed: {closed:?}"
+    );
+    match rt.block_on(h2_get(new, "/")) {
+        Ok(status) => panic!("a stream after the GOAWAY was served ({status})"),
+        Err(e) => assert!(is_graceful_goaway(&e), "refused by: {e:?}"),
+    }
+    assert!(t0.elapsed() < delay, "the checks ran past the delay");
+    let st = s.wait_exit(t0 + Duration::from_secs(20));
+    assert!(st.success(), "{}", describe_status(&st));
 }

@@ -1,7 +1,9 @@
 //! SIGUSR2 binary upgrade: the master executes its binary again (the file was replaced) as a
 //! new master that inherits the listening sockets; once the new workers serve, the old master
 //! drains and exits 0. Under a background load no request fails across the upgrade. If the new
-//! binary cannot start, the old master and its workers keep serving.
+//! binary cannot start, the old master and its workers keep serving. USR2 executes the binary
+//! as invoked (a swapped `current` symlink upgrades to the new release) or `--reexec-as PATH`,
+//! which must name an executable file when the server starts.
 //!
 //! The server runs from a copy of the forklift binary in a temp dir, so the test can replace
 //! the file atomically (copy to a temporary name, rename over) as a deployment would.
@@ -559,4 +561,141 @@ fn usr2_after_a_symlink_swap_upgrades_to_the_new_release() {
         "the new master answers on the health port:\n{metrics}"
     );
     kill_pid(new_master, libc::SIGTERM);
+}
+
+// ---------------------------------------------------------------------------
+// --reexec-as PATH
+// ---------------------------------------------------------------------------
+
+/// `--reexec-as PATH`: USR2 executes PATH, not the binary the master was started from, and
+/// PATH is taken as given, its symlinks followed at the USR2 (so a `current` symlink swapped
+/// after the start upgrades to the release it points to then).
+#[test]
+fn usr2_executes_the_reexec_as_path() {
+    let dir = TempDir::new("upgrade-reexec-as");
+    let copy = |name: &str| {
+        let d = dir.0.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        install_binary(&d, None)
+    };
+    let (started, old, new) = (copy("started"), copy("a"), copy("b"));
+    let current = dir.0.join("current");
+    std::os::unix::fs::symlink(&old, &current).unwrap();
+    let mut s = Server::start_program(
+        &started,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--reexec-as",
+            current.to_str().unwrap(),
+        ],
+    );
+    s.wait_ready();
+    let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(exe_inode(s.pid), Some(inode(&started)));
+    let next = dir.0.join("current.next");
+    std::os::unix::fs::symlink(&new, &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    s.send_signal(libc::SIGUSR2);
+    let upgrading = s.expect_line(
+        "`upgrading new_master_pid=...`",
+        |l| l.starts_with("upgrading "),
+        Duration::from_secs(5),
+    );
+    let new_master: u32 = parse_hook(&upgrading).1["new_master_pid"].parse().unwrap();
+    assert_eq!(
+        exe_inode(new_master),
+        Some(inode(&new)),
+        "the new master runs what --reexec-as points to at the USR2"
+    );
+    assert!(
+        s.stderr_text().contains(&format!(
+            "new master pid {new_master} ({})",
+            current.display()
+        )),
+        "the log names the path as given:\n{}",
+        s.stderr_text()
+    );
+    let st = s.wait_exit(Instant::now() + Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "old master: {}", describe_status(&st));
+    assert!(
+        poll_until(Instant::now() + READY_TIMEOUT, || ready_lines(&s).len()
+            >= 2),
+        "the new master did not become ready: {:?}",
+        s.stdout_lines()
+    );
+    assert_greeting(&http_get(s.addr(), "/").unwrap());
+    kill_and_check_group(&mut s);
+}
+
+/// A `--reexec-as` that names no executable file is refused when the server starts (the
+/// master checks it before any worker is spawned), not left to fail at the first USR2.
+#[test]
+fn a_reexec_as_path_that_is_not_executable_fails_at_start() {
+    let dir = TempDir::new("upgrade-reexec-bad");
+    let not_executable = dir.0.join("plain-file");
+    std::fs::write(&not_executable, b"not a program\n").unwrap();
+    let missing = dir.0.join("missing").join("forklift");
+    for bad in [&missing, &not_executable] {
+        let (s, st) = run_to_exit(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--reexec-as",
+                bad.to_str().unwrap(),
+            ],
+            Duration::from_secs(10),
+        );
+        assert!(!st.success(), "{}: {}", bad.display(), describe_status(&st));
+        let err = error_line(&s).unwrap_or_else(|| panic!("no error line:\n{}", s.stderr_text()));
+        assert!(
+            err.contains(&format!(
+                "--reexec-as {}: not an executable file",
+                bad.display()
+            )),
+            "{err}"
+        );
+        assert!(s.spawned_pids().is_empty(), "{:?}", s.stdout_lines());
+    }
+}
+
+/// A `--reexec-as` binary removed after the start fails the USR2, not the server: the
+/// master logs why and keeps serving with the same workers.
+#[test]
+fn a_reexec_as_path_removed_after_the_start_fails_the_upgrade_only() {
+    let dir = TempDir::new("upgrade-reexec-gone");
+    let target = install_binary(&dir.0, None);
+    let mut s = Server::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--reexec-as",
+        target.to_str().unwrap(),
+    ]);
+    let workers: BTreeSet<u32> = s.wait_ready().into_iter().collect();
+    std::fs::remove_file(&target).unwrap();
+    s.send_signal(libc::SIGUSR2);
+    let failed = s
+        .wait_stderr_contains("binary upgrade failed", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no failure logged:\n{}", s.stderr_text()));
+    let why = format!(
+        "cannot execute {}: No such file or directory",
+        target.display()
+    );
+    assert!(failed.contains(&why), "{failed}");
+    assert!(failed.contains("this master keeps serving"), "{failed}");
+    assert!(
+        s.try_exit().is_none(),
+        "the master exited after a failed upgrade"
+    );
+    assert_served_by(&Listen::Tcp(s.addr()), &workers, SPREAD);
+    kill_and_check_group(&mut s);
 }

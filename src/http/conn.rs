@@ -244,6 +244,10 @@ pub(super) struct Conns<T> {
     pub(super) access_log: bool,
     /// Becomes true when the worker stops accepting.
     pub(super) stop: watch::Receiver<bool>,
+    /// Becomes true when the shutdown delay begins (the master's `drain` line): each HTTP/2
+    /// connection then gets a GOAWAY ([`drive`]). HTTP/1 responses read the guard's `Cell`
+    /// instead (`guard.rs`), so no HTTP/1 connection waits on this.
+    pub(super) drain: watch::Receiver<bool>,
     pub(super) live: Cell<usize>,
     /// Of those, the connections parked while idle (see [`parked`]).
     pub(super) parked: Cell<usize>,
@@ -577,6 +581,17 @@ async fn parked<S, B>(
 /// ever. On a stop, a connection whose first request has not started gets a short grace to
 /// deliver it (it may be in flight: the client connected while this worker still accepted);
 /// then hyper finishes the request in progress and closes.
+///
+/// When the shutdown delay begins (`Conns::drain`), an HTTP/2 connection gets hyper's
+/// graceful shutdown at once: a GOAWAY, so that its client opens its next streams elsewhere,
+/// while the streams it has open finish. An HTTP/2 connection accepted during the delay gets
+/// it as soon as its first request starts, and that request is answered: a GOAWAY before
+/// any request would close a connection the client opened to be served (hyper closes an
+/// HTTP/2 connection still in its handshake without a word). A connection is known to be
+/// HTTP/2 by its first request's version (`FirstRequest::h2`), whether ALPN chose h2 or a
+/// cleartext client sent the preface; HTTP/1 connections do not wait on the drain at all
+/// (their responses say `Connection: close`, `guard.rs`), and hyper's graceful shutdown of
+/// an idle HTTP/1 connection would close it under a client about to reuse it.
 async fn drive<I, S, B>(
     io: I,
     service: Started<S>,
@@ -611,9 +626,22 @@ async fn drive<I, S, B>(
         }
     }
     if !stop_requested {
+        let draining = async {
+            let mut drain = conns.drain.clone();
+            if drain.wait_for(|draining| *draining).await.is_err() {
+                // The worker is ending: its stop reaches the connection through `stop`.
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             ended = conn.as_mut() => return log_end(ended),
             _ = &mut stopping => {}
+            // Not polled, so not waiting, unless the connection is HTTP/2.
+            _ = draining, if first.h2.get() => {
+                debug!("draining: GOAWAY to an HTTP/2 connection");
+                conn.as_mut().graceful_shutdown();
+                return log_end(conn.await);
+            }
         }
     }
     if !first.started.get() {
@@ -633,10 +661,12 @@ fn log_end(ended: Result<(), BoxError>) {
     }
 }
 
-/// Whether a connection's first request has started.
+/// Whether a connection's first request has started, and whether it was an HTTP/2 one.
 #[derive(Default)]
 struct FirstRequest {
     started: Cell<bool>,
+    /// Set with `started`: the connection speaks HTTP/2, so a drain sends it a GOAWAY.
+    h2: Cell<bool>,
     notify: tokio::sync::Notify,
 }
 
@@ -661,6 +691,7 @@ where
     fn call(&self, mut req: Request<B>) -> Self::Future {
         if !self.first.started.get() {
             self.first.started.set(true);
+            self.first.h2.set(req.version() == hyper::Version::HTTP_2);
             self.first.notify.notify_one();
         }
         if let Some(client) = self.client {

@@ -198,10 +198,12 @@ where
     let (mut master, to_master) = tokio::net::UnixStream::from_std(watch_fd)?.into_split();
 
     // `stop`: connections finish what they serve and close; `until`: the accept loops end.
-    // A stop sets both. (A shutdown delay, the master's `drain`, sets `draining` instead:
-    // HTTP/1 responses close their connection while the accept loops go on.)
+    // A stop sets both. (A shutdown delay, the master's `drain`, sets `draining` and
+    // `drain_tx` instead: HTTP/1 responses close their connection and HTTP/2 connections get
+    // a GOAWAY, while the accept loops go on.)
     let (stop_tx, stop_rx) = watch::channel(false);
     let (until_tx, until_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
     let timeouts = fast::Timeouts {
         header_read: cfg.header_read_timeout,
         keep_alive: cfg.keep_alive_timeout,
@@ -217,6 +219,7 @@ where
         refusals: proxy::Refusals::default(),
         access_log: cfg.access_log,
         stop: stop_rx,
+        drain: drain_rx,
         live: Cell::new(0),
         parked: Cell::new(0),
         peak: Cell::new((0, 0)),
@@ -287,7 +290,7 @@ where
         }
         _ = quit.recv() => { info!("SIGQUIT: graceful stop"); false }
         _ = int.recv() => { info!("SIGINT: fast stop"); true }
-        _ = from_master(&mut master, &draining, &logs) => { master_died("its channel closed"); false }
+        _ = from_master(&mut master, &draining, &drain_tx, &logs) => { master_died("its channel closed"); false }
     };
     let _ = stop_tx.send(true);
     let _ = until_tx.send(true);
@@ -388,10 +391,13 @@ impl Logs {
 
 /// Reads what the master says until its end of the channel is closed (then resolves): a
 /// `drain` line starts the shutdown delay's behaviour, HTTP/1 responses closing their
-/// connection while the accept loops go on; a `reopen` line reopens the log files.
+/// connection (`draining`, read by each request) and HTTP/2 connections getting a GOAWAY
+/// (`drain`, which wakes them) while the accept loops go on; a `reopen` line reopens the
+/// log files.
 async fn from_master(
     stream: &mut tokio::net::unix::OwnedReadHalf,
     draining: &Cell<bool>,
+    drain: &watch::Sender<bool>,
     logs: &Logs,
 ) {
     let mut buf = [0u8; 64];
@@ -405,6 +411,7 @@ async fn from_master(
                     if line[..=end] == *crate::protocol::DRAIN_LINE && !draining.get() {
                         info!("draining: connections close after their current request");
                         draining.set(true);
+                        drain.send_replace(true);
                     }
                     if line[..=end] == *crate::protocol::REOPEN_LINE {
                         logs.reopen();

@@ -367,7 +367,7 @@ impl Master {
         }
         if let Some(new) = self.upgrade {
             // The new master serves: this one's workers drain as retired ones do (HTTP/1
-            // responses say Connection: close), then stop.
+            // responses say Connection: close, HTTP/2 connections get a GOAWAY), then stop.
             info!("handing over to the new master (pid {new})");
             self.hand_over_sockets();
             if self.running() && self.shutdown_at.is_none() {

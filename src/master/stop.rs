@@ -86,7 +86,8 @@ impl Master {
     }
 
     /// Starts a shutdown delay: unready at once (health port, systemd), every worker told to
-    /// close connections after their current request while it keeps accepting; the stop
+    /// close HTTP/1 connections after their current request and to send HTTP/2 ones a GOAWAY
+    /// while it keeps accepting; the stop
     /// itself begins when the delay is over (`manage`).
     pub(super) fn begin_shutdown_delay(&mut self, delay: Duration) {
         self.shutdown_at = Some(Instant::now() + delay);
