@@ -109,6 +109,18 @@ fn upgrade_wait_reports_the_new_master_or_why_it_failed() {
         "{msg}"
     );
     assert_eq!(status_json(&ctl)["master_pid"].as_u64(), Some(s.pid as u64));
+    // No binary at all: no new master starts; the answer, status and --wait say why.
+    std::fs::remove_file(&bin).unwrap();
+    let failed = forklift(&["upgrade", "--wait", "--control", ctl_str]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+    let why = format!("cannot execute {}: No such file or directory", bin.display());
+    let msg = text(&failed);
+    assert!(msg.contains("no upgrade started") && msg.contains(&why), "{msg}");
+    let st = status_json(&ctl);
+    assert_eq!(st["master_pid"].as_u64(), Some(s.pid as u64));
+    let last = &st["last_upgrade_failure"];
+    assert!(last["new_master_pid"].is_null(), "{st}");
+    assert!(last["reason"].as_str().unwrap().contains(&why), "{st}");
     // A good one: --wait returns once the new master serves.
     install_binary(&dir.0, None);
     let ok = forklift(&["upgrade", "--wait", "--control", ctl_str]);

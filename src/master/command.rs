@@ -323,13 +323,10 @@ impl Master {
                 self.scale(self.slots.len().saturating_sub(1), origin);
                 format!("workers: {}\n", self.slots.len())
             }
-            Command::Upgrade => {
-                self.start_upgrade(origin);
-                match self.upgrade {
-                    Some(pid) => format!("upgrading: new master pid {pid}\n"),
-                    None => "error: no upgrade started; see the master's log\n".into(),
-                }
-            }
+            Command::Upgrade => match self.start_upgrade(origin) {
+                Ok(pid) => format!("upgrading: new master pid {pid}\n"),
+                Err(why) => format!("error: no upgrade started: {why}\n"),
+            },
             Command::Status { json: false } => self.status(),
             Command::Status { json: true } => self.status_json(),
             Command::ReopenLogs => self.reopen_logs(origin),
@@ -435,7 +432,8 @@ impl Master {
             self.last_upgrade_failure
                 .as_ref()
                 .map_or("null".into(), |(pid, why)| format!(
-                    "{{\"new_master_pid\":{pid},\"reason\":{}}}",
+                    "{{\"new_master_pid\":{},\"reason\":{}}}",
+                    pid.map_or("null".into(), |p| p.to_string()),
                     json_string(why)
                 ))
         );

@@ -210,8 +210,9 @@ struct Master {
     upgrade_line: Option<CommandLine>,
     /// The new master a binary upgrade started, until it takes over or fails.
     upgrade: Option<u32>,
-    /// The last new master that failed before it took over, and how.
-    last_upgrade_failure: Option<(u32, String)>,
+    /// The last upgrade that failed, and how: its new master (none if it could not be
+    /// started) and the reason.
+    last_upgrade_failure: Option<(Option<u32>, String)>,
     /// How the last reload ended.
     last_reload: Option<ReloadOutcome>,
     /// The master this one replaces (a binary upgrade), retired once this one serves.

@@ -15,23 +15,34 @@ use crate::sys::listener;
 use crate::sys::process::{self, Wait};
 
 impl Master {
-    /// Starts the new master, unless one is already starting.
-    pub(super) fn start_upgrade(&mut self, origin: Origin) {
+    /// Starts the new master, unless one is already starting: the new master's pid, or why
+    /// none started. A new master that cannot be started is counted and reported as a failed
+    /// upgrade (`status`, `/metrics`, `upgrade --wait`), as one that exits before taking over.
+    pub(super) fn start_upgrade(&mut self, origin: Origin) -> Result<u32, String> {
         if !self.open_to_changes() {
-            return;
+            return Err("the master is stopping".into());
         }
         if let Some(pid) = self.upgrade {
             warn!(
                 "upgrade requested by {origin}: an upgrade (new master pid {pid}) is already \
                  under way"
             );
-            return;
+            return Ok(pid);
         }
+        match self.spawn_new_master(origin) {
+            Ok(pid) => Ok(pid),
+            Err(why) => {
+                error!("upgrade requested by {origin}: binary upgrade failed: {why}; this master keeps serving");
+                self.stats.upgrades_failed += 1;
+                self.last_upgrade_failure = Some((None, why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    fn spawn_new_master(&mut self, origin: Origin) -> Result<u32, String> {
         let Some(line) = self.upgrade_line.clone() else {
-            error!(
-                "upgrade requested by {origin}: cannot upgrade, the path of this binary is unknown"
-            );
-            return;
+            return Err("the path of this binary is unknown".into());
         };
         let mut sockets: Vec<(i32, String)> = listener::handover_list(&self.bound)
             .into_iter()
@@ -46,31 +57,23 @@ impl Master {
         // The new master's workers must open the tickets this one's issued. Closed here
         // once the new master has its copy.
         #[cfg(feature = "tls")]
-        let tickets = match crate::http::tickets::handover_pipe() {
-            Ok(pipe) => pipe,
-            Err(e) => {
-                error!("binary upgrade failed: cannot hand over the TLS ticket secret: {e}");
-                return;
-            }
-        };
+        let tickets = crate::http::tickets::handover_pipe()
+            .map_err(|e| format!("cannot hand over the TLS ticket secret: {e}"))?;
         #[cfg(feature = "tls")]
         if let Some(pipe) = &tickets {
             sockets.push((pipe.as_raw_fd(), listener::TICKETS_FD_NAME.to_string()));
         }
-        match spawn::exec::spawn_master(&line, &sockets, self.pid) {
-            Ok(pid) => {
-                info!(
-                    "upgrade requested by {origin}: new master pid {pid} ({}) starting with {} \
-                     sockets",
-                    line.program.display(),
-                    sockets.len()
-                );
-                self.upgrade = Some(pid);
-                self.stats.upgrades_started += 1;
-                self.emit(Event::UpgradeStarted { pid });
-            }
-            Err(e) => error!("binary upgrade failed: {e}; this master keeps serving"),
-        }
+        let pid =
+            spawn::exec::spawn_master(&line, &sockets, self.pid).map_err(|e| e.to_string())?;
+        info!(
+            "upgrade requested by {origin}: new master pid {pid} ({}) starting with {} sockets",
+            line.program.display(),
+            sockets.len()
+        );
+        self.upgrade = Some(pid);
+        self.stats.upgrades_started += 1;
+        self.emit(Event::UpgradeStarted { pid });
+        Ok(pid)
     }
 
     /// Reaps a new master that exited before it took over.
@@ -83,7 +86,7 @@ impl Master {
             );
             self.upgrade = None;
             self.stats.upgrades_failed += 1;
-            self.last_upgrade_failure = Some((pid, format!("the new master {status}")));
+            self.last_upgrade_failure = Some((Some(pid), format!("the new master {status}")));
             self.emit(Event::UpgradeFailed { pid, status });
         }
     }
