@@ -113,9 +113,15 @@ fn upgrade_wait_reports_the_new_master_or_why_it_failed() {
     std::fs::remove_file(&bin).unwrap();
     let failed = forklift(&["upgrade", "--wait", "--control", ctl_str]);
     assert!(!failed.status.success(), "{}", text(&failed));
-    let why = format!("cannot execute {}: No such file or directory", bin.display());
+    let why = format!(
+        "cannot execute {}: No such file or directory",
+        bin.display()
+    );
     let msg = text(&failed);
-    assert!(msg.contains("no upgrade started") && msg.contains(&why), "{msg}");
+    assert!(
+        msg.contains("no upgrade started") && msg.contains(&why),
+        "{msg}"
+    );
     let st = status_json(&ctl);
     assert_eq!(st["master_pid"].as_u64(), Some(s.pid as u64));
     let last = &st["last_upgrade_failure"];
