@@ -4,7 +4,12 @@
 //! Measured here: waiting on a shared socket through a private epoll instance registered with
 //! `EPOLLEXCLUSIVE` (nginx's cure for the thundering herd) cost more CPU per connection than
 //! it saved with 2 workers (36.7 against 33.3 µs per connection, medians of 3, oha -c 500
-//! with one connection per request), so workers use tokio's listeners directly. Registering
+//! with one connection per request), so workers use tokio's listeners directly. Nor did
+//! registering the listener itself with `EPOLLEXCLUSIVE` in tokio's epoll (the registration
+//! read from /proc/self/fdinfo and made again with the flag): with 2 workers and oha -c 500
+//! it took context switches from 0.52 to 0.46 per connection, but the accepts that find
+//! nothing stayed at 0.47 per connection (1.47 accept4 calls each): a worker busy when a
+//! connection comes still has the event recorded and tries. Registering
 //! connections for readability only, as nginx does (tokio registers for writability too, so
 //! every ACK wakes the event loop), made no measurable difference either (3 interleaved
 //! rounds each: 32.5–34.5 against 31.8–36.3 µs per connection; 6.2–7.3 against 6.3–7.3 µs
