@@ -620,6 +620,17 @@ fn hup_applies_http_settings_to_forked_workers() {
 }
 
 /// The access lines (`GET / HTTP/1.1` requests) in the file at `path`.
+/// The access lines in `path` once there are `n`, or at a 10 s deadline (each line is
+/// written before the next request on a fresh connection is read, but poll rather than
+/// assume it).
+fn access_lines_reach(path: &Path, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while access_lines_in(path) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    access_lines_in(path)
+}
+
 fn access_lines_in(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -675,13 +686,7 @@ fn hup_moves_the_access_log_to_the_file_named() {
         for _ in 0..5 {
             assert_greeting(&http_get(addr, "/").unwrap());
         }
-        // The worker writes each line before the next request on a fresh connection is
-        // read, but poll to the deadline rather than assume it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while access_lines_in(path) < 5 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(access_lines_in(path), 5, "{}", path.display());
+        assert_eq!(access_lines_reach(path, 5), 5, "{}", path.display());
         if path == &second {
             assert_eq!(
                 access_lines_in(&first),
@@ -711,11 +716,7 @@ fn hup_moves_the_access_log_to_the_file_named() {
         "{refused}"
     );
     assert_greeting(&http_get(addr, "/").unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while access_lines_in(&second) < 6 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(access_lines_in(&second), 6);
+    assert_eq!(access_lines_reach(&second, 6), 6);
     s.stop(Duration::from_secs(10));
 }
 
@@ -759,11 +760,12 @@ fn a_refused_reload_leaves_the_http_settings_for_later_respawns() {
     for _ in 0..3 {
         assert_greeting(&http_get(addr, "/").unwrap());
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while access_lines_in(&kept) < before + 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(access_lines_in(&kept), before + 3, "{}", s.stderr_text());
+    assert_eq!(
+        access_lines_reach(&kept, before + 3),
+        before + 3,
+        "{}",
+        s.stderr_text()
+    );
     assert!(
         !later.exists(),
         "the refused reload's access log was opened"

@@ -107,16 +107,7 @@ fn unready_then_close(extra: &[&str]) {
     // (`term_turns_readyz_to_503_within_10_ms`).
     let unready = t0.elapsed();
     // The worker hears of the delay on its channel; its next response says close.
-    assert!(
-        poll_until(t0 + Duration::from_secs(3), || {
-            s.stderr_text()
-                .matches("draining: connections close")
-                .count()
-                == 2
-        }),
-        "{}",
-        s.stderr_text()
-    );
+    wait_draining(&s, 2, t0 + Duration::from_secs(3));
     let (status, connection) = get_on(&mut kept);
     assert_eq!(status, 200);
     assert_eq!(
@@ -209,6 +200,21 @@ async fn h2_get(send: h2::client::SendRequest<Bytes>, path: &str) -> Result<u16,
 
 /// Whether `e` is the client's report of a GOAWAY the server sent without an error (a
 /// graceful one: "no new streams here", not a failure).
+/// Waits until `workers` workers have logged that they drain (they heard the master's
+/// `drain` line), failing at `deadline`.
+fn wait_draining(s: &Server, workers: usize, deadline: Instant) {
+    assert!(
+        poll_until(deadline, || {
+            s.stderr_text()
+                .matches("draining: connections close")
+                .count()
+                == workers
+        }),
+        "{}",
+        s.stderr_text()
+    );
+}
+
 fn is_graceful_goaway(e: &h2::Error) -> bool {
     e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
 }
@@ -246,16 +252,7 @@ fn term_sends_http2_connections_a_goaway_for_the_delay() {
     );
     let t0 = Instant::now();
     s.send_signal(libc::SIGTERM);
-    assert!(
-        poll_until(t0 + Duration::from_secs(3), || {
-            s.stderr_text()
-                .matches("draining: connections close")
-                .count()
-                == 2
-        }),
-        "{}",
-        s.stderr_text()
-    );
+    wait_draining(&s, 2, t0 + Duration::from_secs(3));
     // The open connection is told GOAWAY: a new stream on it is refused, while the stream
     // in flight still runs (so the connection is open: this is the GOAWAY, not a close).
     let mut refused = None;

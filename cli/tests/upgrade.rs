@@ -175,16 +175,7 @@ fn upgrade_under_load(extra: &[&str]) {
     assert_ne!(old_inode, new_inode, "the replacement must be a new file");
     let before_upgrade = load.ok();
     let t0 = Instant::now();
-    s.send_signal(libc::SIGUSR2);
-
-    let upgrading = s.expect_line(
-        "`upgrading new_master_pid=...`",
-        |l| l.starts_with("upgrading "),
-        Duration::from_secs(5),
-    );
-    let new_master = parse_hook(&upgrading).1["new_master_pid"]
-        .parse::<u32>()
-        .unwrap_or_else(|_| panic!("bad new_master_pid in {upgrading:?}"));
+    let new_master = usr2_new_master(&mut s);
     assert_ne!(new_master, s.pid);
 
     // the new master announces its listener, its workers and its readiness
@@ -342,6 +333,19 @@ fn upgrade_under_load(extra: &[&str]) {
     drop(dir);
 }
 
+/// Sends USR2 and returns the pid of the new master the old one reports starting.
+fn usr2_new_master(s: &mut Server) -> u32 {
+    s.send_signal(libc::SIGUSR2);
+    let upgrading = s.expect_line(
+        "`upgrading new_master_pid=...`",
+        |l| l.starts_with("upgrading "),
+        Duration::from_secs(5),
+    );
+    parse_hook(&upgrading).1["new_master_pid"]
+        .parse()
+        .unwrap_or_else(|_| panic!("bad new_master_pid in {upgrading:?}"))
+}
+
 #[test]
 fn usr2_upgrade_under_load() {
     upgrade_under_load(&[]);
@@ -371,15 +375,7 @@ fn usr2_upgrade_failure_keeps_old_master() {
     assert_served_by(&target, &old, SPREAD);
 
     install_binary(&dir.0, Some(BROKEN.as_bytes()));
-    s.send_signal(libc::SIGUSR2);
-    let upgrading = s.expect_line(
-        "`upgrading new_master_pid=...`",
-        |l| l.starts_with("upgrading "),
-        Duration::from_secs(5),
-    );
-    let new_master: u32 = parse_hook(&upgrading).1["new_master_pid"]
-        .parse()
-        .unwrap_or_else(|_| panic!("bad new_master_pid in {upgrading:?}"));
+    let new_master = usr2_new_master(&mut s);
     let failed = s.expect_line(
         "`upgrade failed ...`",
         |l| l.starts_with("upgrade failed "),
@@ -467,13 +463,7 @@ fn usr2_upgrade_hands_over_the_control_socket() {
     s.wait_ready();
     let old_master = s.pid;
     install_binary(&dir.0, None);
-    s.send_signal(libc::SIGUSR2);
-    let upgrading = s.expect_line(
-        "`upgrading new_master_pid=...`",
-        |l| l.starts_with("upgrading "),
-        Duration::from_secs(5),
-    );
-    let new_master: u32 = parse_hook(&upgrading).1["new_master_pid"].parse().unwrap();
+    let new_master = usr2_new_master(&mut s);
     let status = s.wait_exit(Instant::now() + Duration::from_secs(10));
     assert_eq!(
         status.code(),
@@ -535,13 +525,7 @@ fn usr2_after_a_symlink_swap_upgrades_to_the_new_release() {
     let next = dir.0.join("current.next");
     std::os::unix::fs::symlink(new.parent().unwrap(), &next).unwrap();
     std::fs::rename(&next, &current).unwrap();
-    s.send_signal(libc::SIGUSR2);
-    let upgrading = s.expect_line(
-        "`upgrading new_master_pid=...`",
-        |l| l.starts_with("upgrading "),
-        Duration::from_secs(5),
-    );
-    let new_master: u32 = parse_hook(&upgrading).1["new_master_pid"].parse().unwrap();
+    let new_master = usr2_new_master(&mut s);
     assert_eq!(
         exe_inode(new_master),
         Some(inode(&new)),
@@ -599,13 +583,7 @@ fn usr2_executes_the_reexec_as_path() {
     let next = dir.0.join("current.next");
     std::os::unix::fs::symlink(&new, &next).unwrap();
     std::fs::rename(&next, &current).unwrap();
-    s.send_signal(libc::SIGUSR2);
-    let upgrading = s.expect_line(
-        "`upgrading new_master_pid=...`",
-        |l| l.starts_with("upgrading "),
-        Duration::from_secs(5),
-    );
-    let new_master: u32 = parse_hook(&upgrading).1["new_master_pid"].parse().unwrap();
+    let new_master = usr2_new_master(&mut s);
     assert_eq!(
         exe_inode(new_master),
         Some(inode(&new)),

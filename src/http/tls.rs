@@ -101,7 +101,8 @@ impl Acceptor {
     {
         let start =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
-        let config = match aes_gcm_first(start.client_hello().cipher_suites()) {
+        let ours = &self.client_order.crypto_provider().cipher_suites;
+        let config = match aes_gcm_first(start.client_hello().cipher_suites(), ours) {
             true => &self.aes_first,
             false => &self.client_order,
         };
@@ -118,9 +119,8 @@ impl Acceptor {
 /// A TLS connection a worker accepted.
 pub(crate) type TlsStream<IO> = tokio_rustls::server::TlsStream<IO>;
 
-/// Whether the first of `offered` that forklift supports is an AES-GCM suite.
-fn aes_gcm_first(offered: &[rustls::CipherSuite]) -> bool {
-    let ours = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES;
+/// Whether the first of `offered` that is one of `ours` is an AES-GCM suite.
+fn aes_gcm_first(offered: &[rustls::CipherSuite], ours: &[rustls::SupportedCipherSuite]) -> bool {
     offered
         .iter()
         .find(|&&s| ours.iter().any(|o| o.suite() == s))

@@ -200,8 +200,7 @@ impl Entry {
     /// Its replacement serves already, so first it drains for [`RETIRE_DRAIN`]: its HTTP/1
     /// responses say `Connection: close` and its HTTP/2 connections get a GOAWAY, so its
     /// clients move on by themselves, instead of racing the close of an idle keep-alive
-    /// connection at the TERM (sent by
-    /// [`Master::term_retired`]).
+    /// connection at the TERM (sent by [`Master::term_retired`]).
     pub(super) fn retire(&mut self, why: &str, now: Instant) {
         if self.mark_stopping() {
             debug!(
@@ -215,8 +214,7 @@ impl Entry {
 
     /// Tells it that the shutdown delay has begun (a `drain` line on its channel): it closes
     /// HTTP/1 connections after their current request, sends HTTP/2 ones a GOAWAY, and keeps
-    /// accepting. Best effort: a full or
-    /// closed channel means it is busy or going.
+    /// accepting. Best effort: a full or closed channel means it is busy or going.
     pub(super) fn tell_drain(&mut self) {
         if let Some(channel) = &mut self.channel {
             use std::io::Write as _;

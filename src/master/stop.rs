@@ -87,8 +87,7 @@ impl Master {
 
     /// Starts a shutdown delay: unready at once (health port, systemd), every worker told to
     /// close HTTP/1 connections after their current request and to send HTTP/2 ones a GOAWAY
-    /// while it keeps accepting; the stop
-    /// itself begins when the delay is over (`manage`).
+    /// while it keeps accepting; the stop itself begins when the delay is over (`manage`).
     pub(super) fn begin_shutdown_delay(&mut self, delay: Duration) {
         self.shutdown_at = Some(Instant::now() + delay);
         if let Some(n) = &self.notifier {

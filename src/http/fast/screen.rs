@@ -446,8 +446,6 @@ impl Screen {
     }
 }
 
-/// Whether the bytes of `head` from `from` on (with the two before) hold an end of head, an
-/// LF followed by an empty line, as hyper looks for one.
 /// Whether `new`, after a head's bytes ending in `tail`, ends the head as hyper finds an end
 /// (`proto/h1/role.rs`, `is_complete_fast`: an LF then LF, or CR LF CR LF).
 fn hyper_end_of_head(tail: [u8; 3], new: &[u8]) -> bool {
@@ -475,6 +473,9 @@ fn last_three(tail: [u8; 3], new: &[u8]) -> [u8; 3] {
     }
 }
 
+/// Whether the bytes of `head` from `from` on (with the two before) hold an end of head, an
+/// LF followed by an empty line: a little more than hyper's rule ([`hyper_end_of_head`]
+/// also wants the CR before a CRLF empty line), enough to know when parsing may complete.
 fn has_end_of_head(head: &[u8], from: usize) -> bool {
     let tail = &head[from.saturating_sub(2)..];
     tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
