@@ -1039,7 +1039,7 @@ impl Prefork {
         let on_death = self.hooks.on_master_death.clone();
         // A reload may change the HTTP settings; fork-mode workers read them as they start.
         let http = Arc::new(std::sync::Mutex::new(http));
-        self.hooks.on_reload =
+        (self.hooks.on_reload, self.hooks.revert_reload) =
             crate::reload_settings::share_http(self.hooks.on_reload.take(), http.clone());
         self.run(move |worker| {
             let http = http

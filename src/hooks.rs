@@ -125,6 +125,9 @@ type EventHook = Box<dyn FnMut(&Event) + Send>;
 pub(crate) type ReloadHook =
     Box<dyn FnMut(&mut crate::reload_settings::ReloadSettings) -> Result<(), BoxError> + Send>;
 pub(crate) type DeathHook = Arc<dyn Fn() + Send + Sync>;
+/// Puts back the HTTP settings a reload's `on_reload` hook replaced, when that reload is given
+/// up (see `reload_settings::share_http`).
+pub(crate) type RevertHook = Box<dyn FnMut() + Send>;
 
 /// The hooks a [`Prefork`](crate::Prefork) was given.
 #[derive(Default)]
@@ -136,6 +139,7 @@ pub(crate) struct Hooks {
     pub on_event: Option<EventHook>,
     pub on_master_death: Option<DeathHook>,
     pub on_reload: Option<ReloadHook>,
+    pub revert_reload: Option<RevertHook>,
 }
 
 impl fmt::Debug for Hooks {
@@ -148,6 +152,7 @@ impl fmt::Debug for Hooks {
             .field("on_event", &self.on_event.is_some())
             .field("on_master_death", &self.on_master_death.is_some())
             .field("on_reload", &self.on_reload.is_some())
+            .field("revert_reload", &self.revert_reload.is_some())
             .finish()
     }
 }

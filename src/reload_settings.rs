@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::hooks::ReloadHook;
+use crate::hooks::{ReloadHook, RevertHook};
 use crate::http::HttpConfig;
 use crate::Prefork;
 
@@ -129,17 +129,21 @@ impl ReloadSettings {
 }
 
 /// Wraps `hook` so that the HTTP settings it changes (see [`ReloadSettings::http`]) are the
-/// ones `shared` hands each worker [`Prefork::serve`] forks from then on.
+/// ones `shared` hands each worker [`Prefork::serve`] forks from then on. Also returns what
+/// puts back the settings the last call replaced: the master calls it when the new generation
+/// cannot boot, so that the generation serving on respawns its workers with its own settings.
 pub(crate) fn share_http(
     hook: Option<ReloadHook>,
     shared: Arc<Mutex<HttpConfig>>,
-) -> Option<ReloadHook> {
-    let mut hook = hook?;
-    Some(Box::new(move |settings: &mut ReloadSettings| {
-        let current = shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+) -> (Option<ReloadHook>, Option<RevertHook>) {
+    let Some(mut hook) = hook else {
+        return (None, None);
+    };
+    let before: Arc<Mutex<Option<HttpConfig>>> = Arc::default();
+    let (replaced, serving) = (before.clone(), shared.clone());
+    let wrapped: ReloadHook = Box::new(move |settings: &mut ReloadSettings| {
+        let current = lock(&shared).clone();
+        *lock(&replaced) = None;
         settings.http = Some(current);
         hook(settings)?;
         // A reload the pool settings refuse must leave the HTTP settings as they were: the
@@ -161,7 +165,17 @@ pub(crate) fn share_http(
             }
         }
         settings.access_log_file = http.access_log_file.clone();
-        *shared.lock().unwrap_or_else(PoisonError::into_inner) = http;
+        *lock(&replaced) = Some(std::mem::replace(&mut *lock(&shared), http));
         Ok(())
-    }))
+    });
+    let revert: RevertHook = Box::new(move || {
+        if let Some(http) = lock(&before).take() {
+            *lock(&serving) = http;
+        }
+    });
+    (Some(wrapped), Some(revert))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -773,6 +773,71 @@ fn a_refused_reload_leaves_the_http_settings_for_later_respawns() {
     s.stop(Duration::from_secs(10));
 }
 
+/// A reload whose new generation cannot boot is given up, and the generation that serves on
+/// keeps its HTTP settings: a worker of it respawned afterwards logs to the file from before,
+/// not to the one the failed reload named.
+#[test]
+fn a_reload_given_up_leaves_the_http_settings_for_later_respawns() {
+    let dir = TempDir::new("cfg-given-up");
+    let (kept, later) = (dir.0.join("a.log"), dir.0.join("b.log"));
+    let fault = dir.0.join("fault");
+    let fault = fault.to_str().unwrap();
+    let base = "listen = \"127.0.0.1:0\"\nworkers = 1\n";
+    let cfg = ConfigFile::new(&format!(
+        "{base}[serve]\naccess-log = \"{}\"\n",
+        kept.display()
+    ));
+    let config = cfg.arg();
+    let args = [
+        "serve",
+        "--config",
+        &config,
+        "--fault",
+        "boot-panic-if-file",
+        "--fault-file",
+        fault,
+    ];
+    let mut s = start_ready(&args, &[]);
+    let addr = s.addr();
+    cfg.write(&format!(
+        "{base}[serve]\naccess-log = \"{}\"\n",
+        later.display()
+    ));
+    std::fs::write(fault, b"fail\n").unwrap();
+    s.send_signal(libc::SIGHUP);
+    s.wait_stderr_contains("reload to generation 2 failed", READY_TIMEOUT)
+        .unwrap_or_else(|| panic!("the reload was not given up: {}", s.stderr_text()));
+    std::fs::remove_file(fault).unwrap();
+    // The worker that served before is killed; its respawn takes the settings as they are.
+    let old: Vec<u32> = worker_procs(&s).into_iter().collect();
+    assert_eq!(old.len(), 1);
+    unsafe { libc::kill(old[0] as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let now = worker_procs(&s);
+        if now.len() == 1 && !now.contains(&old[0]) && http_get(addr, "/").is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no respawn: {}", s.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = access_lines_in(&kept);
+    for _ in 0..3 {
+        assert_greeting(&http_get(addr, "/").unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while access_lines_in(&kept) < before + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(access_lines_in(&kept), before + 3, "{}", s.stderr_text());
+    assert_eq!(
+        access_lines_in(&later),
+        0,
+        "the old generation's respawn logged to the given-up reload's file"
+    );
+    s.stop(Duration::from_secs(10));
+}
+
 #[test]
 fn a_command_table_beats_the_top_level_and_flags_come_from_the_environment() {
     let cfg = ConfigFile::new(

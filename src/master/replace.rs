@@ -21,6 +21,8 @@ use crate::sys::{listener, process};
 /// new worker is ready.
 pub(super) struct Reload {
     pub(super) previous: u64,
+    /// The settings the previous generation runs with: put back if this reload is given up.
+    pub(super) before: ReloadSettings,
 }
 
 /// How the last reload ended, for `status-json` (and `forklift reload --wait`).
@@ -44,6 +46,7 @@ impl Master {
             self.reload_queued = Some(origin);
             return Ok(());
         }
+        let before = ReloadSettings::from_config(&self.config, self.slots.len(), self.credentials);
         if let Err(reason) = self.reread_settings(origin) {
             error!(
                 "reload requested by {origin} refused: {reason}; the workers serve on unchanged"
@@ -66,7 +69,7 @@ impl Master {
             self.generation,
             self.slots.len()
         );
-        self.reload = Some(Reload { previous });
+        self.reload = Some(Reload { previous, before });
         self.stats.reloads_started += 1;
         if let Some(n) = &self.notifier {
             n.reloading();
@@ -122,6 +125,14 @@ impl Master {
             }
         }
         self.generation = reload.previous;
+        // The generation that serves on keeps its settings, for its respawns too (the worker
+        // count excepted: scaling already happened).
+        if let Err(e) = reload.before.apply_to(&mut self.config) {
+            warn!("the settings from before the reload could not be put back: {e}");
+        }
+        if let Some(revert) = &mut self.hooks.revert_reload {
+            revert();
+        }
         for slot in &mut self.slots {
             slot.respawn_at = None;
         }
