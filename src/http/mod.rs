@@ -409,7 +409,10 @@ async fn from_master(
                 line.extend_from_slice(&buf[..n]);
                 while let Some(end) = line.iter().position(|&b| b == b'\n') {
                     if line[..=end] == *crate::protocol::DRAIN_LINE && !draining.get() {
-                        info!("draining: connections close after their current request");
+                        info!(
+                            "draining: connections close after their current request \
+                             (HTTP/1: Connection: close; HTTP/2: GOAWAY)"
+                        );
                         draining.set(true);
                         drain.send_replace(true);
                     }

@@ -247,6 +247,58 @@ Anonymous:             0 kB
     #[cfg(target_os = "linux")]
     #[test]
     fn releasing_shrinks_this_process_and_it_keeps_running() {
+        use std::os::fd::AsRawFd;
+        // A file mapping no other process has. This test binary's own code will not do: under
+        // nextest the other tests of the binary run in processes of their own at the same
+        // time, and MADV_PAGEOUT (the advice for a process with threads, as a test is) skips
+        // pages that other processes map. The file is on the build's disk, next to this binary
+        // (a tmpfs file's pages could only go to swap), and synced, so its pages are clean.
+        const LEN: usize = 64 * 4096;
+        let exe = std::env::current_exe().unwrap();
+        let path = exe.with_file_name(format!("trim-test-{}", std::process::id()));
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _remove = Remove(path.clone());
+        std::fs::write(&path, vec![7u8; LEN]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: a read-only private mapping of a file this test owns, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            base,
+            libc::MAP_FAILED,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: every offset read is inside the mapping of LEN bytes.
+        let touch = || -> u64 {
+            (0..LEN)
+                .step_by(4096)
+                .map(|i| unsafe { *base.cast::<u8>().add(i) } as u64)
+                .sum()
+        };
+        assert_eq!(touch(), 7 * 64);
+        let resident = || {
+            candidates(&std::fs::read_to_string("/proc/self/smaps").unwrap())
+                .iter()
+                .find(|m| m.start == base as usize)
+                .map_or(0, |m| m.rss)
+        };
+        let before = resident();
+        assert!(before > 0, "the mapping's pages were not resident");
         let trimmed = match release_startup_pages() {
             Ok(t) => t,
             // A kernel older than 5.4 has no MADV_PAGEOUT: nothing to check.
@@ -254,12 +306,14 @@ Anonymous:             0 kB
             Err(e) => panic!("release_startup_pages: {e}"),
         };
         assert!(trimmed.mappings > 0, "{trimmed:?}");
-        // Tests run on threads (the harness's, or nextest's one process per test with the
-        // main thread waiting): either advice applies, and this test binary's own code pages
-        // are mapped by no other process, so some must go.
-        assert!(trimmed.after < trimmed.before, "{trimmed:?}");
-        // The code that was paged out comes back when it runs again.
-        let again = candidates(&std::fs::read_to_string("/proc/self/smaps").unwrap());
-        assert!(!again.is_empty());
+        let after = resident();
+        assert!(
+            after < before,
+            "{before} -> {after} bytes resident; {trimmed:?}"
+        );
+        // The pages that went come back, unchanged, when they are read again.
+        assert_eq!(touch(), 7 * 64);
+        // SAFETY: the mapping made above, not used after this.
+        unsafe { libc::munmap(base, LEN) };
     }
 }
