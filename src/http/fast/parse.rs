@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::http::body::Body;
@@ -139,23 +139,27 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         (len, method, path, version, count, keep_alive, te_trailers)
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut req = Request::new(Body::empty());
+    let headers = req.headers_mut();
+    headers.reserve(count);
     for &(ns, ne, vs, ve) in &offsets[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize]);
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize));
-        let (Ok(name), Ok(value)) = (name, value) else {
+        let Ok(name) = HeaderName::from_bytes(&head[ns as usize..ne as usize]) else {
             return Parsed::Rejected(head);
+        };
+        // SAFETY: httparse took these bytes as a field value: HTAB, SP, visible ASCII and
+        // obs-text (0x80-0xFF), which are the bytes a HeaderValue may hold. hyper builds its
+        // values from httparse's the same way.
+        let value = unsafe {
+            HeaderValue::from_maybe_shared_unchecked(head.slice(vs as usize..ve as usize))
         };
         headers.append(name, value);
     }
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0 as usize..path.1 as usize)) else {
         return Parsed::Rejected(head);
     };
-    let mut req = Request::new(Body::empty());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
-    *req.headers_mut() = headers;
     Parsed::Complete(Head {
         req,
         keep_alive,
