@@ -498,6 +498,37 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 
+    /// A head that trickles in keeps waking the connection with reads, each before the timer
+    /// is due: the header-read timeout still ends it (for a first request, counted from the
+    /// connection's start).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_trickled_head_is_closed_at_the_header_read_timeout() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        let timeouts = Timeouts {
+            header_read: Duration::from_secs(3),
+            keep_alive: Duration::from_secs(75),
+            first_request_grace: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        let trickle = async {
+            for &b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if client.write_all(&[b]).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let service = hyper::service::service_fn(answer);
+        let outcome = tokio::select! {
+            outcome = serve(&mut server, &service, timeouts, stop, false, Resume::NEW) => outcome,
+            _ = trickle => unreachable!(),
+        };
+        assert!(matches!(outcome, Outcome::Closed));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
     /// Serves one request on a fresh connection, then (if `late` is given) sends these
     /// bytes after this many seconds: how long until the connection ended, and what the
     /// client got.
