@@ -720,6 +720,34 @@ fn hup_moves_the_access_log_to_the_file_named() {
     s.stop(Duration::from_secs(10));
 }
 
+/// Kills the server's one worker, waits for its respawn to serve, and checks that the
+/// respawn logs its requests to `log`: the settings a respawn takes.
+fn respawn_logs_to(s: &Server, log: &Path) {
+    let addr = s.addr();
+    let old: Vec<u32> = worker_procs(s).into_iter().collect();
+    assert_eq!(old.len(), 1);
+    unsafe { libc::kill(old[0] as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let now = worker_procs(s);
+        if now.len() == 1 && !now.contains(&old[0]) && http_get(addr, "/").is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no respawn: {}", s.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = access_lines_in(log);
+    for _ in 0..3 {
+        assert_greeting(&http_get(addr, "/").unwrap());
+    }
+    assert_eq!(
+        access_lines_reach(log, before + 3),
+        before + 3,
+        "{}",
+        s.stderr_text()
+    );
+}
+
 /// A reload its pool settings refuse (here `max-worker-age = 0`) changes nothing, HTTP
 /// settings included: a worker respawned after it still logs to the file from before.
 #[test]
@@ -733,7 +761,6 @@ fn a_refused_reload_leaves_the_http_settings_for_later_respawns() {
     ));
     let config = cfg.arg();
     let mut s = start_ready(&["serve", "--config", &config], &[]);
-    let addr = s.addr();
     cfg.write(&format!(
         "{base}max-worker-age = 0\n[serve]\naccess-log = \"{}\"\n",
         later.display()
@@ -743,29 +770,7 @@ fn a_refused_reload_leaves_the_http_settings_for_later_respawns() {
         .wait_stderr_contains("refused", READY_TIMEOUT)
         .unwrap_or_else(|| panic!("no refusal: {}", s.stderr_text()));
     assert!(refused.contains("max_worker_age"), "{refused}");
-    // The worker that served before is killed; its respawn takes the settings as they are.
-    let old: Vec<u32> = worker_procs(&s).into_iter().collect();
-    assert_eq!(old.len(), 1);
-    unsafe { libc::kill(old[0] as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let now = worker_procs(&s);
-        if now.len() == 1 && !now.contains(&old[0]) && http_get(addr, "/").is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no respawn: {}", s.stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let before = access_lines_in(&kept);
-    for _ in 0..3 {
-        assert_greeting(&http_get(addr, "/").unwrap());
-    }
-    assert_eq!(
-        access_lines_reach(&kept, before + 3),
-        before + 3,
-        "{}",
-        s.stderr_text()
-    );
+    respawn_logs_to(&s, &kept);
     assert!(
         !later.exists(),
         "the refused reload's access log was opened"
@@ -798,7 +803,6 @@ fn a_reload_given_up_leaves_the_http_settings_for_later_respawns() {
         fault,
     ];
     let mut s = start_ready(&args, &[]);
-    let addr = s.addr();
     cfg.write(&format!(
         "{base}[serve]\naccess-log = \"{}\"\n",
         later.display()
@@ -808,28 +812,7 @@ fn a_reload_given_up_leaves_the_http_settings_for_later_respawns() {
     s.wait_stderr_contains("reload to generation 2 failed", READY_TIMEOUT)
         .unwrap_or_else(|| panic!("the reload was not given up: {}", s.stderr_text()));
     std::fs::remove_file(fault).unwrap();
-    // The worker that served before is killed; its respawn takes the settings as they are.
-    let old: Vec<u32> = worker_procs(&s).into_iter().collect();
-    assert_eq!(old.len(), 1);
-    unsafe { libc::kill(old[0] as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let now = worker_procs(&s);
-        if now.len() == 1 && !now.contains(&old[0]) && http_get(addr, "/").is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no respawn: {}", s.stderr_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let before = access_lines_in(&kept);
-    for _ in 0..3 {
-        assert_greeting(&http_get(addr, "/").unwrap());
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while access_lines_in(&kept) < before + 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(access_lines_in(&kept), before + 3, "{}", s.stderr_text());
+    respawn_logs_to(&s, &kept);
     assert_eq!(
         access_lines_in(&later),
         0,

@@ -158,9 +158,10 @@ where
         None => now + timeouts.header_read,
     };
     let mut timer = pin!(tokio::time::sleep_until(first_deadline));
-    // Whether `stopped` and `timer` wait with the waker in `armed` (see the wait below).
-    let (mut stop_armed, mut timer_armed) = (false, false);
+    // The waker `stopped` and `timer` were last polled with (see the wait below), and whether
+    // the timer still waits with it (a reset or a firing ends that).
     let mut armed: Option<std::task::Waker> = None;
+    let mut timer_armed = false;
     let Resume {
         mut served,
         // hyper answers a malformed head in the version of the request before it.
@@ -223,13 +224,10 @@ where
                 // version moves, the timer leaves the wheel), and polling them again on every
                 // read that would block cost ~300 instructions per keep-alive request.
                 let same_task = armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-                let stop_waits =
-                    same_task && stop_armed && !stop_flag.has_changed().unwrap_or(true);
-                if !stopping && !stop_waits {
-                    if stopped.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wait::Stop);
-                    }
-                    stop_armed = true;
+                // `armed` is set only by a poll that polled the stop too (unless stopping).
+                let stop_waits = same_task && !stop_flag.has_changed().unwrap_or(true);
+                if !stopping && !stop_waits && stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wait::Stop);
                 }
                 let timer_waits = same_task && timer_armed && !timer.is_elapsed();
                 if !timer_waits {
@@ -480,15 +478,20 @@ mod tests {
         assert_eq!(answers[0], answers[1]);
     }
 
+    /// A header-read timeout of 3 s; keep-alive and the first-request grace as in a worker.
+    fn header_read_3s() -> Timeouts {
+        Timeouts {
+            header_read: Duration::from_secs(3),
+            keep_alive: Duration::from_secs(75),
+            first_request_grace: Duration::from_secs(1),
+        }
+    }
+
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
         let (_client, mut server) = tokio::io::duplex(1024);
         let (_stop_tx, stop) = watch::channel(false);
-        let timeouts = Timeouts {
-            header_read: Duration::from_secs(3),
-            keep_alive: Duration::from_secs(75),
-            first_request_grace: Duration::from_secs(1),
-        };
+        let timeouts = header_read_3s();
         let start = Instant::now();
         let service = hyper::service::service_fn(answer);
         assert!(matches!(
@@ -505,11 +508,7 @@ mod tests {
     async fn a_trickled_head_is_closed_at_the_header_read_timeout() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         let (_stop_tx, stop) = watch::channel(false);
-        let timeouts = Timeouts {
-            header_read: Duration::from_secs(3),
-            keep_alive: Duration::from_secs(75),
-            first_request_grace: Duration::from_secs(1),
-        };
+        let timeouts = header_read_3s();
         let start = Instant::now();
         let trickle = async {
             for &b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " {
