@@ -183,6 +183,54 @@ fn max_connections_holds_further_connections_in_the_backlog() {
     assert_eq!(s.spawned_pids(), [worker]);
 }
 
+/// Workers wait on a shared listener with `EPOLLEXCLUSIVE`, so a connection wakes one waiting
+/// worker. A worker at `--max-connections` still waits in `epoll_wait` for the connections it
+/// holds; it must not be the one woken (it would not accept, and the other worker would sleep
+/// on). Each round fills one worker and asks the other to answer.
+#[test]
+fn a_worker_at_its_limit_leaves_new_connections_to_the_other() {
+    let s = Server::start_ready(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--max-connections",
+        "1",
+    ]);
+    let workers: BTreeSet<u32> = s.pids_from_ready().into_iter().collect();
+    let addr = s.addr();
+    let connect = || {
+        let c = TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    };
+    for round in 0..8 {
+        // One idle keep-alive connection: its worker is at its limit.
+        let mut first = connect();
+        let (status, full) = ask(&mut first, "/").expect("the first connection is answered");
+        assert_eq!(status, 200);
+        // The next is the other worker's, at once, while the first stays open.
+        let asked = Instant::now();
+        let mut second = connect();
+        let answer = ask(&mut second, "/").unwrap_or_else(|e| {
+            panic!(
+                "round {round}: a connection waited {:?} ({e}) while worker {full} was at its \
+                 limit and the other was free",
+                asked.elapsed()
+            )
+        });
+        assert_eq!(answer.0, 200);
+        assert!(
+            workers.contains(&answer.1) && answer.1 != full,
+            "round {round}: {answer:?}"
+        );
+        // Closed: the workers get their permits back as they read the ends (a connection of
+        // the next round meanwhile waits for that, not for a timeout).
+        drop((first, second));
+    }
+}
+
 #[test]
 fn max_connections_keeps_a_worker_clear_of_emfile() {
     // With 64 fds (soft and hard: nothing to raise) and 200 clients at once, a worker without

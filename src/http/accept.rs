@@ -1,17 +1,19 @@
 //! Accepting connections in a worker: the listeners, and a loop per listener that hands each
 //! connection to `conn.rs`.
 //!
-//! Measured here: waiting on a shared socket through a private epoll instance registered with
-//! `EPOLLEXCLUSIVE` (nginx's cure for the thundering herd) cost more CPU per connection than
-//! it saved with 2 workers (36.7 against 33.3 µs per connection, medians of 3, oha -c 500
-//! with one connection per request), so workers use tokio's listeners directly. Nor did
-//! registering the listener itself with `EPOLLEXCLUSIVE` in tokio's epoll (the registration
-//! read from /proc/self/fdinfo and made again with the flag): with 2 workers and oha -c 500
-//! it took context switches from 0.52 to 0.46 per connection, but the accepts that find
-//! nothing stayed at 0.47 per connection (1.47 accept4 calls each): a worker busy when a
-//! connection comes still has the event recorded and tries. Registering
+//! Each listener's registration in the worker's epoll carries `EPOLLEXCLUSIVE`
+//! (`sys/epoll.rs`), so a connection on a shared socket wakes one waiting worker instead of
+//! all of them; a worker that stops accepting for a while (at `max_connections`, or backing off
+//! after EMFILE) takes its listener out of the set meanwhile. Measured with 2 workers and a
+//! connection per request (oha -c 500, 8 interleaved rounds against the build before): 0.94 ×
+//! the CPU per connection (33.0 against 34.9 µs, medians), context switches 0.57 → 0.47 per
+//! connection, req/s 1.02 ×. The accepts that find the queue empty stay (1.49 `accept4` calls
+//! per connection): a worker busy when a connection comes still has the event recorded and
+//! tries. (Waiting through a private epoll instance registered with the flag, nested in
+//! tokio's, cost more than it saved: 36.7 against 33.3 µs; the kernel honours the flag only
+//! for a thread waiting in `epoll_wait` on that instance itself.) Registering
 //! connections for readability only, as nginx does (tokio registers for writability too, so
-//! every ACK wakes the event loop), made no measurable difference either (3 interleaved
+//! every ACK wakes the event loop), made no measurable difference (3 interleaved
 //! rounds each: 32.5–34.5 against 31.8–36.3 µs per connection; 6.2–7.3 against 6.3–7.3 µs
 //! per keep-alive request). Nor did reading a deferred connection's request right after
 //! `accept`, before its first readiness event (29.5–30.3 against 28.0–29.5 µs).
@@ -19,6 +21,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +32,15 @@ use tracing::{debug, warn};
 
 use crate::http::conn::{serve_connection, Conns, Tls};
 use crate::http::{ResponseBody, WorkerService};
+use crate::sys::epoll::Exclusive;
 
 /// Something a worker accepts connections from: a connection, and its peer's address if it
 /// has one (TCP).
 pub(crate) trait Acceptor {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)>;
+    /// The listener's exclusive registration, if it has one: see [`Exclusive`].
+    fn exclusive(&self) -> Option<&Exclusive>;
 }
 
 /// A TCP listener.
@@ -43,6 +49,7 @@ pub(crate) struct TcpAcceptor {
     /// Whether accepted connections need TCP_NODELAY set one by one: Linux copies it from a
     /// listener that has it (forklift's own do; one from systemd may not).
     set_nodelay: bool,
+    exclusive: Option<Exclusive>,
 }
 
 impl TcpAcceptor {
@@ -56,8 +63,10 @@ impl TcpAcceptor {
             && socket2::SockRef::from(&listener)
                 .tcp_nodelay()
                 .unwrap_or(false);
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         Ok(TcpAcceptor {
-            listener: tokio::net::TcpListener::from_std(listener)?,
+            exclusive: Exclusive::take_over(listener.as_fd())?,
+            listener,
             set_nodelay: !inherited,
         })
     }
@@ -72,6 +81,10 @@ impl Acceptor for TcpAcceptor {
             let _ = stream.set_nodelay(true);
         }
         Ok((stream, Some(peer)))
+    }
+
+    fn exclusive(&self) -> Option<&Exclusive> {
+        self.exclusive.as_ref()
     }
 }
 
@@ -111,13 +124,32 @@ pub(crate) fn defer_accept_on(listener: &std::net::TcpListener) {
     let _ = listener;
 }
 
-pub(crate) struct UnixAcceptor(pub tokio::net::UnixListener);
+/// A Unix domain socket listener.
+pub(crate) struct UnixAcceptor {
+    listener: tokio::net::UnixListener,
+    exclusive: Option<Exclusive>,
+}
+
+impl UnixAcceptor {
+    pub fn new(listener: std::os::unix::net::UnixListener) -> io::Result<UnixAcceptor> {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        Ok(UnixAcceptor {
+            exclusive: Exclusive::take_over(listener.as_fd())?,
+            listener,
+        })
+    }
+}
 
 impl Acceptor for UnixAcceptor {
     type Stream = tokio::net::UnixStream;
     async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
-        let (stream, _) = self.0.accept().await?;
+        let (stream, _) = self.listener.accept().await?;
         Ok((stream, None))
+    }
+
+    fn exclusive(&self) -> Option<&Exclusive> {
+        self.exclusive.as_ref()
     }
 }
 
@@ -152,9 +184,14 @@ impl ConnLimit {
         })
     }
 
+    /// A permit for one more connection, if fewer than `max` are open.
+    fn try_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
     /// A permit for one more connection, waiting for one to close if `max` are open.
     async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+        if let Some(permit) = self.try_acquire() {
             return permit;
         }
         let note = format!(
@@ -180,7 +217,7 @@ impl ConnLimit {
 pub(super) fn spawn_accept_loops<S, B>(
     service: S,
     tcp: Vec<TcpAcceptor>,
-    unix: Vec<tokio::net::UnixListener>,
+    unix: Vec<UnixAcceptor>,
     conns: &Rc<Conns<Tls>>,
     limit: Option<Rc<ConnLimit>>,
     until: watch::Receiver<bool>,
@@ -202,7 +239,7 @@ where
     }
     for l in unix {
         let task = accept_loop(
-            UnixAcceptor(l),
+            l,
             service.clone(),
             conns.clone(),
             limit.clone(),
@@ -256,10 +293,18 @@ async fn run_accept_loop<A, S, B>(
     let mut permit = None;
     loop {
         if let (Some(limit), None) = (&limit, &permit) {
-            permit = tokio::select! {
-                biased;
-                _ = stop.changed() => return,
-                p = limit.acquire() => Some(p),
+            permit = match limit.try_acquire() {
+                Some(p) => Some(p),
+                None => {
+                    // Out of the epoll set while at the limit: an exclusive wake-up would
+                    // otherwise go to this worker, which does not accept, and not to another.
+                    let _aside = acceptor.exclusive().map(Exclusive::stand_aside);
+                    tokio::select! {
+                        biased;
+                        _ = stop.changed() => return,
+                        p = limit.acquire() => Some(p),
+                    }
+                }
             };
         }
         let accepted = tokio::select! {
@@ -278,6 +323,7 @@ async fn run_accept_loop<A, S, B>(
                 // Out of fds or memory: accepting again at once would spin. Wait for
                 // connections to close, backing off up to a second.
                 warn!("accept failed: {e}; retrying in {pause:?}");
+                let _aside = acceptor.exclusive().map(Exclusive::stand_aside);
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tokio::time::sleep(pause) => {}

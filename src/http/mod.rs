@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::error::BoxError;
-use crate::http::accept::{spawn_accept_loops, ConnLimit, TcpAcceptor};
+use crate::http::accept::{spawn_accept_loops, ConnLimit, TcpAcceptor, UnixAcceptor};
 use crate::http::access_log::AccessLogWriter;
 use crate::http::body::Body;
 #[cfg(not(feature = "tls"))]
@@ -166,10 +166,7 @@ where
     for l in worker.take_listeners() {
         match l {
             Listener::Tcp(l) => tcp.push(TcpAcceptor::new(l, cfg.defer_accept)?),
-            Listener::Unix(l) => {
-                l.set_nonblocking(true)?;
-                unix.push(tokio::net::UnixListener::from_std(l)?);
-            }
+            Listener::Unix(l) => unix.push(UnixAcceptor::new(l)?),
         }
     }
     // Loaded in the worker as it boots, so a respawned worker serves renewed files.
