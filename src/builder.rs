@@ -111,7 +111,9 @@ impl Prefork {
         self
     }
 
-    /// `false` (default): every worker accepts on the master's socket. `true`: one
+    /// `false` (default): every worker accepts on the master's socket, and a new connection
+    /// wakes one waiting worker (Linux: `EPOLLEXCLUSIVE`), passing over busy ones, so under
+    /// light load the first workers take most connections, as with nginx. `true`: one
     /// `SO_REUSEPORT` socket per worker, so the kernel spreads connections evenly. The
     /// master keeps each worker's socket across restarts, so a crash loses no queued
     /// connection. Unix socket addresses are always shared.

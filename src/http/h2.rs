@@ -68,6 +68,7 @@ pub(super) const READ_AHEAD: usize = 16 * 1024;
 
 /// The most unsent bytes the kernel queues for a connection that owes more than
 /// [`FLOOD_LIMIT`] answers (TCP_NOTSENT_LOWAT; the bytes in flight are not counted).
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 pub(super) const UNSENT_LIMIT: u32 = 128 * 1024;
 
 /// How long an answer may stay owed with no write progress. Longer than a TCP retransmission
@@ -153,6 +154,7 @@ enum Mode {
 pub(super) struct FloodGuard<I> {
     io: I,
     /// The TCP socket under `io`, if it is one, until it gets [`UNSENT_LIMIT`].
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     tcp: Option<RawFd>,
     mode: Mode,
     inbound: Frames,

@@ -25,7 +25,7 @@
 //! set for the while ([`Exclusive::stand_aside`]), as nginx disables its accept events.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 
 /// A listener's exclusive registration in this thread's runtime epoll instance.
 #[derive(Debug)]
@@ -48,6 +48,7 @@ impl Exclusive {
     pub fn take_over(listener: BorrowedFd<'_>) -> io::Result<Option<Exclusive>> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
+            use std::os::fd::AsRawFd;
             let fd = listener.as_raw_fd();
             let Some((epfd, events, token)) = find_registration(fd) else {
                 return Ok(None);
@@ -118,6 +119,7 @@ const KEPT: u32 = (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLL
 
 /// An epoll_ctl(2) operation.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 enum Op {
     Add(u32, u64),
     Del,
@@ -198,6 +200,7 @@ fn find_registration(fd: RawFd) -> Option<(RawFd, u32, u64)> {
 
 /// One `tfd:` line of an epoll fd's fdinfo (fs/eventpoll.c `ep_show_fdinfo`):
 /// `tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 #[derive(Debug, PartialEq)]
 struct Registration {
     fd: RawFd,
@@ -206,6 +209,7 @@ struct Registration {
     inode: u64,
 }
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn registrations(fdinfo: &str) -> impl Iterator<Item = Registration> + '_ {
     fdinfo.lines().filter_map(|line| {
         let mut words = line.split_whitespace();
@@ -239,7 +243,7 @@ fn registrations(fdinfo: &str) -> impl Iterator<Item = Registration> + '_ {
 #[cfg(all(test, any(target_os = "linux", target_os = "android")))]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
     use std::time::Duration;
 
     #[test]
