@@ -271,3 +271,35 @@ fn rust_log_is_honoured() {
         "RUST_LOG=info must hide the DEBUG `sleep started` event"
     );
 }
+
+/// Connections opened one by one on an idle server (a load balancer filling its pool) go round
+/// the workers of a shared socket. With `EPOLLEXCLUSIVE` alone the kernel would wake the same
+/// waiting worker for each: 7 or 8 of 8 landed on one before workers took turns.
+#[test]
+fn connections_opened_one_by_one_go_round_the_workers() {
+    use std::io::Write;
+    let s = Server::start_ready(&["serve", "--listen", "127.0.0.1:0", "--workers", "2"]);
+    let workers: BTreeSet<u32> = s.pids_from_ready().into_iter().collect();
+    let mut held = Vec::new();
+    let mut per_worker = std::collections::BTreeMap::<u32, usize>::new();
+    let mut buf = Vec::new();
+    for _ in 0..12 {
+        let mut c = std::net::TcpStream::connect(s.addr()).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let r = read_response(&mut c, &mut buf).expect("answered");
+        let pid = r.worker().expect("x-forklift-worker");
+        assert!(workers.contains(&pid), "{pid} is not one of {workers:?}");
+        *per_worker.entry(pid).or_default() += 1;
+        held.push(c);
+        // Longer than a worker waits between two turns (accept.rs, TURN_EVERY).
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    println!("SPREAD: 12 connections opened 30 ms apart, per worker: {per_worker:?}");
+    assert!(
+        workers
+            .iter()
+            .all(|w| per_worker.get(w).copied().unwrap_or(0) >= 4),
+        "12 connections opened one by one should go round both workers: {per_worker:?}"
+    );
+}

@@ -4,7 +4,8 @@
 //! Each listener's registration in the worker's epoll carries `EPOLLEXCLUSIVE`
 //! (`sys/epoll.rs`), so a connection on a shared socket wakes one waiting worker instead of
 //! all of them; a worker that stops accepting for a while (at `max_connections`, or backing off
-//! after EMFILE) takes its listener out of the set meanwhile. Measured with 2 workers and a
+//! after EMFILE) takes its listener out of the set meanwhile, and one that accepted goes to
+//! the back of the line (at most every 10 ms: [`Turns`]). Measured with 2 workers and a
 //! connection per request (oha -c 500, 8 interleaved rounds against the build before): 0.94 ×
 //! the CPU per connection (33.0 against 34.9 µs, medians), context switches 0.57 → 0.47 per
 //! connection, req/s 1.02 ×. The accepts that find the queue empty stay (1.49 `accept4` calls
@@ -19,12 +20,15 @@
 //! `accept`, before its first readiness event (29.5–30.3 against 28.0–29.5 µs).
 
 use std::cell::Cell;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -43,13 +47,67 @@ pub(crate) trait Acceptor {
     fn exclusive(&self) -> Option<&Exclusive>;
 }
 
+/// At most how often a worker goes to the back of the line after accepting; see [`Turns`].
+const TURN_EVERY: Duration = Duration::from_millis(10);
+
+/// A listener's place in the line of workers waiting on it. With `EPOLLEXCLUSIVE` the kernel
+/// wakes the waiting worker that registered first, so on an idle server one worker would take
+/// every connection: a load balancer's few long-lived connections, opened one by one, landed
+/// 7 or 8 of 8 on the same worker (2 workers, 8 connections opened 10–200 ms apart), which
+/// leaves the other cores idle once those connections get busy. So after accepting, a worker
+/// registers again, which puts it last ([`Exclusive::go_last`]), at most once every
+/// [`TURN_EVERY`]: connections opened 10 ms or more apart then go round the workers (4 and 4
+/// of 8), while connection-per-request load, thousands of accepts a second, pays nothing
+/// measurable (8 interleaved rounds of oha -c 500: CPU per connection 0.95 ×, within noise).
+/// A burst faster than that is spread anyway: a busy worker is passed over.
+struct Turns {
+    exclusive: Option<Exclusive>,
+    /// Whether a connection was accepted since the accept queue was last found empty.
+    accepted: Cell<bool>,
+    /// When this worker last went to the back of the line.
+    last: Cell<Option<Instant>>,
+}
+
+impl Turns {
+    fn new(listener: BorrowedFd<'_>) -> io::Result<Turns> {
+        Ok(Turns {
+            exclusive: Exclusive::take_over(listener)?,
+            accepted: Cell::new(false),
+            last: Cell::new(None),
+        })
+    }
+
+    /// Passes on what a `poll_accept` gave, going last once the accept queue is empty after
+    /// accepting, when due.
+    fn after<T>(&self, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                if let Some(exclusive) = &self.exclusive {
+                    if self.accepted.replace(false) {
+                        let now = Instant::now();
+                        if self.last.get().is_none_or(|t| now - t >= TURN_EVERY) {
+                            self.last.set(Some(now));
+                            exclusive.go_last();
+                        }
+                    }
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.accepted.set(true);
+                ready
+            }
+        }
+    }
+}
+
 /// A TCP listener.
 pub(crate) struct TcpAcceptor {
     listener: tokio::net::TcpListener,
     /// Whether accepted connections need TCP_NODELAY set one by one: Linux copies it from a
     /// listener that has it (forklift's own do; one from systemd may not).
     set_nodelay: bool,
-    exclusive: Option<Exclusive>,
+    turns: Turns,
 }
 
 impl TcpAcceptor {
@@ -65,7 +123,7 @@ impl TcpAcceptor {
                 .unwrap_or(false);
         let listener = tokio::net::TcpListener::from_std(listener)?;
         Ok(TcpAcceptor {
-            exclusive: Exclusive::take_over(listener.as_fd())?,
+            turns: Turns::new(listener.as_fd())?,
             listener,
             set_nodelay: !inherited,
         })
@@ -75,7 +133,7 @@ impl TcpAcceptor {
 impl Acceptor for TcpAcceptor {
     type Stream = tokio::net::TcpStream;
     async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
-        let (stream, peer) = self.listener.accept().await?;
+        let (stream, peer) = poll_fn(|cx| self.turns.after(self.listener.poll_accept(cx))).await?;
         if self.set_nodelay {
             // Responses are small and written whole; do not let Nagle hold them back.
             let _ = stream.set_nodelay(true);
@@ -84,7 +142,7 @@ impl Acceptor for TcpAcceptor {
     }
 
     fn exclusive(&self) -> Option<&Exclusive> {
-        self.exclusive.as_ref()
+        self.turns.exclusive.as_ref()
     }
 }
 
@@ -127,7 +185,7 @@ pub(crate) fn defer_accept_on(listener: &std::net::TcpListener) {
 /// A Unix domain socket listener.
 pub(crate) struct UnixAcceptor {
     listener: tokio::net::UnixListener,
-    exclusive: Option<Exclusive>,
+    turns: Turns,
 }
 
 impl UnixAcceptor {
@@ -135,7 +193,7 @@ impl UnixAcceptor {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
         Ok(UnixAcceptor {
-            exclusive: Exclusive::take_over(listener.as_fd())?,
+            turns: Turns::new(listener.as_fd())?,
             listener,
         })
     }
@@ -144,12 +202,12 @@ impl UnixAcceptor {
 impl Acceptor for UnixAcceptor {
     type Stream = tokio::net::UnixStream;
     async fn accept(&self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
-        let (stream, _) = self.listener.accept().await?;
+        let (stream, _) = poll_fn(|cx| self.turns.after(self.listener.poll_accept(cx))).await?;
         Ok((stream, None))
     }
 
     fn exclusive(&self) -> Option<&Exclusive> {
-        self.exclusive.as_ref()
+        self.turns.exclusive.as_ref()
     }
 }
 

@@ -22,7 +22,10 @@
 //! accept it. A worker that stops accepting for a while (at its connection limit, or backing
 //! off after EMFILE) but still sleeps in `epoll_wait` for its other connections would hold
 //! new connections back while the others sleep. Such a worker takes its listener out of the
-//! set for the while ([`Exclusive::stand_aside`]), as nginx disables its accept events.
+//! set for the while ([`Exclusive::stand_aside`]), as nginx disables its accept events. And
+//! the kernel considers waiting workers in the order they registered, so an idle server would
+//! give every connection to the same worker; [`Exclusive::go_last`] lets a worker that
+//! accepted step to the back (the accept loop's `Turns` says when).
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -87,6 +90,19 @@ impl Exclusive {
                 tracing::warn!("could not take the listener out of the epoll set: {e}");
                 StandAside(None)
             }
+        }
+    }
+
+    /// Registers the listener again, which puts this worker last among those the kernel
+    /// considers for the next exclusive wake-up: it walks the listener's wait queue from the
+    /// front, and a new registration joins at the back.
+    pub fn go_last(&self) {
+        if let Err(e) = ctl(self.epfd, Op::Del, self.fd) {
+            tracing::warn!("could not take the listener out of the epoll set: {e}");
+            return;
+        }
+        if let Err(e) = self.add() {
+            tracing::error!("could not put the listener back into the epoll set: {e}");
         }
     }
 
