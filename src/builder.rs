@@ -112,8 +112,8 @@ impl Prefork {
     }
 
     /// `false` (default): every worker accepts on the master's socket, and a new connection
-    /// wakes one waiting worker (Linux: `EPOLLEXCLUSIVE`), passing over busy ones, so under
-    /// light load the first workers take most connections, as with nginx. `true`: one
+    /// wakes one waiting worker (Linux: `EPOLLEXCLUSIVE`), passing over busy ones, and the
+    /// workers take turns, so connections opened one by one go round them. `true`: one
     /// `SO_REUSEPORT` socket per worker, so the kernel spreads connections evenly. The
     /// master keeps each worker's socket across restarts, so a crash loses no queued
     /// connection. Unix socket addresses are always shared.
