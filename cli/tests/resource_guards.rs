@@ -76,6 +76,13 @@ fn the_open_file_limit_is_raised_for_master_and_workers() {
     assert_served_by(&Listen::Tcp(s.addr()), &workers.into_iter().collect(), 1000);
 }
 
+/// A connection to `addr` whose reads give up after 5 s.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let c = TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
+}
+
 /// Sends `GET path` on a keep-alive connection and reads one response (sized by
 /// Content-Length): (status, x-forklift-worker pid).
 fn ask(stream: &mut TcpStream, path: &str) -> io::Result<(u16, u32)> {
@@ -121,18 +128,13 @@ fn max_connections_holds_further_connections_in_the_backlog() {
     ]);
     let worker = s.pids_from_ready()[0];
     let addr = s.addr();
-    let connect = || {
-        let c = TcpStream::connect(addr).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c
-    };
     // Two idle keep-alive connections, each answered once: the worker's limit.
-    let mut open = [connect(), connect()];
+    let mut open = [connect(addr), connect(addr)];
     for c in &mut open {
         assert_eq!(ask(c, "/").unwrap(), (200, worker));
     }
     // A third completes its handshake in the backlog and sends its request, which waits.
-    let mut third = connect();
+    let mut third = connect(addr);
     third
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -200,19 +202,14 @@ fn a_worker_at_its_limit_leaves_new_connections_to_the_other() {
     ]);
     let workers: BTreeSet<u32> = s.pids_from_ready().into_iter().collect();
     let addr = s.addr();
-    let connect = || {
-        let c = TcpStream::connect(addr).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c
-    };
     for round in 0..8 {
         // One idle keep-alive connection: its worker is at its limit.
-        let mut first = connect();
+        let mut first = connect(addr);
         let (status, full) = ask(&mut first, "/").expect("the first connection is answered");
         assert_eq!(status, 200);
         // The next is the other worker's, at once, while the first stays open.
         let asked = Instant::now();
-        let mut second = connect();
+        let mut second = connect(addr);
         let answer = ask(&mut second, "/").unwrap_or_else(|e| {
             panic!(
                 "round {round}: a connection waited {:?} ({e}) while worker {full} was at its \
