@@ -6,9 +6,9 @@
 //! all of them; a worker that stops accepting for a while (at `max_connections`, or backing off
 //! after EMFILE) takes its listener out of the set meanwhile, and one that accepted goes to
 //! the back of the line (at most every 10 ms: [`Turns`]). Measured with 2 workers and a
-//! connection per request (oha -c 500, 8 interleaved rounds against the build before): 0.94 ×
-//! the CPU per connection (33.0 against 34.9 µs, medians), context switches 0.57 → 0.47 per
-//! connection, req/s 1.02 ×. The accepts that find the queue empty stay (1.49 `accept4` calls
+//! connection per request against the build before (`bench/ab --rounds 8 OLD NEW`): 0.91
+//! (0.85–0.98) × the CPU per connection, req/s 1.04 ×, context switches 0.57 → 0.47 per
+//! connection (`perf stat`); keep-alive unchanged (6 rounds: CPU 0.97 ×). The accepts that find the queue empty stay (1.49 `accept4` calls
 //! per connection): a worker busy when a connection comes still has the event recorded and
 //! tries. (Waiting through a private epoll instance registered with the flag, nested in
 //! tokio's, cost more than it saved: 36.7 against 33.3 µs; the kernel honours the flag only
