@@ -97,13 +97,7 @@ impl Exclusive {
     /// considers for the next exclusive wake-up: it walks the listener's wait queue from the
     /// front, and a new registration joins at the back.
     pub fn go_last(&self) {
-        if let Err(e) = ctl(self.epfd, Op::Del, self.fd) {
-            tracing::warn!("could not take the listener out of the epoll set: {e}");
-            return;
-        }
-        if let Err(e) = self.add() {
-            tracing::error!("could not put the listener back into the epoll set: {e}");
-        }
+        drop(self.stand_aside());
     }
 
     fn add(&self) -> io::Result<()> {
@@ -172,15 +166,37 @@ fn ctl(epfd: RawFd, op: Op, fd: RawFd) -> io::Result<()> {
 fn find_registration(fd: RawFd) -> Option<(RawFd, u32, u64)> {
     use std::os::unix::fs::MetadataExt;
     let inode = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?.ino();
-    let dir = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir,
+    let found: Vec<_> = match registrations_of(fd) {
+        Ok(all) => all
+            .into_iter()
+            .filter(|(_, r)| r.inode == inode)
+            .map(|(epfd, r)| (epfd, r.events, r.token))
+            .collect(),
         Err(e) => {
             tracing::debug!("EPOLLEXCLUSIVE not set: /proc/self/fd: {e}");
             return None;
         }
     };
+    match found[..] {
+        [one] => Some(one),
+        _ => {
+            tracing::debug!(
+                "EPOLLEXCLUSIVE not set: fd {fd} is registered in {} epoll instances (or with different tokens), not one",
+                found.len()
+            );
+            None
+        }
+    }
+}
+
+/// Every registration of `fd` in this process's epoll instances, each with an epoll fd that
+/// reaches it, from /proc/self/fdinfo. Each shows once: mio keeps a duplicate of its epoll fd
+/// (`Registry::try_clone`), two fds of one instance that list the same registration, and
+/// either fd serves.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn registrations_of(fd: RawFd) -> io::Result<Vec<(RawFd, Registration)>> {
     let mut found = Vec::new();
-    for entry in dir.flatten() {
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
         let is_epoll = std::fs::read_link(entry.path())
             .is_ok_and(|link| link.as_os_str() == "anon_inode:[eventpoll]");
         let Some(epfd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
@@ -194,24 +210,13 @@ fn find_registration(fd: RawFd) -> Option<(RawFd, u32, u64)> {
         };
         found.extend(
             registrations(&info)
-                .filter(|r| r.fd == fd && r.inode == inode)
-                .map(|r| (epfd, r.events, r.token)),
+                .filter(|r| r.fd == fd)
+                .map(|r| (epfd, r)),
         );
     }
-    // mio keeps a duplicate of its epoll fd (`Registry::try_clone`): two fds, one instance,
-    // the same registration seen through both. Either fd serves.
-    found.sort_unstable_by_key(|&(epfd, events, token)| (token, events, epfd));
-    found.dedup_by_key(|&mut (_, events, token)| (token, events));
-    match found[..] {
-        [one] => Some(one),
-        _ => {
-            tracing::debug!(
-                "EPOLLEXCLUSIVE not set: fd {fd} is registered in {} epoll instances (or with different tokens), not one",
-                found.len()
-            );
-            None
-        }
-    }
+    found.sort_unstable_by_key(|(epfd, r)| (r.token, r.events, r.inode, *epfd));
+    found.dedup_by_key(|(_, r)| (r.token, r.events, r.inode));
+    Ok(found)
 }
 
 /// One `tfd:` line of an epoll fd's fdinfo (fs/eventpoll.c `ep_show_fdinfo`):
@@ -287,22 +292,13 @@ mod tests {
         );
     }
 
-    /// The listener's registrations as this process's fdinfo shows them (once each, though
-    /// mio holds two fds of its epoll instance).
+    /// The listener's registrations as this process's fdinfo shows them.
     fn shown(fd: RawFd) -> Vec<Registration> {
-        let mut all = Vec::new();
-        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-            let Ok(info) = std::fs::read_to_string(format!(
-                "/proc/self/fdinfo/{}",
-                entry.file_name().to_str().unwrap()
-            )) else {
-                continue;
-            };
-            all.extend(registrations(&info).filter(|r| r.fd == fd));
-        }
-        all.sort_unstable_by_key(|r| (r.token, r.events));
-        all.dedup_by_key(|r| (r.token, r.events));
-        all
+        registrations_of(fd)
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
     }
 
     #[test]
