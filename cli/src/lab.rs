@@ -53,9 +53,8 @@ pub(crate) type LabBody = UnsyncBoxBody<Bytes, BoxError>;
 /// The body `forklift serve` answers with: the demo's, or a lab route's.
 pub(crate) type DemoOrLab = Either<Full<Bytes>, LabBody>;
 
-/// Serves `req` with a lab route when `on` and the path is `/lab`, else with `demo`.
+/// Serves `req` with a lab route if its path is `/lab` or `/lab/leak`, else with `demo`.
 pub(crate) async fn route<F, Fut>(
-    on: bool,
     req: Request<forklift::Body>,
     demo: F,
 ) -> Result<Response<DemoOrLab>, Infallible>
@@ -63,10 +62,8 @@ where
     F: FnOnce(Request<forklift::Body>) -> Fut,
     Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
 {
-    if on {
-        if let Some(resp) = lab(&req) {
-            return Ok(resp.map(Either::Right));
-        }
+    if let Some(resp) = lab(&req) {
+        return Ok(resp.map(Either::Right));
     }
     demo(req).await.map(|resp| resp.map(Either::Left))
 }

@@ -8,7 +8,7 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, CONTENT_ENCODING};
+use http::header::{HeaderMap, HeaderName, CONTENT_ENCODING};
 use http::{Method, Response, Version};
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::buffers;
 use super::encode::{encode_bad_request, encode_head, push_hex, write_trailers, Framing};
-use super::parse::MAX_HEAD;
+use super::parse::{recycle, MAX_HEAD};
 use super::{poll_once, Outcome};
 use crate::error::BoxError;
 use crate::files::FileRegion;
@@ -40,6 +40,8 @@ pub(super) struct Conn<'a, I> {
     pub(super) next_read: usize,
     /// How many times gathered bytes were written out.
     pub(super) flushes: u64,
+    /// The last response's header map, cleared: the next request's (see `parse::recycle`).
+    pub(super) spare_headers: HeaderMap,
 }
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
@@ -53,6 +55,7 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
             wbuf,
             next_read: first_read,
             flushes: 0,
+            spare_headers: HeaderMap::new(),
         }
     }
 
@@ -191,6 +194,9 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
             }
         };
         let keep = !framing.last;
+        // A file is sent by the server itself only as it is, not encoded.
+        let region = region.filter(|_| !parts.headers.contains_key(CONTENT_ENCODING));
+        recycle(&mut parts.headers, &mut self.spare_headers);
         match framing.kind {
             Framing::Length(0) => {}
             kind => {
@@ -203,9 +209,7 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
                 let written = match (kind, region) {
                     // A file: the server sends it by itself (see `sendfile.rs`).
                     (Framing::Length(n), Some(FileRegion(region)))
-                        if region.remaining() == n
-                            && body.size_hint().exact() == Some(n)
-                            && !parts.headers.contains_key(CONTENT_ENCODING) =>
+                        if region.remaining() == n && body.size_hint().exact() == Some(n) =>
                     {
                         self.write_region(&region, n, body).await?
                     }

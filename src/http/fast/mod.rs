@@ -195,7 +195,7 @@ where
             }
         }
         let head = loop {
-            match parse(&mut conn.rbuf) {
+            match parse(&mut conn.rbuf, &mut conn.spare_headers) {
                 Parsed::Complete(head) => break head,
                 Parsed::Rejected(bytes) => return conn.handoff(bytes, served).await,
                 Parsed::Invalid(why) => {

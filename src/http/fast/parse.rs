@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::http::body::Body;
@@ -43,8 +43,9 @@ pub(crate) enum Parsed {
 }
 
 /// Parses the head at the start of `buf`, taking it out of `buf` if the fast path serves it;
-/// see the [`fast`](super) module doc for what it takes.
-pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
+/// see the [`fast`](super) module doc for what it takes. A complete request gets `spare` as
+/// its header map (cleared; its allocation is reused, see [`recycle`]), which is left empty.
+pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }
@@ -141,6 +142,8 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     let head = buf.split_to(len).freeze();
     let mut req = Request::new(Body::empty());
     let headers = req.headers_mut();
+    // (A swap: the empty map `Request::new` made goes to `spare`, not to a drop.)
+    std::mem::swap(headers, spare);
     headers.reserve(count);
     for &(ns, ne, vs, ve) in &offsets[..count] {
         let Ok(name) = HeaderName::from_bytes(&head[ns as usize..ne as usize]) else {
@@ -165,6 +168,22 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
         keep_alive,
         te_trailers,
     })
+}
+
+/// The most fields a response's header map may have room for to be kept for the next
+/// request's: beyond, it is freed (a response with many fields would pin its large map to an
+/// idle connection).
+const RECYCLE_MAX: usize = 32;
+
+/// Swaps `headers` (a response's, sent), cleared, into `spare` as the next request's header
+/// map: so a request costs no allocation for its fields when the response before it had
+/// some. One whose room exceeds [`RECYCLE_MAX`] fields stays where it is.
+pub(crate) fn recycle(headers: &mut HeaderMap, spare: &mut HeaderMap) {
+    if headers.capacity() == 0 || headers.capacity() > RECYCLE_MAX {
+        return;
+    }
+    headers.clear();
+    std::mem::swap(headers, spare);
 }
 
 /// What an HTTP/2 client sends first: a head that starts so is hyper's (HTTP/2, or its answer
@@ -217,7 +236,7 @@ mod tests {
 
     fn head_of(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        (parse(&mut buf), buf)
+        (parse(&mut buf, &mut HeaderMap::new()), buf)
     }
 
     #[test]
