@@ -50,15 +50,20 @@ where
     }
 }
 
-/// Marks `resp` as the connection's last one.
+/// Marks `resp` as the connection's last one if `close` (by reference: a response moved
+/// through here cost a copy of it on every request).
 fn close<B>(mut resp: Response<B>, close: bool) -> Response<B> {
+    mark_close(&mut resp, close);
+    resp
+}
+
+fn mark_close<B>(resp: &mut Response<B>, close: bool) {
     if close {
         resp.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
         );
     }
-    resp
 }
 
 fn log_panic(payload: &(dyn std::any::Any + Send)) {
@@ -102,7 +107,11 @@ where
             return Poll::Ready(Ok(close(internal_error(), last)));
         };
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Ready(Ok(resp))) => Poll::Ready(Ok(close(resp.map(GuardedBody::Inner), last))),
+            Ok(Poll::Ready(Ok(resp))) => {
+                let mut resp = resp.map(GuardedBody::Inner);
+                mark_close(&mut resp, last);
+                Poll::Ready(Ok(resp))
+            }
             Ok(Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {

@@ -206,7 +206,21 @@ where
                 Parsed::Partial if conn.rbuf.len() >= MAX_HEAD => {
                     return conn.handoff(Bytes::new(), served).await
                 }
-                Parsed::Partial => {}
+                Parsed::Partial => {
+                    // The head's first bytes are in: from now the header-read timeout
+                    // applies, which may end before the keep-alive deadline the timer is set
+                    // to. (Noted here rather than at the read: most heads arrive whole, and
+                    // then the clock is not read.)
+                    if head_since.is_none() && !conn.rbuf.is_empty() {
+                        let now = Instant::now();
+                        head_since = Some(now);
+                        let deadline = now + timeouts.header_read;
+                        if deadline < timer.deadline() {
+                            timer.as_mut().reset(deadline);
+                            timer_armed = false;
+                        }
+                    }
+                }
             }
             if stopping && conn.rbuf.is_empty() && served > 0 {
                 return conn.close().await;
@@ -290,17 +304,6 @@ where
                 }
             };
             match read {
-                Ok(n) if n > 0 && head_since.is_none() => {
-                    // The head's first byte: from now the header-read timeout applies, which
-                    // may end before the keep-alive deadline the timer is set to.
-                    let now = Instant::now();
-                    head_since = Some(now);
-                    let deadline = now + timeouts.header_read;
-                    if deadline < timer.deadline() {
-                        timer.as_mut().reset(deadline);
-                        timer_armed = false;
-                    }
-                }
                 Ok(0) => {
                     if !conn.rbuf.is_empty() {
                         debug!("connection closed inside a request head");
