@@ -81,7 +81,7 @@ pub mod fuzz {
     /// Parses the head at the start of `bytes` as a worker's fast path does.
     pub fn http1_head(bytes: &[u8]) -> Http1Head {
         let mut buf = bytes::BytesMut::from(bytes);
-        match crate::http::fast::parse(&mut buf, &mut http::HeaderMap::new()) {
+        match crate::http::fast::parse(&mut buf) {
             crate::http::fast::Parsed::Complete(head) => Http1Head::Request {
                 len: bytes.len() - buf.len(),
                 method: head.req.method().to_string(),

@@ -8,7 +8,7 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, CONTENT_ENCODING};
+use http::header::{HeaderName, CONTENT_ENCODING};
 use http::{Method, Response, Version};
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -40,8 +40,6 @@ pub(super) struct Conn<'a, I> {
     pub(super) next_read: usize,
     /// How many times gathered bytes were written out.
     pub(super) flushes: u64,
-    /// The last response's header map, cleared: the next request's (see `parse::recycle`).
-    pub(super) spare_headers: HeaderMap,
 }
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
@@ -55,7 +53,6 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
             wbuf,
             next_read: first_read,
             flushes: 0,
-            spare_headers: HeaderMap::new(),
         }
     }
 
@@ -196,7 +193,7 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin + 'static> Conn<'a, I> {
         let keep = !framing.last;
         // A file is sent by the server itself only as it is, not encoded.
         let region = region.filter(|_| !parts.headers.contains_key(CONTENT_ENCODING));
-        recycle(&mut parts.headers, &mut self.spare_headers);
+        recycle(&mut parts.headers);
         match framing.kind {
             Framing::Length(0) => {}
             kind => {

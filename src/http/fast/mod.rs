@@ -195,7 +195,7 @@ where
             }
         }
         let head = loop {
-            match parse(&mut conn.rbuf, &mut conn.spare_headers) {
+            match parse(&mut conn.rbuf) {
                 Parsed::Complete(head) => break head,
                 Parsed::Rejected(bytes) => return conn.handoff(bytes, served).await,
                 Parsed::Invalid(why) => {
@@ -420,6 +420,43 @@ mod tests {
         // HEAD states the length its GET would have ("HEAD /2").
         assert_eq!(out.matches("content-length: 6").count(), 2, "{out}");
         assert_eq!(out.matches("content-length: 7").count(), 1, "{out}");
+    }
+
+    /// The next request gets the sent response's header map, emptied: its room, none of its
+    /// fields (see `parse::recycle`).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_gets_the_last_responses_header_map_emptied() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        let (_stop_tx, stop) = watch::channel(false);
+        client
+            .write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: y\r\n\r\n")
+            .await
+            .unwrap();
+        drop(client);
+        let seen = std::cell::RefCell::new(Vec::new());
+        let service = hyper::service::service_fn(|req: Request<Body>| {
+            let fields: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                .collect();
+            let mut resp = Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
+            resp.headers_mut()
+                .insert("x-from-the-response", http::HeaderValue::from_static("1"));
+            let room = resp.headers().capacity();
+            seen.borrow_mut()
+                .push((fields, req.headers().capacity(), room));
+            async { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let timeouts = header_read_3s();
+        serve(&mut server, &service, timeouts, stop, false, Resume::NEW).await;
+        let seen = seen.into_inner();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, ["host: x"]);
+        assert_eq!(seen[1].0, ["host: y"], "a field of the response stayed");
+        // The second request's map is the first response's (the worker's spare, which
+        // the first request took, if this thread had one).
+        assert_eq!(seen[1].1, seen[0].2, "{seen:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -3,6 +3,7 @@
 //! forklift adds to httparse's, which [`screen`](super::screen) applies to the heads hyper
 //! reads as well.
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
@@ -43,9 +44,9 @@ pub(crate) enum Parsed {
 }
 
 /// Parses the head at the start of `buf`, taking it out of `buf` if the fast path serves it;
-/// see the [`fast`](super) module doc for what it takes. A complete request gets `spare` as
-/// its header map (cleared; its allocation is reused, see [`recycle`]), which is left empty.
-pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
+/// see the [`fast`](super) module doc for what it takes. A complete request gets the
+/// worker's spare header map, if it has one (see [`recycle`]).
+pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }
@@ -142,8 +143,8 @@ pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
     let head = buf.split_to(len).freeze();
     let mut req = Request::new(Body::empty());
     let headers = req.headers_mut();
-    // (A swap: the empty map `Request::new` made goes to `spare`, not to a drop.)
-    std::mem::swap(headers, spare);
+    // (A swap: the empty map `Request::new` made goes to the spare's place, not to a drop.)
+    SPARE.with_borrow_mut(|spare| std::mem::swap(headers, spare));
     headers.reserve(count);
     for &(ns, ne, vs, ve) in &offsets[..count] {
         let Ok(name) = HeaderName::from_bytes(&head[ns as usize..ne as usize]) else {
@@ -170,20 +171,32 @@ pub(crate) fn parse(buf: &mut BytesMut, spare: &mut HeaderMap) -> Parsed {
     })
 }
 
-/// The most fields a response's header map may have room for to be kept for the next
-/// request's: beyond, it is freed (a response with many fields would pin its large map to an
-/// idle connection).
+/// The most fields a response's header map may have room for to be kept for a request:
+/// beyond, it is freed (a response with many fields would pin its large map to the worker).
 const RECYCLE_MAX: usize = 32;
 
-/// Swaps `headers` (a response's, sent), cleared, into `spare` as the next request's header
-/// map: so a request costs no allocation for its fields when the response before it had
-/// some. One whose room exceeds [`RECYCLE_MAX`] fields stays where it is.
-pub(crate) fn recycle(headers: &mut HeaderMap, spare: &mut HeaderMap) {
+thread_local! {
+    /// A sent response's header map, cleared, for the worker's next request (see
+    /// [`recycle`]); empty, without room, when there is none. One per worker thread, not per
+    /// connection: a worker parses and answers one request at a time, and an idle connection
+    /// holds no map.
+    static SPARE: RefCell<HeaderMap> = RefCell::new(HeaderMap::new());
+}
+
+/// Keeps `headers` (a sent response's), cleared, as the worker's spare header map if it has
+/// none, leaving an empty map in its place: the next request's fields then need no
+/// allocation (`bench/instructions`). One with room for more than [`RECYCLE_MAX`] fields stays
+/// where it is, to be dropped with its response.
+pub(crate) fn recycle(headers: &mut HeaderMap) {
     if headers.capacity() == 0 || headers.capacity() > RECYCLE_MAX {
         return;
     }
-    headers.clear();
-    std::mem::swap(headers, spare);
+    SPARE.with_borrow_mut(|spare| {
+        if spare.capacity() == 0 {
+            headers.clear();
+            std::mem::swap(headers, spare);
+        }
+    });
 }
 
 /// What an HTTP/2 client sends first: a head that starts so is hyper's (HTTP/2, or its answer
@@ -236,7 +249,7 @@ mod tests {
 
     fn head_of(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        (parse(&mut buf, &mut HeaderMap::new()), buf)
+        (parse(&mut buf), buf)
     }
 
     #[test]
