@@ -636,25 +636,30 @@ fn serve(args: ServeArgs) -> Result<(), forklift::BoxError> {
             inject(fault, fault_file.as_deref());
             static_files::service(&files)
         })?;
-    } else if lab_routes {
-        server.serve(move || {
-            inject(fault, fault_file.as_deref());
-            let worker = HeaderValue::from(std::process::id());
-            let block_route = matches!(fault, Some(Fault::BlockRoute));
-            service_fn(move |req| {
-                let worker = worker.clone();
-                lab::route(req, move |req| demo(req, worker, block_route))
-            })
-        })?;
     } else {
-        // The demo alone: without the lab's layer around each request (its future moved
-        // the request once more; bench/instructions counts it).
-        server.serve(move || {
+        // What each worker's demo needs, after the fault injected at its start: the value of
+        // `x-forklift-worker` and whether the blocking routes are on.
+        let start = move || {
             inject(fault, fault_file.as_deref());
             let worker = HeaderValue::from(std::process::id());
-            let block_route = matches!(fault, Some(Fault::BlockRoute));
-            service_fn(move |req| demo(req, worker.clone(), block_route))
-        })?;
+            (worker, matches!(fault, Some(Fault::BlockRoute)))
+        };
+        if lab_routes {
+            server.serve(move || {
+                let (worker, block_route) = start();
+                service_fn(move |req| {
+                    let worker = worker.clone();
+                    lab::route(req, move |req| demo(req, worker, block_route))
+                })
+            })?;
+        } else {
+            // The demo alone: without the lab's layer around each request (its future moved
+            // the request once more; bench/instructions counts it).
+            server.serve(move || {
+                let (worker, block_route) = start();
+                service_fn(move |req| demo(req, worker.clone(), block_route))
+            })?;
+        }
     }
     Ok(())
 }

@@ -52,11 +52,6 @@ where
 
 /// Marks `resp` as the connection's last one if `close` (by reference: a response moved
 /// through here cost a copy of it on every request).
-fn close<B>(mut resp: Response<B>, close: bool) -> Response<B> {
-    mark_close(&mut resp, close);
-    resp
-}
-
 fn mark_close<B>(resp: &mut Response<B>, close: bool) {
     if close {
         resp.headers_mut().insert(
@@ -73,7 +68,8 @@ fn log_panic(payload: &(dyn std::any::Any + Send)) {
     );
 }
 
-fn internal_error<B>() -> Response<GuardedBody<B>> {
+/// The 500 that stands for a handler that panicked; the connection's last one if `close`.
+fn internal_error<B>(close: bool) -> Response<GuardedBody<B>> {
     let mut resp = Response::new(GuardedBody::Panicked(Some(Bytes::from_static(
         b"internal server error\n",
     ))));
@@ -82,6 +78,7 @@ fn internal_error<B>() -> Response<GuardedBody<B>> {
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain"),
     );
+    mark_close(&mut resp, close);
     resp
 }
 
@@ -104,7 +101,7 @@ where
         let this = self.project();
         let last = *this.close;
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Ok(close(internal_error(), last)));
+            return Poll::Ready(Ok(internal_error(last)));
         };
         match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Ready(Ok(resp))) => {
@@ -116,7 +113,7 @@ where
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {
                 log_panic(&*payload);
-                Poll::Ready(Ok(close(internal_error(), last)))
+                Poll::Ready(Ok(internal_error(last)))
             }
         }
     }
