@@ -6,9 +6,12 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body as HttpBody, Incoming};
@@ -27,6 +30,7 @@ use crate::http::body::Body;
 use crate::http::client::ClientAddr;
 use crate::http::fast;
 use crate::http::h2::FloodGuard;
+use crate::http::lot::{self, Lot};
 use crate::http::proxy::{self, ProxyProtocol, Refusals};
 use crate::http::{ResponseBody, WorkerService};
 
@@ -249,8 +253,10 @@ pub(super) struct Conns<T> {
     /// instead (`guard.rs`), so no HTTP/1 connection waits on this.
     pub(super) drain: watch::Receiver<bool>,
     pub(super) live: Cell<usize>,
-    /// Of those, the connections parked while idle (see [`parked`]).
+    /// Of those, the connections parked while idle (see [`Parking`]).
     pub(super) parked: Cell<usize>,
+    /// Where the parked connections wait: their keep-alive deadlines.
+    pub(super) lot: Rc<Lot>,
     /// The most connections open, and the most busy ones (open, not parked), since the heap
     /// was last trimmed.
     pub(super) peak: Cell<(usize, usize)>,
@@ -325,35 +331,52 @@ impl<T> Drop for Live<T> {
     }
 }
 
-/// A parked connection, counted until it goes on or closes.
-struct Parked<T>(Option<Live<T>>);
+/// A parked connection, counted until it goes on or closes, with its place in the worker's
+/// [`Lot`].
+struct Parked<T> {
+    live: Option<Live<T>>,
+    key: usize,
+}
 
 impl<T> Parked<T> {
-    fn new(live: Live<T>) -> Self {
+    /// Parks a connection until `until` at the latest.
+    fn new(live: Live<T>, until: tokio::time::Instant) -> Self {
         let conns = &live.0;
         conns.parked.set(conns.parked.get() + 1);
         if conns.quieter(TRIM_AFTER_QUIETER) {
-            // The tasks that served them are freed as their parked tasks first run: the
-            // heartbeat trims.
+            // The tasks that served them are freed as they return: the heartbeat trims.
             conns.trim_again.set(true);
         }
-        Parked(Some(live))
+        let (key, sweep) = conns.lot.enter(until);
+        if sweep {
+            tokio::task::spawn_local(lot::sweep(conns.lot.clone(), conns.stop.clone()));
+        }
+        Parked {
+            live: Some(live),
+            key,
+        }
     }
 
     /// Its next request has started.
     fn resume(mut self) -> Live<T> {
-        let live = self.0.take().expect("a parked connection resumes once");
+        let live = self.live.take().expect("a parked connection resumes once");
         live.0.parked.set(live.0.parked.get() - 1);
+        live.0.lot.leave(self.key);
         live.0.note_busy();
         live
+    }
+
+    fn conns(&self) -> &Conns<T> {
+        &self.live.as_ref().expect("parked").0
     }
 }
 
 impl<T> Drop for Parked<T> {
     fn drop(&mut self) {
         // Before the `Live` in it: a parked connection is counted among the live ones.
-        if let Some(live) = &self.0 {
+        if let Some(live) = &self.live {
             live.0.parked.set(live.0.parked.get() - 1);
+            live.0.lot.leave(self.key);
         }
     }
 }
@@ -480,7 +503,7 @@ fn tcp_fd<I: 'static>(stream: &I) -> Option<RawFd> {
 
 /// Serves a connection with the fast path while it can, then with hyper; an HTTP/2 one
 /// (by ALPN) with hyper alone. A plain TCP keep-alive connection that goes idle is parked
-/// ([`parked`]).
+/// ([`Parking`]).
 async fn serve_stream<I, S, B>(
     mut io: I,
     service: Started<S>,
@@ -512,7 +535,8 @@ async fn serve_stream<I, S, B>(
                 let io = &mut io as &mut dyn std::any::Any;
                 if let Some(stream) = io.downcast_mut::<Option<tokio::net::TcpStream>>() {
                     let stream = stream.take().expect("taken once");
-                    tokio::task::spawn_local(parked(stream, service, live, until, resume));
+                    let parked = Parked::new(live, until);
+                    tokio::task::spawn_local(Parking::new(stream, service, parked, resume));
                 }
                 return;
             }
@@ -527,50 +551,101 @@ async fn serve_stream<I, S, B>(
     Box::pin(drive(io, service, first, conns, protocol, tcp)).await;
 }
 
-/// A plain TCP keep-alive connection that went idle ([`fast::Outcome::Idle`]): it waits in a
-/// small task of its own until its next request starts, the keep-alive timeout ends at
-/// `until` or the worker stops, and goes on in a new task. The task that served it has ended,
-/// and with it the memory of the largest state a request needs, and its buffers went back to
-/// the worker's spares: so an idle connection holds its socket, this task (1 KiB) and little
-/// else, as in nginx, which frees an idle connection's buffers.
-async fn parked<S, B>(
+/// A plain TCP keep-alive connection that went idle ([`fast::Outcome::Idle`]), as the task
+/// that waits for its next request: the task that served it has ended, and with it the
+/// memory of the largest state a request needs, and its buffers went back to the worker's
+/// spares. So an idle connection holds its socket, this task (384 bytes), its place in the
+/// worker's [`Lot`] and little else, as in nginx, which frees an idle connection's buffers.
+///
+/// A future written out rather than an `async fn`, which would keep its arguments and its
+/// locals apart, and with no timer or stop-waiter of its own: the [`Lot`]'s sweep wakes it at
+/// its keep-alive deadline and when the worker stops. Once its next request starts it goes
+/// on in a new task ([`serve_stream`]); a client that closed (the usual end of an idle
+/// connection) is closed here, not in a new task that would take a request's state and
+/// buffers to read the end.
+struct Parking<S, B> {
+    /// Taken as it goes on.
+    idle: Option<Idle<S>>,
+    _body: PhantomData<fn() -> B>,
+}
+
+struct Idle<S> {
     stream: tokio::net::TcpStream,
     service: Started<S>,
-    live: Live<Tls>,
-    until: tokio::time::Instant,
+    parked: Parked<Tls>,
     resume: fast::Resume,
-) where
+}
+
+// No field is pinned: `poll` moves them on.
+impl<S, B> Unpin for Parking<S, B> {}
+
+impl<S, B> Parking<S, B> {
+    fn new(
+        stream: tokio::net::TcpStream,
+        service: Started<S>,
+        parked: Parked<Tls>,
+        resume: fast::Resume,
+    ) -> Self {
+        let idle = Idle {
+            stream,
+            service,
+            parked,
+            resume,
+        };
+        Parking {
+            idle: Some(idle),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<S, B> Future for Parking<S, B>
+where
     S: WorkerService<B>,
     B: ResponseBody,
 {
-    let mut stop = live.0.stop.clone();
-    let parked = Parked::new(live);
-    tokio::select! {
-        biased;
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(idle) = &self.idle else {
+            return Poll::Ready(());
+        };
         // `poll_read_ready`, not `readable()`: it takes the socket's one reader slot, where
         // the task that served the connection left its waker, and so lets that task be freed.
-        ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
-            if let Err(e) = ready {
+        match idle.stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
                 debug!("waiting for a parked connection failed: {e}");
-                return;
+                return Poll::Ready(());
+            }
+            Poll::Pending => {
+                let conns = idle.parked.conns();
+                if *conns.stop.borrow() {
+                    return Poll::Ready(());
+                }
+                if conns.lot.expired(idle.parked.key, cx.waker()) {
+                    debug!("idle for the keep-alive timeout: closing");
+                    return Poll::Ready(());
+                }
+                return Poll::Pending;
             }
         }
-        _ = stop.wait_for(|stopped| *stopped) => return,
-        _ = tokio::time::sleep_until(until) => {
-            debug!("idle for the keep-alive timeout: closing");
-            return;
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        if let Ok(0) = socket2::SockRef::from(&idle.stream).peek(&mut probe) {
+            return Poll::Ready(());
         }
+        let Idle {
+            stream,
+            service,
+            parked,
+            resume,
+        } = self.idle.take().expect("checked above");
+        let tcp = Some(stream.as_raw_fd());
+        let live = parked.resume();
+        let conn = serve_stream(stream, service, live, Protocol::Sniffed, tcp, None, resume);
+        tokio::task::spawn_local(conn);
+        Poll::Ready(())
     }
-    // A client that closed (the usual end of an idle connection) is closed here, not in a
-    // new task that would take a request's state and buffers to read the end.
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    if let Ok(0) = socket2::SockRef::from(&stream).peek(&mut probe) {
-        return;
-    }
-    let tcp = Some(stream.as_raw_fd());
-    let live = parked.resume();
-    let conn = serve_stream(stream, service, live, Protocol::Sniffed, tcp, None, resume);
-    tokio::task::spawn_local(conn);
 }
 
 /// Runs hyper on a connection until it ends or the worker stops.

@@ -22,6 +22,7 @@ pub(crate) mod date;
 pub(crate) mod fast;
 pub(crate) mod guard;
 mod h2;
+mod lot;
 pub(crate) mod proxy;
 #[cfg(feature = "tls")]
 pub(crate) mod tickets;
@@ -219,6 +220,7 @@ where
         drain: drain_rx,
         live: Cell::new(0),
         parked: Cell::new(0),
+        lot: Rc::default(),
         peak: Cell::new((0, 0)),
         trim_again: Cell::new(false),
         idle: tokio::sync::Notify::new(),

@@ -108,10 +108,11 @@ impl Resume {
 /// How long a keep-alive connection waits idle for its next request before it is parked
 /// ([`Outcome::Idle`]): its task, sized for the largest state a request needs, ends, and a
 /// small one waits in its place. Short, so that a burst of connections does not hold the
-/// large tasks long: with 10 ms, 10,000 idle connections take 1.6 KiB each; with 100 ms, 2.9
-/// (`bench/run --workloads idle`). Connections under load wait less than this between
-/// requests and do not pay the trip (two task spawns: at 2,000 requests/s over 50
-/// connections each idle 25 ms, a worker's CPU per request went from about 25 to 29-36 µs).
+/// large tasks long: with 10 ms, 10,000 idle connections took 1.6 KiB each; with 100 ms, 2.9
+/// (`bench/run --workloads idle`, when a parked task had a timer of its own). Connections
+/// under load wait less than this between requests and do not pay the trip (two task
+/// spawns: at 2,000 requests/s over 50 connections each idle 25 ms, a worker's CPU per
+/// request went from about 25 to 29-36 µs).
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(10);
 
 /// Connections a worker holds before the waiting ones give their buffers back at once (see
