@@ -108,12 +108,14 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let (service, stop, live) = (service.clone(), stop.clone(), live.clone());
                 live.count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
+                // Boxed as a worker boxes a connection's future (forklift's `spawn_conn`), so
+                // that both spawn the same way.
+                tokio::spawn(Box::pin(async move {
                     forklift::__serve_connection(stream, service, header_read_timeout, stop).await;
                     if live.count.fetch_sub(1, Ordering::SeqCst) == 1 {
                         live.idle.notify_waiters();
                     }
-                });
+                }));
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");

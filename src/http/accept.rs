@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::http::conn::{serve_connection, Conns, Tls};
+use crate::http::conn::{serve_connection, spawn_conn, Conns, Tls};
 use crate::http::{ResponseBody, WorkerService};
 use crate::sys::epoll::Exclusive;
 
@@ -327,7 +327,7 @@ async fn accept_loop<A, S, B>(
     {
         queued += 1;
         let conn = serve_connection(stream, peer, service.clone(), conns.clone(), None);
-        tokio::task::spawn_local(conn);
+        spawn_conn(conn);
     }
     if queued > 0 {
         debug!("served {queued} connections that waited in the accept queue at the stop");
@@ -374,7 +374,7 @@ async fn run_accept_loop<A, S, B>(
                 pause = Duration::from_millis(5);
                 let (service, conns) = (service.clone(), conns.clone());
                 let conn = serve_connection(stream, peer, service, conns, permit.take());
-                tokio::task::spawn_local(conn);
+                spawn_conn(conn);
             }
             Err(e) if is_exhaustion(&e) => {
                 // Out of fds or memory: accepting again at once would spin. Wait for

@@ -455,6 +455,17 @@ pub(super) async fn serve_connection<I, S, B>(
     serve_stream(stream, service, live, Protocol::Sniffed, tcp, None, resume).await;
 }
 
+/// Spawns the task that serves a connection, its future boxed. A connection's future is
+/// large (about 4 KiB: the largest state a request needs), and tokio copies a task's future
+/// as it spawns it (several times) and as it ends (twice more), into a task it allocates
+/// 128-byte aligned (`posix_memalign`, which glibc serves without its per-thread cache).
+/// Boxed, the future is copied once into memory from plain `malloc` and the task is small: a
+/// connection per request costs 12,766 user-space instructions instead of 15,441
+/// (`bench/instructions --close`).
+pub(super) fn spawn_conn<F: Future<Output = ()> + 'static>(conn: F) {
+    tokio::task::spawn_local(Box::pin(conn));
+}
+
 /// The access log's name of a TLS version.
 #[cfg(feature = "tls")]
 fn tls_version(v: rustls::ProtocolVersion) -> TlsVersion {
@@ -643,7 +654,7 @@ where
         let tcp = Some(stream.as_raw_fd());
         let live = parked.resume();
         let conn = serve_stream(stream, service, live, Protocol::Sniffed, tcp, None, resume);
-        tokio::task::spawn_local(conn);
+        spawn_conn(conn);
         Poll::Ready(())
     }
 }
