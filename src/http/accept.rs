@@ -326,8 +326,8 @@ async fn accept_loop<A, S, B>(
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, acceptor.accept()).await
     {
         queued += 1;
-        let conn = serve_connection(stream, peer, service.clone(), conns.clone(), None);
-        spawn_conn(conn);
+        let (service, conns) = (service.clone(), conns.clone());
+        spawn_conn(|| serve_connection(stream, peer, service, conns, None));
     }
     if queued > 0 {
         debug!("served {queued} connections that waited in the accept queue at the stop");
@@ -373,8 +373,8 @@ async fn run_accept_loop<A, S, B>(
             Ok((stream, peer)) => {
                 pause = Duration::from_millis(5);
                 let (service, conns) = (service.clone(), conns.clone());
-                let conn = serve_connection(stream, peer, service, conns, permit.take());
-                spawn_conn(conn);
+                let permit = permit.take();
+                spawn_conn(|| serve_connection(stream, peer, service, conns, permit));
             }
             Err(e) if is_exhaustion(&e) => {
                 // Out of fds or memory: accepting again at once would spin. Wait for
