@@ -568,8 +568,9 @@ async fn serve_stream<I, S, B>(
 /// A plain TCP keep-alive connection that went idle ([`fast::Outcome::Idle`]), as the task
 /// that waits for its next request: the task that served it has ended, and with it the
 /// memory of the largest state a request needs, and its buffers went back to the worker's
-/// spares. So an idle connection holds its socket, this task (384 bytes), its place in the
-/// worker's [`Lot`] and little else, as in nginx, which frees an idle connection's buffers.
+/// spares. So an idle connection holds its socket, this task (384 bytes with the demo's
+/// service), its place in the worker's [`Lot`] and little else, as in nginx, which frees an
+/// idle connection's buffers.
 ///
 /// A future written out rather than an `async fn`, which would keep its arguments and its
 /// locals apart, and with no timer or stop-waiter of its own: the [`Lot`]'s sweep wakes it at
