@@ -634,15 +634,15 @@ where
                 return Poll::Ready(());
             }
             Poll::Pending => {
+                // The lot decides when it closes: at its deadline, or at once on a stop.
                 let conns = idle.parked.conns();
-                if *conns.stop.borrow() {
-                    return Poll::Ready(());
+                if !conns.lot.expired(idle.parked.key, cx.waker()) {
+                    return Poll::Pending;
                 }
-                if conns.lot.expired(idle.parked.key, cx.waker()) {
+                if !*conns.stop.borrow() {
                     debug!("idle for the keep-alive timeout: closing");
-                    return Poll::Ready(());
                 }
-                return Poll::Pending;
+                return Poll::Ready(());
             }
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];

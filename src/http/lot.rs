@@ -113,7 +113,8 @@ pub(super) async fn sweep(lot: Rc<Lot>, mut stop: watch::Receiver<bool>) {
         let next = earliest.clamp(now + SOONEST, now + LATEST);
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
-            changed = stop.changed() => stopped = changed.is_err() || *stop.borrow(),
+            // The stop's value is read at the top of the loop; a sender gone ends it too.
+            changed = stop.changed() => stopped = changed.is_err(),
         }
     }
 }
