@@ -384,7 +384,7 @@ impl Prefork {
     /// Replace a worker whose resident memory (RSS) passes `bytes`: a cap on leaks and
     /// fragmentation (gunicorn users add a memory watchdog for this, puma users
     /// puma_worker_killer). The master reads each serving worker's RSS from
-    /// `/proc/PID/statm` about once a second, so it works for any worker, raw ones and
+    /// `/proc/PID/statm` twice a second, so it works for any worker, raw ones and
     /// [`Spawn::Command`] programs included (the worker process itself, not its children).
     /// The RSS of a forked worker counts the pages it still shares with the master (a few
     /// MiB). As with [`max_requests`](Prefork::max_requests), the replacement starts first
@@ -407,7 +407,7 @@ impl Prefork {
     /// replacement starts first and the old worker drains once it serves, one worker at a
     /// time, as for [`max_requests`](Prefork::max_requests). Workers started together reach
     /// the age together and are then replaced one after another; there is no jitter. The
-    /// master checks about once a second. Off by default.
+    /// master checks twice a second. Off by default.
     ///
     /// ```
     /// let day = std::time::Duration::from_secs(24 * 3600);

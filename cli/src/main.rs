@@ -408,7 +408,7 @@ impl ServeArgs {
 /// drains), for `serve` and `run` alike: the master reads each worker's memory and age.
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
-    /// Replace a worker whose resident memory (RSS, read from /proc about once a second)
+    /// Replace a worker whose resident memory (RSS, read from /proc twice a second)
     /// passes this many MiB, one worker at a time, without failing a request (Linux)
     #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
     max_worker_memory: Option<u64>,

@@ -382,6 +382,9 @@ impl Master {
                         deadline = deadline.min(at);
                     }
                 }
+                if let Some(t) = self.next_limits_check(now) {
+                    deadline = deadline.min(t);
+                }
             }
             Phase::Stopping { kill_at, .. } => deadline = deadline.min(*kill_at),
         }
