@@ -21,14 +21,6 @@ use crate::sys::process;
 /// scenario 6, a route leaking 64 MiB/s, then saw workers peak at twice the limit).
 pub(super) const CHECK_EVERY: Duration = Duration::from_millis(500);
 
-/// The limits `config` sets.
-pub(super) fn limits(config: &Config) -> Limits {
-    Limits {
-        memory: config.max_worker_memory,
-        age: config.max_worker_age,
-    }
-}
-
 /// Says once, at start, that the memory limit does nothing on this system.
 pub(super) fn note_unsupported(config: &Config) {
     if config.max_worker_memory.is_some() && !process::RESIDENT_BYTES_SUPPORTED {
@@ -49,13 +41,16 @@ impl Master {
         Some(self.limits_checked.map_or(now, |at| at + CHECK_EVERY))
     }
 
-    /// The limits `check_limits` applies: the memory limit only where it can be read.
+    /// The limits the config sets that `check_limits` applies: the memory limit only where
+    /// it can be read.
     fn limits(&self) -> Limits {
-        let mut limits = limits(&self.config);
-        if !process::RESIDENT_BYTES_SUPPORTED {
-            limits.memory = None;
+        Limits {
+            memory: self
+                .config
+                .max_worker_memory
+                .filter(|_| process::RESIDENT_BYTES_SUPPORTED),
+            age: self.config.max_worker_age,
         }
-        limits
     }
 
     /// Marks the workers past their memory or age limit as due for replacement, at most once
